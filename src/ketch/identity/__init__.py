@@ -1,0 +1,1 @@
+"""Mesh identity: SPIFFE IDs, the certificate authority, node authorization, cert manager."""
