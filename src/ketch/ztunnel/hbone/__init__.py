@@ -1,0 +1,1 @@
+"""HBONE: mTLS HTTP/2 CONNECT tunnels between node proxies (port 15008)."""
