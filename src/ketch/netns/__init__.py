@@ -1,0 +1,95 @@
+"""Network namespaces: entering them, sockets inside pods, redirection rules, the fabric.
+
+* `enter`     — run code or processes inside a netns without moving the caller
+                (`in_netns`, `run_in_netns`, `open_netns`, `ns_run`, `ns_popen`).
+* `sockets`   — the node proxy's in-pod sockets: `pod_listener`, `pod_connect_socket`,
+                `original_dst` (SO_ORIGINAL_DST), all marked SO_MARK 0x539.
+* `rules`     — the in-pod iptables rules as pure functions (`render_rules`, ...).
+* `iptables`  — apply/remove them inside a pod netns (`install_rules`, `remove_rules`).
+* `fabric`    — a local cluster of node and pod namespaces for tests, benchmarks and
+                the local `ketch` cluster (`Fabric`, `Node`, `Pod`, `cleanup_stale`).
+* `constants` — ports 15001/15006/15008, marks 0x539/0x111, routing table 100.
+
+See docs/netns.md.
+"""
+
+from ketch.netns.constants import (
+    CONNMARK,
+    HBONE_PORT,
+    INBOUND_PLAINTEXT_PORT,
+    MARK_MASK,
+    OUTBOUND_PORT,
+    PROXY_MARK,
+    ROUTE_TABLE,
+)
+from ketch.netns.enter import (
+    NetnsRef,
+    close_netns,
+    current_netns_id,
+    in_netns,
+    netns_fd,
+    netns_path,
+    ns_popen,
+    ns_run,
+    open_netns,
+    run_in_netns,
+)
+from ketch.netns.errors import (
+    CommandError,
+    FabricError,
+    IptablesError,
+    NetnsEnterError,
+    NetnsError,
+    NetnsNotFound,
+    NoOriginalDestination,
+)
+from ketch.netns.iptables import detect_backend, install_rules, remove_rules, rules_installed
+from ketch.netns.rules import RedirectSpec, render_removal, render_rules
+from ketch.netns.sockets import (
+    original_dst,
+    pod_connect,
+    pod_connect_socket,
+    pod_listener,
+    pod_listener_async,
+    socket_mark,
+)
+
+__all__ = [
+    "CONNMARK",
+    "HBONE_PORT",
+    "INBOUND_PLAINTEXT_PORT",
+    "MARK_MASK",
+    "OUTBOUND_PORT",
+    "PROXY_MARK",
+    "ROUTE_TABLE",
+    "CommandError",
+    "FabricError",
+    "IptablesError",
+    "NetnsEnterError",
+    "NetnsError",
+    "NetnsNotFound",
+    "NetnsRef",
+    "NoOriginalDestination",
+    "RedirectSpec",
+    "close_netns",
+    "current_netns_id",
+    "detect_backend",
+    "in_netns",
+    "install_rules",
+    "netns_fd",
+    "netns_path",
+    "ns_popen",
+    "ns_run",
+    "open_netns",
+    "original_dst",
+    "pod_connect",
+    "pod_connect_socket",
+    "pod_listener",
+    "pod_listener_async",
+    "remove_rules",
+    "render_removal",
+    "render_rules",
+    "rules_installed",
+    "run_in_netns",
+    "socket_mark",
+]

@@ -1,0 +1,197 @@
+"""Sockets that live inside a pod's network namespace (ztunnel's in-pod model).
+
+The node proxy holds one netns fd per enrolled pod (handed over by the node agent) and opens
+its listeners on 15001/15006/15008 and its outbound connections *inside* the pod netns. Every
+such socket carries SO_MARK 0x539, which the pod's redirection rules recognise so the
+proxy's own traffic is never redirected back to itself. Listeners use SO_REUSEPORT so a new
+proxy can bind next to the old one during an upgrade (REFERENCE.md "Reliability").
+
+All sockets returned here are non-blocking, ready for `loop.sock_accept`/`sock_connect` or
+`asyncio.start_server(sock=...)`. The socket is created on a short-lived thread that
+entered the netns (see `enter.py`); it stays in that netns after the thread is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import struct
+
+from ketch.netns.constants import PROXY_MARK
+from ketch.netns.enter import NetnsRef, in_netns, run_in_netns
+from ketch.netns.errors import NetnsError, NoOriginalDestination
+
+# <linux/netfilter_ipv4.h> SO_ORIGINAL_DST and <linux/netfilter_ipv6/ip6_tables.h>
+# IP6T_SO_ORIGINAL_DST: both 80, at SOL_IP and SOL_IPV6 respectively.
+SO_ORIGINAL_DST = 80
+IP6T_SO_ORIGINAL_DST = 80
+# <linux/in.h>, <linux/in6.h>
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = 75
+SO_MARK = getattr(socket, "SO_MARK", 36)
+
+_SOCKADDR_IN = struct.Struct("!2xH4s8x")  # family (host order, skipped), port, addr, zero
+_SOCKADDR_IN6 = struct.Struct("!2xHI16sI")  # family, port, flowinfo, addr, scope id
+
+
+def _family_of(ip: str) -> socket.AddressFamily:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        raise NetnsError(f"{ip!r} is not an IP address") from None
+    return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+
+def _new_socket(family: socket.AddressFamily, mark: int, transparent: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        if transparent:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+            else:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        hint = " (needs CAP_NET_ADMIN: run as root)" if exc.errno == errno.EPERM else ""
+        raise NetnsError(f"cannot set SO_MARK/transparent on a pod socket: {exc}{hint}") from exc
+    return sock
+
+
+def _make_listener(ip: str, port: int, transparent: bool, backlog: int, mark: int) -> socket.socket:
+    family = _family_of(ip)
+    sock = _new_socket(family, mark, transparent)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((ip, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise NetnsError(f"cannot listen on {ip}:{port} inside the pod netns: {exc}") from exc
+    return sock
+
+
+def pod_listener(
+    netns: NetnsRef,
+    port: int,
+    *,
+    ip: str = "0.0.0.0",
+    transparent: bool = False,
+    backlog: int = 1024,
+    mark: int = PROXY_MARK,
+) -> socket.socket:
+    """A non-blocking TCP listener on ip:port inside `netns`, with SO_REUSEADDR,
+    SO_REUSEPORT and SO_MARK `mark` (accepted sockets inherit the mark).
+    `transparent` sets IP_TRANSPARENT (accept for non-local addresses)."""
+    return in_netns(netns, _make_listener, ip, port, transparent, backlog, mark)
+
+
+async def pod_listener_async(
+    netns: NetnsRef,
+    port: int,
+    *,
+    ip: str = "0.0.0.0",
+    transparent: bool = False,
+    backlog: int = 1024,
+    mark: int = PROXY_MARK,
+) -> socket.socket:
+    """`pod_listener` without blocking the event loop."""
+    return await run_in_netns(netns, _make_listener, ip, port, transparent, backlog, mark)
+
+
+def _make_connect_socket(
+    family: socket.AddressFamily,
+    transparent: bool,
+    source: tuple[str, int] | None,
+    mark: int,
+) -> socket.socket:
+    sock = _new_socket(family, mark, transparent)
+    if source is not None:
+        try:
+            sock.bind(source)
+        except OSError as exc:
+            sock.close()
+            raise NetnsError(
+                f"cannot bind outbound pod socket to {source[0]}:{source[1]}: {exc}"
+            ) from exc
+    return sock
+
+
+def pod_connect_socket(
+    netns: NetnsRef,
+    *,
+    family: socket.AddressFamily = socket.AF_INET,
+    transparent: bool = False,
+    source: tuple[str, int] | None = None,
+    mark: int = PROXY_MARK,
+) -> socket.socket:
+    """An unconnected, non-blocking TCP socket inside `netns` marked with SO_MARK `mark`, for
+    connections the proxy makes from inside the pod (HBONE to a peer's 15008, passthrough).
+    The mark makes the pod's rules leave it alone. Optionally bound to `source`
+    (with `transparent=True` the source may be a non-local address)."""
+    return in_netns(netns, _make_connect_socket, family, transparent, source, mark)
+
+
+async def pod_connect(
+    netns: NetnsRef,
+    address: tuple[str, int],
+    *,
+    connect_timeout: float = 10.0,
+    transparent: bool = False,
+    source: tuple[str, int] | None = None,
+    mark: int = PROXY_MARK,
+) -> socket.socket:
+    """Connect from inside `netns` to `address` with a marked socket; returns the connected
+    non-blocking socket (hand it to `asyncio.open_connection(sock=...)`)."""
+    family = _family_of(address[0])
+    sock = await run_in_netns(netns, _make_connect_socket, family, transparent, source, mark)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def socket_mark(sock: socket.socket) -> int:
+    """The SO_MARK of `sock`."""
+    return sock.getsockopt(socket.SOL_SOCKET, SO_MARK)
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """The destination a redirected (REDIRECT/DNAT) connection was addressed to before the
+    pod's nat rules rewrote it, from conntrack via SO_ORIGINAL_DST (IPv4) or
+    IP6T_SO_ORIGINAL_DST (IPv6). Raises `NoOriginalDestination` if the connection was not
+    redirected."""
+    attempts: list[tuple[int, int, struct.Struct]] = []
+    if sock.family == socket.AF_INET6:
+        attempts.append((socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, _SOCKADDR_IN6))
+    # An AF_INET6 socket may carry an IPv4 connection (v4-mapped): try IPv4 too.
+    attempts.append((socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN))
+    last: OSError | None = None
+    for level, opt, layout in attempts:
+        try:
+            raw = sock.getsockopt(level, opt, layout.size)
+        except OSError as exc:
+            last = exc
+            continue
+        if layout is _SOCKADDR_IN6:
+            port, _flow, addr, _scope = layout.unpack(raw[: layout.size])
+            return str(ipaddress.IPv6Address(addr)), port
+        port, addr4 = layout.unpack(raw[: layout.size])
+        return str(ipaddress.IPv4Address(addr4)), port
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        peer = "?"
+    raise NoOriginalDestination(
+        f"connection from {peer} has no original destination "
+        f"({last.strerror if last else 'unknown'}): it was not redirected by the pod's nat "
+        "rules (are the in-pod rules installed, and is this the 15001/15006 listener?)"
+    )

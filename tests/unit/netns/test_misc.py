@@ -1,0 +1,71 @@
+"""Unit tests for the parts of ketch.netns that need no root."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from ketch.netns import (
+    FabricError,
+    NetnsNotFound,
+    NoOriginalDestination,
+    netns_path,
+    open_netns,
+    original_dst,
+)
+from ketch.netns.enter import nsenter_argv
+from ketch.netns.fabric import Fabric, cleanup_stale
+
+
+@pytest.mark.parametrize(
+    ("ref", "path"),
+    [
+        ("pod-a", "/run/netns/pod-a"),
+        ("/proc/1/ns/net", "/proc/1/ns/net"),
+        (7, "/proc/self/fd/7"),
+    ],
+)
+def test_netns_path(ref: int | str, path: str) -> None:
+    assert netns_path(ref) == path
+
+
+def test_nsenter_argv_passes_fd_down() -> None:
+    argv, fds = nsenter_argv(9, ["ip", "link"])
+    assert argv == ["nsenter", "--net=/proc/self/fd/9", "--", "ip", "link"]
+    assert fds == (9,)
+    argv, fds = nsenter_argv("x", ["true"])
+    assert argv[1] == "--net=/run/netns/x"
+    assert fds == ()
+
+
+def test_open_missing_netns_names_the_namespace() -> None:
+    with pytest.raises(NetnsNotFound, match="kn-does-not-exist"):
+        open_netns("kn-does-not-exist")
+
+
+def test_original_dst_of_a_plain_connection_is_a_clear_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with client, accepted, pytest.raises(NoOriginalDestination, match="not redirected"):
+            original_dst(accepted)
+
+
+@pytest.mark.parametrize("prefix", ["", "UPPER", "1abc", "a" * 30, "kn_x", "kn x"])
+def test_fabric_rejects_bad_prefix(prefix: str) -> None:
+    with pytest.raises(FabricError):
+        Fabric(prefix)
+
+
+def test_cleanup_stale_refuses_odd_prefix() -> None:
+    with pytest.raises(FabricError):
+        cleanup_stale("../etc")
+
+
+def test_fabric_rejects_unknown_node_without_touching_the_system() -> None:
+    fabric = Fabric("knunit")
+    with pytest.raises(FabricError, match="not part of fabric"):
+        fabric.add_pod("nope", "a")
+    assert fabric.namespaces() == []
+    fabric.close()
