@@ -1,0 +1,160 @@
+"""The kinds Ketch knows: apiVersions accepted (and the one written out), plural, singular
+and short names as kubectl/istioctl spell them, scope, and model class.
+
+`resolve_kind("po")`, `resolve_kind("AuthorizationPolicies")`, `resolve_kind("ap")` all
+return the same `KindInfo`, case-insensitively, as `kubectl get <word>` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ketch.api.base import Resource
+from ketch.api.core import Deployment, Namespace, Node, Pod, Service, ServiceAccount
+from ketch.api.errors import Problem, ResourceError
+from ketch.api.gateway import Gateway, HTTPRoute
+from ketch.api.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    group: str  # "" for the core group
+    versions: tuple[str, ...]  # accepted; the first is preferred and written out
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    namespaced: bool
+    model: type[Resource]
+
+    @property
+    def api_versions(self) -> tuple[str, ...]:
+        return tuple(f"{self.group}/{v}" if self.group else v for v in self.versions)
+
+    @property
+    def api_version(self) -> str:
+        """The preferred apiVersion, used when Ketch writes this kind."""
+        return self.api_versions[0]
+
+    def accepts(self, api_version: str) -> bool:
+        return api_version in self.api_versions
+
+    def names(self) -> tuple[str, ...]:
+        """Every word `resolve_kind` accepts for this kind (lowercase)."""
+        return (self.kind.lower(), self.plural, self.singular, *self.short_names)
+
+
+_ALL = (
+    KindInfo("Namespace", "", ("v1",), "namespaces", "namespace", ("ns",), False, Namespace),
+    KindInfo("Node", "", ("v1",), "nodes", "node", ("no",), False, Node),
+    KindInfo(
+        "ServiceAccount",
+        "",
+        ("v1",),
+        "serviceaccounts",
+        "serviceaccount",
+        ("sa",),
+        True,
+        ServiceAccount,
+    ),
+    KindInfo("Pod", "", ("v1",), "pods", "pod", ("po",), True, Pod),
+    KindInfo(
+        "Deployment", "apps", ("v1",), "deployments", "deployment", ("deploy",), True, Deployment
+    ),
+    KindInfo("Service", "", ("v1",), "services", "service", ("svc",), True, Service),
+    KindInfo(
+        "AuthorizationPolicy",
+        "security.istio.io",
+        ("v1", "v1beta1"),
+        "authorizationpolicies",
+        "authorizationpolicy",
+        ("ap",),
+        True,
+        AuthorizationPolicy,
+    ),
+    KindInfo(
+        "PeerAuthentication",
+        "security.istio.io",
+        ("v1", "v1beta1"),
+        "peerauthentications",
+        "peerauthentication",
+        ("pa",),
+        True,
+        PeerAuthentication,
+    ),
+    KindInfo(
+        "RequestAuthentication",
+        "security.istio.io",
+        ("v1", "v1beta1"),
+        "requestauthentications",
+        "requestauthentication",
+        ("ra",),
+        True,
+        RequestAuthentication,
+    ),
+    KindInfo(
+        "Gateway",
+        "gateway.networking.k8s.io",
+        ("v1", "v1beta1"),
+        "gateways",
+        "gateway",
+        ("gtw",),
+        True,
+        Gateway,
+    ),
+    KindInfo(
+        "HTTPRoute",
+        "gateway.networking.k8s.io",
+        ("v1", "v1beta1"),
+        "httproutes",
+        "httproute",
+        (),
+        True,
+        HTTPRoute,
+    ),
+)
+
+KINDS: Mapping[str, KindInfo] = MappingProxyType({info.kind: info for info in _ALL})
+"""Every supported kind, keyed by its `kind` (e.g. "Pod")."""
+
+_BY_WORD: dict[str, KindInfo] = {}
+for _info in _ALL:
+    for _word in _info.names():
+        _BY_WORD[_word] = _info
+    # kubectl also accepts "kind.group", e.g. "gateways.gateway.networking.k8s.io"
+    if _info.group:
+        _BY_WORD[f"{_info.plural}.{_info.group}"] = _info
+        _BY_WORD[f"{_info.kind.lower()}.{_info.group}"] = _info
+
+
+def known_kinds_text() -> str:
+    return ", ".join(f"{i.kind} ({', '.join((i.plural, *i.short_names))})" for i in _ALL)
+
+
+def lookup_kind(word: str) -> KindInfo | None:
+    return _BY_WORD.get(word.strip().lower())
+
+
+def resolve_kind(word: str) -> KindInfo:
+    """The kind named by a user's word: kind, plural, singular or short name, any case.
+    Raises ResourceError naming the known kinds."""
+    info = lookup_kind(word)
+    if info is None:
+        raise ResourceError(
+            [
+                Problem(
+                    "",
+                    0,
+                    "",
+                    f"unknown resource type {word!r}; known: {known_kinds_text()}",
+                )
+            ]
+        )
+    return info
+
+
+def kind_for_manifest(kind: str) -> KindInfo | None:
+    """Exact `kind:` as written in a manifest (case-sensitive, as the API server)."""
+    return KINDS.get(kind)
