@@ -167,8 +167,11 @@ def socket_mark(sock: socket.socket) -> int:
 def original_dst(sock: socket.socket) -> tuple[str, int]:
     """The destination a redirected (REDIRECT/DNAT) connection was addressed to before the
     pod's nat rules rewrote it, from conntrack via SO_ORIGINAL_DST (IPv4) or
-    IP6T_SO_ORIGINAL_DST (IPv6). Raises `NoOriginalDestination` if the connection was not
-    redirected."""
+    IP6T_SO_ORIGINAL_DST (IPv6).
+
+    conntrack answers for every tracked connection: one that was not rewritten reports the
+    address it was made to (the socket's own local address). `NoOriginalDestination` is
+    raised when conntrack has no entry at all (no nat rules ever loaded in that netns)."""
     attempts: list[tuple[int, int, struct.Struct]] = []
     if sock.family == socket.AF_INET6:
         attempts.append((socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, _SOCKADDR_IN6))
@@ -192,6 +195,6 @@ def original_dst(sock: socket.socket) -> tuple[str, int]:
         peer = "?"
     raise NoOriginalDestination(
         f"connection from {peer} has no original destination "
-        f"({last.strerror if last else 'unknown'}): it was not redirected by the pod's nat "
-        "rules (are the in-pod rules installed, and is this the 15001/15006 listener?)"
+        f"({last.strerror if last else 'unknown'}): conntrack does not know it, so it was not "
+        "redirected by the pod's nat rules (are the in-pod rules installed in this pod?)"
     )

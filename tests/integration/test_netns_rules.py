@@ -1,0 +1,239 @@
+"""The in-pod redirection rules in real pod namespaces: install/remove, capture, fail closed.
+
+Traffic goes only between pods of the test's own fabric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from ketch.netns import (
+    HBONE_PORT,
+    INBOUND_PLAINTEXT_PORT,
+    OUTBOUND_PORT,
+    PROXY_MARK,
+    in_netns,
+    install_rules,
+    ns_run,
+    original_dst,
+    pod_connect_socket,
+    pod_listener,
+    remove_rules,
+    rules_installed,
+    socket_mark,
+)
+from ketch.netns.fabric import Pod
+from ketch.netns.iptables import LEGACY, NFT, IptablesBackend, saved_rules
+from ketch.netns.rules import JUMPS, chain_rules, count_policy_rules, our_rules
+
+from .conftest import TwoNodes
+
+pytestmark = pytest.mark.integration
+
+APP_PORT = 8080
+
+
+def _expected(table: str) -> list[str]:
+    jumps = [f"-A {builtin} -j {ours}" for t, builtin, ours in JUMPS if t == table]
+    return sorted([*jumps, *chain_rules()[table]])
+
+
+def _app_listener(pod: Pod, port: int = APP_PORT) -> socket.socket:
+    """A plain (unmarked) workload listener inside the pod."""
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(16)
+        s.setblocking(False)
+        return s
+
+    return in_netns(pod.netns, make)
+
+
+def _workload_connect(pod: Pod, address: tuple[str, int], timeout: float = 3.0) -> socket.socket:
+    """Connect like a workload inside the pod would: an unmarked socket made in the pod."""
+    sock = in_netns(pod.netns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _accept(listener: socket.socket, timeout: float = 3.0) -> socket.socket:
+    ready, _, _ = select.select([listener], [], [], timeout)
+    assert ready, "no connection arrived"
+    conn, _ = listener.accept()
+    return conn
+
+
+def _nothing_pending(listener: socket.socket) -> bool:
+    ready, _, _ = select.select([listener], [], [], 0)
+    return not ready
+
+
+@contextlib.contextmanager
+def _closing(*socks: socket.socket) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _ip(pod: Pod, *args: str) -> str:
+    return ns_run(pod.netns, ["ip", *args]).stdout
+
+
+def test_install_puts_exactly_our_rules_and_routing_in_the_pod(two_nodes: TwoNodes) -> None:
+    pod = two_nodes.a
+    backend = install_rules(pod.netns)
+    ours = our_rules(saved_rules(pod.netns, backend=backend))
+    assert sorted(ours["mangle"]) == _expected("mangle")
+    assert sorted(ours["nat"]) == _expected("nat")
+    assert count_policy_rules(_ip(pod, "-4", "-j", "rule", "show")) == 1
+    assert "local default dev lo" in _ip(pod, "-4", "route", "show", "table", "100")
+    if backend.available(6):
+        v6 = our_rules(saved_rules(pod.netns, family=6, backend=backend))
+        assert any("! -d ::1/128" in r for r in v6["nat"])
+    # the other pod is untouched
+    assert not rules_installed(two_nodes.b.netns)
+    assert rules_installed(pod.netns)
+
+
+def test_installing_twice_yields_one_copy(two_nodes: TwoNodes) -> None:
+    pod = two_nodes.a
+    backend = install_rules(pod.netns)
+    first = saved_rules(pod.netns, backend=backend)
+    assert install_rules(pod.netns) == backend
+    second = saved_rules(pod.netns, backend=backend)
+    assert our_rules(second) == our_rules(first)
+    assert sorted(our_rules(second)["nat"]) == _expected("nat")
+    assert count_policy_rules(_ip(pod, "-4", "-j", "rule", "show")) == 1
+
+
+def test_remove_leaves_nothing_of_ours_and_is_idempotent(two_nodes: TwoNodes) -> None:
+    pod = two_nodes.a
+    remove_rules(pod.netns)  # nothing installed yet: fine
+    backend = install_rules(pod.netns)
+    remove_rules(pod.netns)
+    for family in (4, 6) if backend.available(6) else (4,):
+        text = saved_rules(pod.netns, family=family, backend=backend)
+        assert our_rules(text) == {"mangle": [], "nat": []}
+        assert "ISTIO_" not in text
+    assert count_policy_rules(_ip(pod, "-4", "-j", "rule", "show")) == 0
+    assert _ip(pod, "-4", "route", "show", "table", "100").strip() == ""
+    assert not rules_installed(pod.netns)
+    remove_rules(pod.netns)
+
+
+@pytest.mark.parametrize("backend", [NFT, LEGACY], ids=["nft", "legacy"])
+def test_each_backend_installs_and_removes(two_nodes: TwoNodes, backend: IptablesBackend) -> None:
+    if not backend.available():
+        pytest.skip(f"{backend.restore(4)} not installed")
+    pod = two_nodes.b
+    assert install_rules(pod.netns, backend=backend, ipv6=False) == backend
+    assert sorted(our_rules(saved_rules(pod.netns, backend=backend))["nat"]) == _expected("nat")
+    remove_rules(pod.netns)
+    assert our_rules(saved_rules(pod.netns, backend=backend))["nat"] == []
+
+
+def test_fail_closed_outbound_without_proxy_is_refused(two_nodes: TwoNodes) -> None:
+    a, b = two_nodes.a, two_nodes.b
+    app = _app_listener(b)
+    with _closing(app):
+        # control: without rules the workload reaches the other pod
+        with _closing(_workload_connect(a, (b.ip, APP_PORT))):
+            _accept(app).close()
+        install_rules(a.netns)
+        # with rules and no proxy on 15001: redirected to a closed local port, refused
+        with pytest.raises(ConnectionRefusedError):
+            _workload_connect(a, (b.ip, APP_PORT)).close()
+        assert _nothing_pending(app), "traffic leaked past the redirect"
+
+
+def test_outbound_capture_reports_the_original_destination(two_nodes: TwoNodes) -> None:
+    a, b = two_nodes.a, two_nodes.b
+    install_rules(a.netns)
+    proxy = pod_listener(a.netns, OUTBOUND_PORT)
+    with _closing(proxy):
+        client = _workload_connect(a, (b.ip, APP_PORT))
+        conn = _accept(proxy)
+        with _closing(client, conn):
+            assert original_dst(conn) == (b.ip, APP_PORT)
+            assert conn.getpeername()[0] == a.ip
+            assert socket_mark(conn) == PROXY_MARK
+            client.sendall(b"hello")
+            conn.setblocking(True)
+            assert conn.recv(5) == b"hello"
+
+
+def test_inbound_capture_and_fail_closed(two_nodes: TwoNodes) -> None:
+    a, b = two_nodes.a, two_nodes.b
+    install_rules(b.netns)
+    app = _app_listener(b)
+    with _closing(app):
+        # no proxy on 15006: inbound plaintext is refused, the app never sees it
+        with pytest.raises(ConnectionRefusedError):
+            _workload_connect(a, (b.ip, APP_PORT)).close()
+        assert _nothing_pending(app)
+        proxy = pod_listener(b.netns, INBOUND_PLAINTEXT_PORT)
+        with _closing(proxy):
+            client = _workload_connect(a, (b.ip, APP_PORT))
+            conn = _accept(proxy)
+            with _closing(client, conn):
+                assert original_dst(conn) == (b.ip, APP_PORT)
+                assert conn.getpeername()[0] == a.ip
+            assert _nothing_pending(app)
+
+
+def test_hbone_port_is_never_redirected(two_nodes: TwoNodes) -> None:
+    a, b = two_nodes.a, two_nodes.b
+    install_rules(b.netns)
+    hbone = pod_listener(b.netns, HBONE_PORT)
+    with _closing(hbone):
+        client = _workload_connect(a, (b.ip, HBONE_PORT))
+        conn = _accept(hbone)
+        with _closing(client, conn):
+            # conntrack still knows the connection, but nothing rewrote its destination
+            assert original_dst(conn) == conn.getsockname() == (b.ip, HBONE_PORT)
+
+
+def test_proxy_marked_outbound_connection_bypasses_the_redirect(two_nodes: TwoNodes) -> None:
+    a, b = two_nodes.a, two_nodes.b
+    install_rules(a.netns)
+    app = _app_listener(b)
+    sock = pod_connect_socket(a.netns)
+    with _closing(app, sock):
+        assert socket_mark(sock) == PROXY_MARK
+        sock.settimeout(3)
+        sock.connect((b.ip, APP_PORT))
+        _accept(app).close()
+
+
+def test_connmark_routes_replies_back_to_a_transparent_proxy(two_nodes: TwoNodes) -> None:
+    """Inbound delivery keeping the client's source IP: the proxy (marked, IP_TRANSPARENT)
+    connects to the app from the remote client's address; the app's replies to that
+    remote address carry the restored mark 0x111 and are routed over lo by table 100."""
+    a, b = two_nodes.a, two_nodes.b
+    install_rules(b.netns)
+    app = _app_listener(b)
+    sock = pod_connect_socket(b.netns, transparent=True, source=(a.ip, 0))
+    with _closing(app, sock):
+        sock.settimeout(3)
+        sock.connect((b.ip, APP_PORT))
+        conn = _accept(app)
+        with _closing(conn):
+            assert conn.getpeername()[0] == a.ip
+            conn.setblocking(True)
+            conn.sendall(b"reply")
+            assert sock.recv(5) == b"reply"

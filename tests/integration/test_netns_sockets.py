@@ -1,0 +1,77 @@
+"""In-pod sockets: listeners and outbound sockets made inside pod namespaces."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import pytest
+
+from ketch.netns import (
+    PROXY_MARK,
+    close_netns,
+    in_netns,
+    open_netns,
+    pod_connect,
+    pod_connect_socket,
+    pod_listener,
+    pod_listener_async,
+    socket_mark,
+)
+
+from .conftest import TwoNodes
+
+pytestmark = pytest.mark.integration
+
+
+def _accept(listener: socket.socket, timeout: float = 3.0) -> socket.socket:
+    ready, _, _ = select.select([listener], [], [], timeout)
+    assert ready, "no connection arrived"
+    return listener.accept()[0]
+
+
+def test_pod_listener_is_reachable_from_another_pod_and_marked(two_nodes: TwoNodes) -> None:
+    a, b = two_nodes.a, two_nodes.b
+    fd = open_netns(b.netns)
+    try:
+        listener = pod_listener(fd, 15008)
+    finally:
+        close_netns(fd)  # the socket keeps the netns alive by itself
+    with listener:
+        assert listener.getblocking() is False
+        assert socket_mark(listener) == PROXY_MARK
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        client = in_netns(a.netns, socket.socket)
+        with client:
+            client.settimeout(3)
+            client.connect((b.ip, 15008))
+            conn = _accept(listener)
+            with conn:
+                assert socket_mark(conn) == PROXY_MARK  # accepted sockets inherit the mark
+                assert conn.getsockname() == (b.ip, 15008)
+                assert conn.getpeername()[0] == a.ip
+
+
+def test_reuseport_lets_a_second_proxy_bind_next_to_the_first(two_nodes: TwoNodes) -> None:
+    first = pod_listener(two_nodes.a.netns, 15001)
+    second = pod_listener(two_nodes.a.netns, 15001)
+    first.close()
+    second.close()
+
+
+def test_pod_connect_socket_is_marked_and_unconnected(two_nodes: TwoNodes) -> None:
+    sock = pod_connect_socket(two_nodes.a.netns, family=socket.AF_INET6)
+    with sock:
+        assert sock.family == socket.AF_INET6
+        assert socket_mark(sock) == PROXY_MARK
+        assert sock.getblocking() is False
+
+
+async def test_async_listener_and_connect(two_nodes: TwoNodes) -> None:
+    a, b = two_nodes.a, two_nodes.b
+    listener = await pod_listener_async(b.netns, 15006, ip=b.ip)
+    with listener:
+        sock = await pod_connect(a.netns, (b.ip, 15006), connect_timeout=3)
+        with sock:
+            assert socket_mark(sock) == PROXY_MARK
+            assert sock.getsockname()[0] == a.ip
