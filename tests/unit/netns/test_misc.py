@@ -52,9 +52,10 @@ def test_original_dst_of_a_plain_connection_is_its_own_address_or_a_clear_error(
         accepted, _ = server.accept()
         with client, accepted:
             try:
-                assert original_dst(accepted) == accepted.getsockname()
+                result: tuple[str, int] | str = original_dst(accepted)
             except NoOriginalDestination as exc:
-                assert "not redirected" in str(exc)
+                result = str(exc)
+            assert result == accepted.getsockname() or "not redirected" in str(result)
 
 
 @pytest.mark.parametrize("prefix", ["", "UPPER", "1abc", "a" * 30, "kn_x", "kn x"])
