@@ -220,6 +220,13 @@ def ns_run(
             pass_fds=pass_fds,
             check=False,
         )
+    except FileNotFoundError as exc:
+        raise error(
+            f"cannot run `{full[0]}`: not installed (nsenter is in util-linux)",
+            argv=list(argv),
+            returncode=-1,
+            stderr="",
+        ) from exc
     except subprocess.TimeoutExpired as exc:
         raise error(
             f"`{' '.join(argv)}` in netns {netns_path(ref)} timed out after {timeout}s",

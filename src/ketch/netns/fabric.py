@@ -101,16 +101,19 @@ def _netns_del(name: str) -> str | None:
     return None
 
 
-def _sysctl(netns: str, *settings: str) -> None:
-    proc = subprocess.run(
-        ["nsenter", f"--net={netns_path(netns)}", "--", "sysctl", "-qw", *settings],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise FabricError(f"sysctl {' '.join(settings)} in netns {netns}: {proc.stderr.strip()}")
+def _sysctl(netns: str, key: str, value: str) -> None:
+    """Set a net.* sysctl inside `netns`: /proc/sys/net resolves to the writing thread's
+    netns, so this needs no `sysctl` binary and never touches the root netns."""
+    path = "/proc/sys/" + key.replace(".", "/")
+
+    def write() -> None:
+        with open(path, "w") as f:
+            f.write(value + "\n")
+
+    try:
+        in_netns(netns, write)
+    except OSError as exc:
+        raise FabricError(f"cannot set {key}={value} in netns {netns}: {exc}") from exc
 
 
 class _Processes:
@@ -336,7 +339,7 @@ class Fabric:
                 *routes,
             ],
         )
-        _sysctl(netns, "net.ipv4.ip_forward=1")
+        _sysctl(netns, "net.ipv4.ip_forward", "1")
         for other in self.nodes.values():
             _ip_batch(other.netns, [f"route add {pod_cidr} via {ip}"])
         self.nodes[name] = node
