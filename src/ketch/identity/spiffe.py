@@ -56,3 +56,43 @@ class SpiffeId:
 
     def __str__(self) -> str:
         return self.uri
+
+
+_NODE_PATH = "ketch/node"
+
+
+@dataclass(frozen=True, order=True)
+class NodeId:
+    """A node proxy's own identity: spiffe://<trust-domain>/ketch/node/<node-name>.
+
+    Deliberately not of the workload shape (`SpiffeId.parse` rejects it), so a node
+    certificate can never be mistaken for a workload identity by a peer.
+    """
+
+    trust_domain: str
+    node_name: str
+
+    def __post_init__(self) -> None:
+        if not _TRUST_DOMAIN.match(self.trust_domain) or len(self.trust_domain) > 255:
+            raise InvalidSpiffeId(f"invalid trust domain {self.trust_domain!r}")
+        if not _NAME.match(self.node_name) or len(self.node_name) > 253:
+            raise InvalidSpiffeId(f"invalid node name {self.node_name!r} in node identity")
+
+    @classmethod
+    def parse(cls, uri: str) -> NodeId:
+        """Parse 'spiffe://td/ketch/node/NAME' (the 'spiffe://' prefix is required)."""
+        if not uri.startswith("spiffe://"):
+            raise InvalidSpiffeId(f"{uri!r} is not a SPIFFE URI")
+        parts = uri.removeprefix("spiffe://").split("/")
+        if len(parts) != 4 or f"{parts[1]}/{parts[2]}" != _NODE_PATH:
+            raise InvalidSpiffeId(
+                f"{uri!r} is not a node identity (expected spiffe://<trust-domain>/ketch/node/<node>)"
+            )
+        return cls(parts[0], parts[3])
+
+    @property
+    def uri(self) -> str:
+        return f"spiffe://{self.trust_domain}/{_NODE_PATH}/{self.node_name}"
+
+    def __str__(self) -> str:
+        return self.uri
