@@ -440,6 +440,14 @@ class Resource(KetchModel):
             raise fail(problem, "name")
         return metadata
 
+    def to_manifest(self) -> dict[str, Any]:
+        """The wire form: YAML/JSON names, only fields that were set and not None (so what a
+        user wrote comes back unchanged); apiVersion and kind always present, first."""
+        body = self.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)
+        out: dict[str, Any] = {"apiVersion": self.api_version, "kind": self.kind}
+        out.update((k, v) for k, v in body.items() if k not in out)
+        return out
+
     @property
     def name(self) -> str:
         return self.metadata.name

@@ -176,13 +176,12 @@ def from_manifest(
         ) from None
 
 
-def to_manifest(resource: Resource) -> dict[str, Any]:
+def to_manifest(resource: Resource | LoadedObject) -> dict[str, Any]:
     """The wire form: YAML/JSON names, only fields that were set and not None, so what a
     user wrote comes back unchanged. apiVersion and kind are always present."""
-    body = resource.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)
-    out: dict[str, Any] = {"apiVersion": resource.api_version, "kind": resource.kind}
-    out.update((k, v) for k, v in body.items() if k not in out)
-    return out
+    if isinstance(resource, LoadedObject):
+        resource = resource.resource
+    return resource.to_manifest()
 
 
 # --- pydantic errors -> problems ---------------------------------------------------------

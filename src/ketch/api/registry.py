@@ -7,9 +7,7 @@ return the same `KindInfo`, case-insensitively, as `kubectl get <word>` does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from ketch.api.base import Resource
 from ketch.api.core import Deployment, Namespace, Node, Pod, Service, ServiceAccount
@@ -116,7 +114,7 @@ _ALL = (
     ),
 )
 
-KINDS: Mapping[str, KindInfo] = MappingProxyType({info.kind: info for info in _ALL})
+KINDS: dict[str, KindInfo] = {info.kind: info for info in _ALL}
 """Every supported kind, keyed by its `kind` (e.g. "Pod")."""
 
 _BY_WORD: dict[str, KindInfo] = {}

@@ -165,3 +165,15 @@ def test_pod_from_manifest_is_typed() -> None:
         }
     )
     assert isinstance(pod, Pod)
+
+
+def test_to_manifest_accepts_loaded_objects_and_models_have_the_method() -> None:
+    result = load(["-"], stdin=io.StringIO(sa("a")))
+    obj = apply_namespace_default(result.objects[0], "dev")
+    expected = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "a", "namespace": "dev"},
+    }
+    assert to_manifest(obj) == expected
+    assert obj.resource.to_manifest() == expected
