@@ -17,6 +17,7 @@ from ketch.netns import (
     INBOUND_PLAINTEXT_PORT,
     OUTBOUND_PORT,
     PROXY_MARK,
+    detect_backend,
     in_netns,
     install_rules,
     ns_run,
@@ -142,6 +143,9 @@ def test_each_backend_installs_and_removes(two_nodes: TwoNodes, backend: Iptable
         pytest.skip(f"{backend.restore(4)} not installed")
     pod = two_nodes.b
     assert install_rules(pod.netns, backend=backend, ipv6=False) == backend
+    # later automatic choices stick to the backend that holds our chains
+    assert detect_backend(pod.netns) == backend
+    assert install_rules(pod.netns, ipv6=False) == backend
     assert sorted(our_rules(saved_rules(pod.netns, backend=backend))["nat"]) == _expected("nat")
     remove_rules(pod.netns)
     assert our_rules(saved_rules(pod.netns, backend=backend))["nat"] == []

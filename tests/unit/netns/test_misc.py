@@ -8,8 +8,10 @@ import pytest
 
 from ketch.netns import (
     FabricError,
+    IptablesError,
     NetnsNotFound,
     NoOriginalDestination,
+    detect_backend,
     netns_path,
     open_netns,
     original_dst,
@@ -75,3 +77,9 @@ def test_fabric_rejects_unknown_node_without_touching_the_system() -> None:
         fabric.add_pod("nope", "a")
     assert fabric.namespaces() == []
     fabric.close()
+
+
+def test_backend_override_must_be_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KETCH_IPTABLES_BACKEND", "bogus")
+    with pytest.raises(IptablesError, match="not 'nft' or 'legacy'"):
+        detect_backend("kn-never-used")
