@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(iproute2 iptables nftables curl openssl tcpdump iperf3 procps ca-certificates)
+APT_PKGS=(iproute2 iptables nftables util-linux curl openssl tcpdump iperf3 procps ca-certificates)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
