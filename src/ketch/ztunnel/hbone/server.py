@@ -1,0 +1,246 @@
+"""HBONE server: accepts mTLS HTTP/2 connections on a caller-made listening socket.
+
+The socket is created by the caller (the inbound listener on 15008, usually inside a pod's
+network namespace); this module only accepts on it. Each connection goes through an
+explicit TLS handshake (so failures are logged with the peer address and reason), the
+client's SPIFFE identity is checked against our trust domain, and every valid CONNECT is
+handed to the `handler` coroutine as an `IncomingConnect`, which either `refuse()`s it with a
+status (401 denied, 503 unreachable, ...) or `accept()`s it and gets a `Tunnel`.
+Malformed requests (not CONNECT, bad authority) are answered 400 without calling the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from ketch.identity.spiffe import SpiffeId
+from ketch.util.tasks import spawn
+from ketch.ztunnel.hbone import proto
+from ketch.ztunnel.hbone.errors import HboneError, TlsError, UsageError
+from ketch.ztunnel.hbone.proto import Role
+from ketch.ztunnel.hbone.tls import verify_client
+from ketch.ztunnel.hbone.tunnel import H2Protocol, Tunnel
+
+log = logging.getLogger("ketch.ztunnel.hbone.server")
+
+SockAddr = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ConnectInfo:
+    """What the server knows about an incoming CONNECT, for routing and authorization."""
+
+    authority: str
+    headers: proto.Headers
+    peer_identity: SpiffeId
+    local_addr: SockAddr
+    peer_addr: SockAddr
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+class IncomingConnect:
+    """One CONNECT awaiting a decision: `accept()` (200) or `refuse(status)`.
+
+    The tunnel exists from the moment the request arrives, so bytes a client sends before
+    our 200 (optimistic data) are kept, flow-controlled, until the handler accepts.
+    """
+
+    def __init__(self, proto_: H2Protocol, stream_id: int, info: ConnectInfo) -> None:
+        self._p = proto_
+        self.stream_id = stream_id
+        self.info = info
+        self._tunnel = Tunnel(proto_, stream_id, info.authority)
+        proto_.add_tunnel(self._tunnel)
+        self.tunnel: Tunnel | None = None
+        self.status: int | None = None
+
+    @property
+    def decided(self) -> bool:
+        return self.status is not None
+
+    def accept(self, headers: Iterable[tuple[str, str]] = ()) -> Tunnel:
+        """Answer 200 and return the open tunnel (its reads fail if the client already
+        reset the stream)."""
+        if self.status is not None:
+            raise UsageError(f"HBONE stream {self.stream_id} already answered {self.status}")
+        self.status = 200
+        t = self.tunnel = self._tunnel
+        if not t.closed:
+            self._p.conn.respond(self.stream_id, 200, headers)
+            self._p.flush()
+            t._on_response(200, ())
+        return t
+
+    def refuse(self, status: int) -> None:
+        """Answer with an error status (400, 401, 503, ...) and end the stream."""
+        if status == 200:
+            raise UsageError("refuse() needs a non-200 status; use accept()")
+        if self.status is not None:
+            return
+        self.status = status
+        if not self._tunnel.closed:
+            self._p.conn.respond(self.stream_id, status)
+            self._p.flush()
+            self._tunnel._finish()
+
+
+Handler = Callable[[IncomingConnect], Awaitable[None]]
+
+
+class _Accept(asyncio.Protocol):
+    """Plain-TCP stage of an accepted connection, until TLS takes over."""
+
+    def __init__(self, server: HboneServer) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # start_tls must see the ClientHello, not us
+        peer = transport.get_extra_info("peername")
+        spawn(self._server._handshake(transport), name=f"hbone-handshake-{peer}")
+
+
+class HboneServer:
+    """Serves HBONE on `sock` (already bound and listening, any network namespace)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        tls: ssl.SSLContext,
+        trust_domain: str,
+        handler: Handler,
+        *,
+        handshake_timeout: float = 10.0,
+        ping_interval: float | None = 10.0,
+        ping_timeout: float = 20.0,
+    ) -> None:
+        self._sock = sock
+        self._tls = tls
+        self._trust_domain = trust_domain
+        self._handler = handler
+        self._handshake_timeout = handshake_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._server: asyncio.Server | None = None
+        self.connections: set[H2Protocol] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.handshake_failures = 0
+
+    @property
+    def address(self) -> SockAddr:
+        name = self._sock.getsockname()
+        return (name[0], name[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sock.setblocking(False)
+        self._server = await loop.create_server(lambda: _Accept(self), sock=self._sock)
+
+    def set_tls(self, tls: ssl.SSLContext) -> None:
+        """Use a new context (certificate rotation) for connections accepted from now on."""
+        self._tls = tls
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Stop accepting, GOAWAY every connection, wait up to `drain_timeout`, then force."""
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.connections):
+            c.goaway()
+        if self.connections:
+            waits = [c.wait_closed() for c in self.connections]
+            _, pending = await asyncio.wait(
+                [spawn(w, name="hbone-drain") for w in waits], timeout=drain_timeout
+            )
+            for t in pending:
+                t.cancel()
+        for c in list(self.connections):
+            c.abort(HboneError("HBONE server shut down"))
+        for h in list(self._handlers):
+            h.cancel()
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=drain_timeout)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername")
+        p = H2Protocol(
+            Role.SERVER,
+            on_request=self._on_request,
+            ping_interval=self._ping_interval,
+            ping_timeout=self._ping_timeout,
+            settings_timeout=self._handshake_timeout,
+        )
+        try:
+            tls_transport = await loop.start_tls(
+                transport,
+                p,
+                self._tls,
+                server_side=True,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+        except (OSError, TimeoutError, ConnectionError) as e:
+            self.handshake_failures += 1
+            detail = getattr(e, "verify_message", None) or getattr(e, "reason", None) or repr(e)
+            log.warning(
+                "HBONE TLS handshake from %s failed (%s); is the client a mesh workload "
+                "with a certificate from our CA?",
+                peer,
+                detail,
+            )
+            transport.abort()
+            return
+        if tls_transport is None:  # pragma: no cover - only for non-TLS transports
+            transport.abort()
+            return
+        try:
+            p.peer_identity = verify_client(
+                tls_transport.get_extra_info("ssl_object"), self._trust_domain
+            )
+        except TlsError as e:
+            self.handshake_failures += 1
+            log.warning("HBONE connection from %s rejected: %s", peer, e)
+            tls_transport.abort()
+            return
+        self.connections.add(p)
+        p.on_closed = self.connections.discard
+        p.connection_made(tls_transport)
+
+    def _on_request(self, p: H2Protocol, ev: proto.ConnectRequest) -> None:
+        assert p.transport is not None
+        assert p.peer_identity is not None
+        local = p.transport.get_extra_info("sockname")
+        peer = p.transport.get_extra_info("peername")
+        info = ConnectInfo(
+            ev.authority,
+            ev.headers,
+            p.peer_identity,
+            (local[0], local[1]),
+            (peer[0], peer[1]),
+        )
+        inc = IncomingConnect(p, ev.stream_id, info)
+        task = spawn(self._run(inc), name=f"hbone-in-{info.peer_addr}-{ev.stream_id}")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _run(self, inc: IncomingConnect) -> None:
+        try:
+            await self._handler(inc)
+        except HboneError as e:
+            log.info("HBONE stream %s to %s ended: %s", inc.stream_id, inc.info.authority, e)
+        finally:
+            if not inc.decided:
+                inc.refuse(503)
+            if inc.tunnel is not None:
+                inc.tunnel.close()
