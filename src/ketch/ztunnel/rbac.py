@@ -547,13 +547,13 @@ def _convert_authz(
             if rule is None:
                 dropped += 1
                 ctx.warn(
-                    f"spec.rules[{i}] uses HTTP-only attributes ({what}); in an ALLOW policy "
+                    f"spec.rules[{i}] uses L7-only attributes ({what}); in an ALLOW policy "
                     "the node proxy can never match it, so the rule is ignored (use a waypoint "
                     "for L7 policy)"
                 )
             else:
                 ctx.warn(
-                    f"spec.rules[{i}] uses HTTP-only attributes ({what}); in a DENY policy the "
+                    f"spec.rules[{i}] uses L7-only attributes ({what}); in a DENY policy the "
                     "node proxy drops them and applies the rest of the rule, which denies "
                     "more broadly (use a waypoint for L7 policy)"
                 )

@@ -124,7 +124,7 @@ def test_example_config(tmp_path: Path) -> None:
     (policy,) = state.policies.values()
     assert policy.scope is Scope.WORKLOAD_SELECTOR
     assert len(policy.rules) == 1  # the GET rule is ignored at L4
-    assert any("HTTP-only" in w and "app/allow-shop" in w for w in warnings)
+    assert any("L7-only" in w and "app/allow-shop" in w for w in warnings)
     assert state.mtls_mode(server, 8080) == (MtlsMode.STRICT, "istio-system/default")
 
     # the loaded state drives routing and authorization end to end

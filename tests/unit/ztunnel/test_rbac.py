@@ -610,6 +610,24 @@ class _Model:
         return ALLOW_CLIENT
 
 
+def test_accepts_ketch_api_models() -> None:
+    from ketch.api.security import AuthorizationPolicy, PeerAuthentication
+
+    model = AuthorizationPolicy.model_validate(
+        ap(
+            [{**src(namespaces=["client-ns"]), **to(ports=["8080"], methods=["GET"])}],
+            action="DENY",
+        )
+    )
+    peer = PeerAuthentication.model_validate(pa("STRICT"))
+    conv = convert_policies([model, peer])
+    st = ProxyState.build([SERVER], (), conv.authorizations, conv.peer_authentications)
+    assert not authorize(st, conn()).allowed  # DENY kept minus the method: port 8080 denied
+    assert authorize(st, conn(OTHER_ID)).allowed
+    assert not authorize(st, conn(None)).allowed  # STRICT
+    assert any("L7-only" in w for w in conv.warnings)
+
+
 def test_accepts_objects_with_to_manifest() -> None:
     (p,) = convert_policies([_Model()]).authorizations
     assert p.key == "app/p"
