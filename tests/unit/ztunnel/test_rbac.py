@@ -7,6 +7,8 @@ from ipaddress import ip_address
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.ztunnel.rbac import (
@@ -675,3 +677,45 @@ def test_conversion_collects_all_errors_and_duplicates() -> None:
     assert len(exc.value.problems) == 2
     with pytest.raises(PolicyError, match="defined twice"):
         convert_policies([ap([{}]), ap([{}])])
+
+
+# --- properties
+
+_POLICY_POOL = [
+    ap([src(namespaces=["client-ns"])], name="a"),
+    ap([src(principals=["*/sa/robot"])], name="b", action="DENY"),
+    ap([to(ports=["8080"])], name="c"),
+    ap([src(ipBlocks=["10.0.1.0/24"])], name="d", action="DENY"),
+    ap(name="e"),
+    ap([{}], name="f"),
+    ap([src(notNamespaces=["app"])], name="g", action="DENY", ns="istio-system"),
+]
+_CONNS = [conn(), conn(OTHER_ID), conn(None), conn(src_ip="10.9.9.9"), conn(dst_port=9090)]
+
+
+@given(
+    enforced=st.lists(st.sampled_from(range(len(_POLICY_POOL))), unique=True),
+    shadow=st.lists(st.sampled_from(range(len(_POLICY_POOL))), unique=True),
+)
+def test_dry_run_never_changes_the_decision(enforced: list[int], shadow: list[int]) -> None:
+    base = [_POLICY_POOL[i] for i in enforced]
+    dry = [
+        {
+            **_POLICY_POOL[i],
+            "metadata": {
+                **_POLICY_POOL[i]["metadata"],
+                "name": f"dry-{i}",
+                "annotations": {"istio.io/dry-run": "true"},
+            },
+        }
+        for i in shadow
+    ]
+    without, with_dry = state(*base), state(*base, *dry)
+    for c in _CONNS:
+        a, b = authorize(without, c), authorize(with_dry, c)
+        assert (a.allowed, a.policy) == (b.allowed, b.policy)
+        assert len(b.dry_run_results) == len(shadow)
+        # the shadow outcome equals enforcing the dry-run policies for real
+        if shadow:
+            real = [{**d, "metadata": {**d["metadata"], "annotations": {}}} for d in dry]
+            assert b.dry_run_allowed == authorize(state(*base, *real), c).allowed
