@@ -21,6 +21,7 @@ import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 
@@ -46,10 +47,20 @@ class WorkloadCert:
         if not self.chain_pem:
             raise TlsError("workload certificate chain is empty")
 
+    @classmethod
+    def of(cls, issued: _IssuedLike) -> WorkloadCert:
+        """From ketch.identity.ca.IssuedCert (or anything with key_pem and chain_pem)."""
+        return cls(issued.key_pem, tuple(issued.chain_pem))
 
-def _base_context(
-    purpose: ssl.Purpose, cert: WorkloadCert, roots: Sequence[bytes], server: bool
-) -> ssl.SSLContext:
+
+class _IssuedLike(Protocol):
+    @property
+    def key_pem(self) -> bytes: ...
+    @property
+    def chain_pem(self) -> Sequence[bytes]: ...
+
+
+def _base_context(cert: WorkloadCert, roots: Sequence[bytes], server: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
@@ -84,12 +95,12 @@ def _load_cert_chain(ctx: ssl.SSLContext, cert: WorkloadCert) -> None:
 
 def client_context(cert: WorkloadCert, roots: Sequence[bytes]) -> ssl.SSLContext:
     """Context for dialling HBONE (use with server_hostname='' so no SNI is sent)."""
-    return _base_context(ssl.Purpose.SERVER_AUTH, cert, roots, server=False)
+    return _base_context(cert, roots, server=False)
 
 
 def server_context(cert: WorkloadCert, roots: Sequence[bytes]) -> ssl.SSLContext:
     """Context for the 15008 listener: client certificates are required."""
-    return _base_context(ssl.Purpose.CLIENT_AUTH, cert, roots, server=True)
+    return _base_context(cert, roots, server=True)
 
 
 def peer_identities(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[SpiffeId, ...]:

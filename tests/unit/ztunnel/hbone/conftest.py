@@ -11,36 +11,39 @@ from dataclasses import dataclass
 
 import pytest
 
+from ketch.identity.ca import CertificateAuthority
 from ketch.identity.spiffe import SpiffeId
 from ketch.ztunnel.hbone import tls
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
-from tests.unit.ztunnel.hbone.pki import MiniCA
 
 TD = "cluster.local"
 
 
 @dataclass
 class Mesh:
-    ca: MiniCA
+    ca: CertificateAuthority
     client_id: SpiffeId
     client_cert: tls.WorkloadCert
     server_id: SpiffeId
     server_cert: tls.WorkloadCert
 
     def client_ctx(self, _ident: SpiffeId) -> ssl.SSLContext:
-        return tls.client_context(self.client_cert, [self.ca.root_pem])
+        return tls.client_context(self.client_cert, self.ca.trust_bundle)
 
     def server_ctx(self) -> ssl.SSLContext:
-        return tls.server_context(self.server_cert, [self.ca.root_pem])
+        return tls.server_context(self.server_cert, self.ca.trust_bundle)
 
 
 @pytest.fixture(scope="session")
 def mesh() -> Mesh:
-    ca = MiniCA.create(TD)
-    cid, ccert = ca.workload("client-ns", "client-sa")
-    sid, scert = ca.workload("server-ns", "server-sa")
-    return Mesh(ca, cid, ccert, sid, scert)
+    ca = CertificateAuthority.create(TD)
+    cid, sid = SpiffeId(TD, "client-ns", "client-sa"), SpiffeId(TD, "server-ns", "server-sa")
+    return Mesh(ca, cid, workload(ca, cid), sid, workload(ca, sid))
+
+
+def workload(ca: CertificateAuthority, ident: SpiffeId) -> tls.WorkloadCert:
+    return tls.WorkloadCert.of(ca.issue_workload(ident))
 
 
 def listening_socket() -> socket.socket:

@@ -10,6 +10,8 @@ import ssl
 import hpack
 import pytest
 
+from ketch.identity.ca import CertificateAuthority
+from ketch.identity.spiffe import SpiffeId
 from ketch.ztunnel.hbone import proto, tls
 from ketch.ztunnel.hbone.errors import (
     ConnectRefused,
@@ -30,8 +32,8 @@ from tests.unit.ztunnel.hbone.conftest import (
     eventually,
     key_for,
     listening_socket,
+    workload,
 )
-from tests.unit.ztunnel.hbone.pki import MiniCA
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -236,7 +238,7 @@ async def test_wrong_expected_identity(
     mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
 ) -> None:
     srv = await make_server(echo)
-    other = mesh.ca.workload("other", "sa")[0]
+    other = SpiffeId(TD, "other", "sa")
     with pytest.raises(IdentityMismatch, match="server-sa") as ei:
         await pool.open(key_for(mesh, srv, expected=other), "10.0.0.1:80")
     assert ei.value.expected == (other,)
@@ -244,9 +246,9 @@ async def test_wrong_expected_identity(
 
 
 async def test_server_cert_from_another_ca(mesh: Mesh) -> None:
-    rogue = MiniCA.create(TD)
-    _, cert = rogue.workload("server-ns", "server-sa")
-    srv = HboneServer(listening_socket(), tls.server_context(cert, [rogue.root_pem]), TD, echo)
+    rogue = CertificateAuthority.create(TD)
+    cert = workload(rogue, mesh.server_id)
+    srv = HboneServer(listening_socket(), tls.server_context(cert, rogue.trust_bundle), TD, echo)
     await srv.start()
     pool = HboneClientPool(mesh.client_ctx)
     try:
@@ -271,28 +273,37 @@ async def _client_with(
 
 async def test_client_cert_from_another_ca_rejected(mesh: Mesh, make_server: ServerFactory) -> None:
     srv = await make_server(echo)
-    rogue = MiniCA.create(TD)
-    _, cert = rogue.workload("client-ns", "client-sa")
-    await _client_with(mesh, srv, cert, [mesh.ca.root_pem])
+    rogue = CertificateAuthority.create(TD)
+    cert = workload(rogue, mesh.client_id)
+    await _client_with(mesh, srv, cert, mesh.ca.trust_bundle)
     assert srv.handshake_failures == 1
     assert not srv.connections
 
 
-async def test_client_from_other_trust_domain_rejected(
-    mesh: Mesh, make_server: ServerFactory
-) -> None:
-    srv = await make_server(echo)
-    # Same CA, but the certificate names another trust domain.
-    cert = mesh.ca.issue("spiffe://evil.example/ns/a/sa/b")
-    await _client_with(mesh, srv, cert, [mesh.ca.root_pem])
-    assert srv.handshake_failures == 1
+async def test_client_from_other_trust_domain_rejected(mesh: Mesh) -> None:
+    # The server trusts both roots (a multi-domain bundle), but only serves its own domain.
+    evil = CertificateAuthority.create("evil.example")
+    srv = HboneServer(
+        listening_socket(),
+        tls.server_context(mesh.server_cert, [*mesh.ca.trust_bundle, *evil.trust_bundle]),
+        TD,
+        echo,
+    )
+    await srv.start()
+    try:
+        cert = workload(evil, SpiffeId("evil.example", "a", "b"))
+        await _client_with(mesh, srv, cert, mesh.ca.trust_bundle)
+        assert srv.handshake_failures == 1
+        assert not srv.connections
+    finally:
+        await srv.close()
 
 
 async def test_tls_client_without_cert_rejected(mesh: Mesh, make_server: ServerFactory) -> None:
     srv = await make_server(echo)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
-    ctx.load_verify_locations(cadata=mesh.ca.root_pem.decode())
+    ctx.load_verify_locations(cadata=mesh.ca.trust_bundle_pem.decode())
     ctx.set_alpn_protocols(["h2"])
     reader, writer = await asyncio.open_connection(*srv.address, ssl=ctx, server_hostname="")
     writer.write(proto.PREFACE + proto.frame(proto.SETTINGS, 0, 0))
