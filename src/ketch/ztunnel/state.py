@@ -477,6 +477,18 @@ class ProxyState:
     _by_address: Mapping[IpAddr, Workload] = field(init=False, repr=False, compare=False)
     _by_vip: Mapping[IpAddr, Service] = field(init=False, repr=False, compare=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False, compare=False)
+    # policies by namespace: (namespace-wide or global, with a selector); sorted by key
+    _policies_by_ns: Mapping[str, tuple[tuple[Authorization, ...], tuple[Authorization, ...]]] = (
+        field(init=False, repr=False, compare=False)
+    )
+    _global_policies: tuple[Authorization, ...] = field(init=False, repr=False, compare=False)
+    _peer_authn_by_ns: Mapping[str, tuple[PeerAuthentication, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    # policies_for() results for this snapshot's own workloads (the snapshot never changes)
+    _policy_cache: dict[str, tuple[Authorization, ...]] = field(
+        init=False, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -548,6 +560,35 @@ class ProxyState:
                 continue
             for key in w.services:
                 endpoints.setdefault(key, []).append(w)
+        wide: dict[str, list[Authorization]] = {}
+        selecting: dict[str, list[Authorization]] = {}
+        global_policies = []
+        for key in sorted(self.policies):
+            p = self.policies[key]
+            if p.scope is Scope.GLOBAL:
+                global_policies.append(p)
+            elif p.scope is Scope.NAMESPACE:
+                wide.setdefault(p.namespace, []).append(p)
+            elif p.selector is not None:
+                selecting.setdefault(p.namespace, []).append(p)
+        object.__setattr__(
+            self,
+            "_policies_by_ns",
+            MappingProxyType(
+                {
+                    ns: (tuple(wide.get(ns, ())), tuple(selecting.get(ns, ())))
+                    for ns in wide.keys() | selecting.keys()
+                }
+            ),
+        )
+        object.__setattr__(self, "_global_policies", tuple(global_policies))
+        pa_by_ns: dict[str, list[PeerAuthentication]] = {}
+        for pa in sorted(self.peer_authentications.values(), key=lambda p: p.name):
+            pa_by_ns.setdefault(pa.namespace, []).append(pa)
+        object.__setattr__(
+            self, "_peer_authn_by_ns", MappingProxyType({k: tuple(v) for k, v in pa_by_ns.items()})
+        )
+        object.__setattr__(self, "_policy_cache", {})
         object.__setattr__(self, "_by_address", MappingProxyType(by_address))
         object.__setattr__(self, "_by_vip", MappingProxyType(by_vip))
         object.__setattr__(
@@ -581,25 +622,26 @@ class ProxyState:
         or scope GLOBAL), its namespace's namespace-wide ones, and selector policies that
         select it (by label, or attached by name through `authorization_policies`).
         Ordered by key so evaluation and its report are deterministic."""
-        attached = set(workload.authorization_policies)
-        out = []
-        for key in sorted(self.policies):
-            p = self.policies[key]
-            if p.scope is Scope.GLOBAL:
-                applies = True
-            elif p.scope is Scope.NAMESPACE:
-                applies = p.namespace in (workload.namespace, self.root_namespace)
-            elif key in attached:
-                applies = True
-            else:
-                applies = (
-                    p.selector is not None
-                    and p.namespace in (workload.namespace, self.root_namespace)
-                    and selector_matches(p.selector, workload.labels)
-                )
-            if applies:
-                out.append(p)
-        return tuple(out)
+        own = self.workloads.get(workload.uid) is workload
+        if own and workload.uid in self._policy_cache:
+            return self._policy_cache[workload.uid]
+        found = {p.key: p for p in self._global_policies}
+        for ns in {workload.namespace, self.root_namespace}:
+            wide, selecting = self._policies_by_ns.get(ns, ((), ()))
+            found.update((p.key, p) for p in wide)
+            found.update(
+                (p.key, p)
+                for p in selecting
+                if p.selector is not None and selector_matches(p.selector, workload.labels)
+            )
+        for key in workload.authorization_policies:
+            p = self.policies.get(key)
+            if p is not None and p.scope is Scope.WORKLOAD_SELECTOR:
+                found[key] = p
+        result = tuple(found[k] for k in sorted(found))
+        if own:
+            self._policy_cache[workload.uid] = result
+        return result
 
     def mtls_mode(self, workload: Workload, port: int) -> tuple[MtlsMode, str | None]:
         """The effective PeerAuthentication mode for `workload` on (target) `port`, and the
@@ -610,18 +652,16 @@ class ProxyState:
         inherits from the next level; a port-level mode beats the policy's own mode. Several
         candidates at one level: the first by name wins (Istio takes the oldest).
         """
-        ns = workload.namespace
-        cands = sorted(self.peer_authentications.values(), key=lambda p: p.name)
+        local = self._peer_authn_by_ns.get(workload.namespace, ())
+        root = self._peer_authn_by_ns.get(self.root_namespace, ())
         levels = [
             [
                 p
-                for p in cands
-                if p.namespace == ns
-                and p.selector is not None
-                and selector_matches(p.selector, workload.labels)
+                for p in local
+                if p.selector is not None and selector_matches(p.selector, workload.labels)
             ],
-            [p for p in cands if p.namespace == ns and p.selector is None],
-            [p for p in cands if p.namespace == self.root_namespace and p.selector is None],
+            [p for p in local if p.selector is None],
+            [p for p in root if p.selector is None],
         ]
         for level in levels:
             if not level:
