@@ -289,6 +289,11 @@ class CertificateAuthority:
         chain = self._sign(key.public_key(), uris=[identity.uri], ttl=ttl)
         return IssuedCert(key_pem=key_to_pem(key), chain_pem=chain)
 
+    def sign_node(self, public_key: PublicKey, node_name: str, ttl: timedelta) -> list[bytes]:
+        """Sign an already-validated key for a node identity (may exceed the workload max)."""
+        node = NodeId(self.trust_domain, node_name)
+        return self._sign(public_key, uris=[node.uri], ttl=min(ttl, HARD_MAX_TTL), allow_long=True)
+
     def issue_node(self, node_name: str, ttl: timedelta | None = None) -> IssuedCert:
         return self.issue_workload(NodeId(self.trust_domain, node_name), ttl)
 

@@ -1,0 +1,338 @@
+"""The certificate service: Istio's CreateCertificate and Ketch's node Join, over gRPC+TLS.
+
+Listeners (all on one `grpc.aio` server, served by both services):
+- mTLS listeners (`address`, `unix_path`): the client must present a certificate chaining to
+  the CA's trust bundle. CreateCertificate is only answered here.
+- join listeners (`join_address`, `join_unix_path`): server-authenticated TLS only, for nodes
+  that have no certificate yet. (grpcio cannot *request* a client certificate without
+  *requiring* it, so "server-auth only for Join" needs its own listener.)
+
+The unix socket listeners exist because node proxies run in other network namespaces.
+
+Every request is decided by pure functions (`authorize_node_cert`, `decide_identity`, and
+`validate_csr` inside `CertificateAuthority.sign_csr`); this module only does the I/O and
+translates `IdentityError`s to gRPC status codes, logging every refusal once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from google.protobuf import struct_pb2
+
+from ketch.identity.ca import CertificateAuthority, IssuedCert
+from ketch.identity.directory import NodeDirectory
+from ketch.identity.errors import (
+    BadRequest,
+    IdentityError,
+    PermissionDenied,
+    Unauthenticated,
+)
+from ketch.identity.spiffe import InvalidSpiffeId, NodeId, SpiffeId
+from ketch.identity.tokens import TokenStore, check_node_name
+from ketch.identity.validate import parse_metadata, resolve_ttl, validate_csr
+from ketch.proto.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from ketch.proto.gen.ketch.v1 import node_pb2, node_pb2_grpc
+
+log = logging.getLogger("ketch.identity.server")
+
+DEFAULT_NODE_CERT_TTL = timedelta(days=7)
+SERVER_CERT_TTL = timedelta(days=365)
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_CONCURRENT_RPCS = 2048
+
+
+# --- pure decisions -----------------------------------------------------------------------
+
+
+def authorize_node_cert(
+    cert_pem: bytes | None, trust_domain: str, tokens: TokenStore, directory: NodeDirectory
+) -> NodeId:
+    """Who is calling? The verified client certificate must be a current node certificate of a
+    Node that still exists. (gRPC has already checked it chains to our trust bundle.)"""
+    if not cert_pem:
+        raise Unauthenticated(
+            "no client certificate: join the node first (it gets a node certificate) and "
+            "call the certificate service with it over mTLS"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except (ValueError, x509.ExtensionNotFound) as exc:
+        raise Unauthenticated(f"client certificate unusable: {exc}") from exc
+    if len(uris) != 1:
+        raise Unauthenticated("client certificate must carry exactly one node URI SAN")
+    try:
+        node = NodeId.parse(uris[0])
+    except InvalidSpiffeId as exc:
+        raise Unauthenticated(f"client certificate is not a node certificate: {exc}") from exc
+    if node.trust_domain != trust_domain:
+        raise Unauthenticated(f"node {node.uri} is not in trust domain {trust_domain!r}")
+    if not tokens.is_current(node.node_name, cert.serial_number):
+        raise Unauthenticated(
+            f"node certificate of {node.node_name} was revoked or replaced by a newer join"
+        )
+    if not directory.node_exists(node.node_name):
+        raise PermissionDenied(f"node {node.node_name} no longer exists")
+    return node
+
+
+def metadata_to_dict(metadata: struct_pb2.Struct) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in metadata.fields.items():
+        kind = value.WhichOneof("kind")
+        out[key] = value.string_value if kind == "string_value" else kind
+    return out
+
+
+def decide_identity(
+    caller: NodeId, metadata: dict[str, object], trust_domain: str, directory: NodeDirectory
+) -> SpiffeId | NodeId:
+    """Which identity may `caller` get? An impersonated workload identity of a pod scheduled
+    on the caller's node, or (no impersonation) the caller's own node identity (renewal)."""
+    requested = parse_metadata(metadata)
+    if requested is None:
+        return caller
+    try:
+        sid = SpiffeId.parse(requested)
+    except InvalidSpiffeId as exc:
+        raise BadRequest(f"ImpersonatedIdentity: {exc}") from exc
+    if sid.uri != requested:
+        raise BadRequest(f"ImpersonatedIdentity {requested!r} must be a full spiffe:// URI")
+    if sid.trust_domain != trust_domain:
+        raise PermissionDenied(
+            f"{sid.uri} is in trust domain {sid.trust_domain!r}; this CA signs only {trust_domain!r}"
+        )
+    if not directory.has_workload(caller.node_name, sid.namespace, sid.service_account):
+        raise PermissionDenied(
+            f"node {caller.node_name} runs no pod with service account "
+            f"{sid.namespace}/{sid.service_account}"
+        )
+    return sid
+
+
+# --- gRPC services --------------------------------------------------------------------------
+
+
+def _peer_cert(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    values = list(context.auth_context().get("x509_pem_cert") or [])
+    return values[0] if values else None
+
+
+async def _refuse(
+    context: grpc.aio.ServicerContext[Any, Any], what: str, who: str, err: IdentityError
+) -> None:
+    log.warning("refused %s from %s (%s): %s", what, who, err.code.name, err)
+    await context.abort(err.code, str(err))
+
+
+class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        directory: NodeDirectory,
+        tokens: TokenStore,
+        node_cert_ttl: timedelta,
+    ) -> None:
+        self._ca = ca
+        self._directory = directory
+        self._tokens = tokens
+        self._node_ttl = node_cert_ttl
+
+    async def CreateCertificate(
+        self,
+        request: ca_pb2.IstioCertificateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ca_pb2.IstioCertificateResponse:
+        who = context.peer()
+        try:
+            caller = await asyncio.to_thread(
+                authorize_node_cert,
+                _peer_cert(context),
+                self._ca.trust_domain,
+                self._tokens,
+                self._directory,
+            )
+            who = f"node {caller.node_name}"
+            metadata = metadata_to_dict(request.metadata)
+            identity = await asyncio.to_thread(
+                decide_identity, caller, metadata, self._ca.trust_domain, self._directory
+            )
+            if isinstance(identity, NodeId):
+                valid = validate_csr(request.csr, identity.uri, self._ca.policy)
+                chain = self._ca.sign_node(valid.public_key, identity.node_name, self._node_ttl)
+                self._tokens.record_cert(identity.node_name, _serial(chain[0]))
+            else:
+                ttl = resolve_ttl(
+                    request.validity_duration,
+                    default=self._ca.default_ttl,
+                    maximum=self._ca.max_ttl,
+                )
+                chain = self._ca.sign_csr(request.csr, identity, ttl)
+        except IdentityError as err:
+            await _refuse(context, "CreateCertificate", who, err)
+            raise AssertionError("unreachable") from err
+        log.info("issued %s to %s", identity.uri, who)
+        return ca_pb2.IstioCertificateResponse(cert_chain=[c.decode() for c in chain])
+
+
+class NodeJoinService(node_pb2_grpc.NodeServiceServicer):
+    def __init__(
+        self, ca: CertificateAuthority, tokens: TokenStore, node_cert_ttl: timedelta
+    ) -> None:
+        self._ca = ca
+        self._tokens = tokens
+        self._node_ttl = node_cert_ttl
+
+    async def Join(
+        self, request: node_pb2.JoinRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> node_pb2.JoinResponse:
+        who = f"{context.peer()} claiming node {request.node_name[:80]!r}"
+        try:
+            check_node_name(request.node_name)
+            node = NodeId(self._ca.trust_domain, request.node_name)
+            # Check the CSR before burning the token, so a bad CSR does not cost a token.
+            valid = validate_csr(request.csr, node.uri, self._ca.policy)
+            await asyncio.to_thread(self._tokens.redeem, request.token, request.node_name)
+            chain = self._ca.sign_node(valid.public_key, node.node_name, self._node_ttl)
+            await asyncio.to_thread(self._tokens.replace_certs, node.node_name, _serial(chain[0]))
+        except IdentityError as err:
+            await _refuse(context, "Join", who, err)
+            raise AssertionError("unreachable") from err
+        log.info("node %s joined", node.node_name)
+        return node_pb2.JoinResponse(
+            cert_chain=[c.decode() for c in chain],
+            trust_bundle=[c.decode() for c in self._ca.trust_bundle],
+        )
+
+
+def _serial(cert_pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(cert_pem).serial_number
+
+
+# --- runner ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningCa:
+    """A started certificate service. Addresses are the bound ones (port 0 resolved)."""
+
+    server: grpc.aio.Server
+    server_cert: IssuedCert
+    address: str | None = None
+    join_address: str | None = None
+    unix_path: Path | None = None
+    join_unix_path: Path | None = None
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def target(self) -> str:
+        """A gRPC target for the mTLS listener (unix socket preferred)."""
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        assert self.address is not None
+        return self.address
+
+    @property
+    def join_target(self) -> str:
+        if self.join_unix_path is not None:
+            return f"unix:{self.join_unix_path}"
+        assert self.join_address is not None
+        return self.join_address
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.server.stop(grace)
+        for path in (self.unix_path, self.join_unix_path):
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+
+def _prepare_unix(path: Path) -> None:
+    try:
+        if stat.S_ISSOCK(path.stat().st_mode):
+            path.unlink()  # stale socket from a previous run
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials) -> str:
+    port = server.add_secure_port(address, creds)
+    if port == 0:
+        raise OSError(f"certificate service cannot listen on {address} (in use?)")
+    host = address.rsplit(":", 1)[0]
+    return f"{host}:{port}"
+
+
+async def serve_ca(
+    ca: CertificateAuthority,
+    directory: NodeDirectory,
+    tokens: TokenStore,
+    *,
+    address: str | None = None,
+    unix_path: Path | None = None,
+    join_address: str | None = None,
+    join_unix_path: Path | None = None,
+    node_cert_ttl: timedelta = DEFAULT_NODE_CERT_TTL,
+) -> RunningCa:
+    """Start the certificate service. `address` like "127.0.0.1:15012" (port 0 = any)."""
+    if address is None and unix_path is None:
+        raise ValueError("serve_ca needs an address or a unix_path for the mTLS listener")
+    server_cert = ca.issue_server(ttl=SERVER_CERT_TTL)
+    pair = [(server_cert.key_pem, server_cert.chain_bytes)]
+    mtls = grpc.ssl_server_credentials(
+        pair, root_certificates=ca.trust_bundle_pem, require_client_auth=True
+    )
+    tls = grpc.ssl_server_credentials(pair)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+    )
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
+        CertificateService(ca, directory, tokens, node_cert_ttl), server
+    )
+    node_pb2_grpc.add_NodeServiceServicer_to_server(
+        NodeJoinService(ca, tokens, node_cert_ttl), server
+    )
+    running = RunningCa(server=server, server_cert=server_cert)
+    if address is not None:
+        running.address = _bind(server, address, mtls)
+    if join_address is not None:
+        running.join_address = _bind(server, join_address, tls)
+    for attr, path, creds in (
+        ("unix_path", unix_path, mtls),
+        ("join_unix_path", join_unix_path, tls),
+    ):
+        if path is not None:
+            path = Path(path)
+            _prepare_unix(path)
+            _bind(server, f"unix:{path}", creds)
+            setattr(running, attr, path)
+    await server.start()
+    for path in (running.unix_path, running.join_unix_path):
+        if path is not None:
+            os.chmod(path, 0o666)  # node proxies authenticate with TLS, not file modes
+    log.info(
+        "certificate service for %s listening: mTLS %s, join %s",
+        ca.trust_domain,
+        ", ".join(str(a) for a in (running.address, running.unix_path) if a) or "-",
+        ", ".join(str(a) for a in (running.join_address, running.join_unix_path) if a) or "-",
+    )
+    return running

@@ -1,0 +1,162 @@
+"""Bootstrap tokens and node enrolment records.
+
+A node joins with a one-time token created by the control plane (`TokenStore.create`). Only
+the SHA-256 of a token is stored; redeeming deletes it (one-time), and an expired token is
+refused. After a join, the serial of the node certificate is recorded; the certificate service
+accepts a node certificate only while its serial is recorded for that node, so `revoke` (or a
+re-join, which replaces the serial) cuts a node off at once, even though its certificate has
+not expired.
+
+State is a small JSON file (0600) in the CA state dir, rewritten atomically on every change,
+or kept in memory when no path is given (tests, standalone mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ketch.identity.ca import write_private_file
+from ketch.identity.errors import BadRequest, CaConfigError, TokenError
+from ketch.identity.spiffe import InvalidSpiffeId, NodeId
+
+log = logging.getLogger("ketch.identity.tokens")
+
+TOKEN_PREFIX = "ketch-node-"
+DEFAULT_TOKEN_TTL = timedelta(hours=1)
+MAX_TOKEN_TTL = timedelta(days=7)
+MAX_SERIALS_PER_NODE = 4  # current + a few in-flight renewals
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_node_name(name: str) -> None:
+    try:
+        NodeId("cluster.local", name)
+    except InvalidSpiffeId as exc:
+        raise BadRequest(f"invalid node name {name[:80]!r}: use a DNS-1123 name") from exc
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    serials: tuple[str, ...]
+
+
+class TokenStore:
+    """One-time, expiring, hashed bootstrap tokens plus each node's current cert serials."""
+
+    def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time):
+        self._path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tokens: dict[str, dict[str, Any]] = {}
+        self._nodes: dict[str, list[str]] = {}
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text())
+                self._tokens = dict(data.get("tokens", {}))
+                self._nodes = {k: list(v) for k, v in data.get("nodes", {}).items()}
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise CaConfigError(f"{path}: unreadable token/node state: {exc}") from exc
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> TokenStore:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(state_dir / "nodes.json")
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        data = {"version": 1, "tokens": self._tokens, "nodes": self._nodes}
+        write_private_file(self._path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    def _expire(self, now: float) -> None:
+        for h in [h for h, t in self._tokens.items() if t["expires"] <= now]:
+            del self._tokens[h]
+
+    def create(self, node_name: str, ttl: timedelta = DEFAULT_TOKEN_TTL) -> str:
+        """A new one-time token for `node_name`, valid for `ttl`. Shown once; stored hashed."""
+        check_node_name(node_name)
+        if not timedelta(seconds=1) <= ttl <= MAX_TOKEN_TTL:
+            raise BadRequest(f"token TTL {ttl} outside 1s..{MAX_TOKEN_TTL}")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            self._tokens[_hash(token)] = {
+                "node": node_name,
+                "expires": now + ttl.total_seconds(),
+            }
+            self._save()
+        log.info("created a bootstrap token for node %s (expires in %s)", node_name, ttl)
+        return token
+
+    def redeem(self, token: str, node_name: str) -> None:
+        """Consume `token` for `node_name`, or raise TokenError. A token is used at most once:
+        presenting it for the wrong node burns it too."""
+        with self._lock:
+            entry = self._tokens.pop(_hash(token), None)
+            now = self._clock()
+            self._expire(now)
+            self._save()
+        if entry is None:
+            raise TokenError(
+                "bootstrap token unknown or already used; create a new one with "
+                "`ketch node token create <node>`"
+            )
+        if entry["expires"] <= now:
+            raise TokenError("bootstrap token expired; create a new one")
+        if entry["node"] != node_name:
+            raise TokenError(
+                f"bootstrap token was created for node {entry['node']!r}, not {node_name!r} "
+                "(the token is now used up)"
+            )
+
+    def record_cert(self, node_name: str, serial: int) -> None:
+        """Remember `serial` as a current certificate of `node_name` (join or renewal)."""
+        with self._lock:
+            serials = self._nodes.setdefault(node_name, [])
+            serials.append(format(serial, "x"))
+            del serials[:-MAX_SERIALS_PER_NODE]
+            self._save()
+
+    def replace_certs(self, node_name: str, serial: int) -> None:
+        """A (re-)join: only this serial is valid for the node from now on."""
+        with self._lock:
+            self._nodes[node_name] = [format(serial, "x")]
+            self._save()
+
+    def is_current(self, node_name: str, serial: int) -> bool:
+        with self._lock:
+            return format(serial, "x") in self._nodes.get(node_name, ())
+
+    def revoke(self, node_name: str) -> bool:
+        """Stop accepting every certificate of `node_name` now. True if it was enrolled."""
+        with self._lock:
+            existed = self._nodes.pop(node_name, None) is not None
+            self._save()
+        if existed:
+            log.warning("revoked node %s: its certificate service access ends now", node_name)
+        return existed
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._lock:
+            return [NodeRecord(n, tuple(s)) for n, s in sorted(self._nodes.items())]
+
+    def pending_tokens(self) -> list[tuple[str, float]]:
+        """(node name, expiry epoch seconds) of unexpired, unused tokens."""
+        with self._lock:
+            self._expire(self._clock())
+            return sorted((t["node"], t["expires"]) for t in self._tokens.values())
