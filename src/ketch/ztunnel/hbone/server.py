@@ -17,6 +17,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.util.tasks import spawn
@@ -104,10 +105,10 @@ class _Accept(asyncio.Protocol):
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # start_tls must see the ClientHello, not us
-        peer = transport.get_extra_info("peername")
-        spawn(self._server._handshake(transport), name=f"hbone-handshake-{peer}")
+        tr = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        tr.pause_reading()  # start_tls must see the ClientHello, not us
+        peer = tr.get_extra_info("peername")
+        spawn(self._server._handshake(tr), name=f"hbone-handshake-{peer}")
 
 
 class HboneServer:

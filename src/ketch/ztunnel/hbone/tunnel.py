@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.ztunnel.hbone import proto
@@ -229,9 +230,9 @@ class H2Protocol(asyncio.Protocol):
     # ------------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=TRANSPORT_HIGH_WATER)
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=TRANSPORT_HIGH_WATER)
         self.flush()
         self._schedule(self._settings_timeout)
         early, self._early = self._early, []
