@@ -18,8 +18,8 @@ A second part measures the framing layer alone (sans-IO, no sockets): this packa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import multiprocessing as mp
 import socket
 import statistics
