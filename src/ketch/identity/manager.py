@@ -148,6 +148,7 @@ class CertificateManager:
         self._fetch_timeout = fetch_timeout
         self._entries: dict[SpiffeId, _Entry] = {}
         self._running = False
+        self._any_change = asyncio.Event()
 
     async def start(self) -> None:
         self._running = True
@@ -184,8 +185,17 @@ class CertificateManager:
             del self._entries[identity]
             if entry.task is not None:
                 entry.task.cancel()
-            entry.changed.set()  # wake fetchers; they will see the entry is gone
+            self._notify(entry)  # wake fetchers; they will see the entry is gone
             log.info("forgot certificate for %s (no local workload uses it)", identity)
+
+    async def wait_for_change(self) -> None:
+        """Return after the next certificate fetch, failure or forget (for status displays)."""
+        await self._any_change.wait()
+
+    def _notify(self, entry: _Entry) -> None:
+        entry.changed.set()
+        self._any_change.set()
+        self._any_change = asyncio.Event()
 
     def snapshot(self) -> list[CertStatus]:
         now = _now()
@@ -261,7 +271,7 @@ class CertificateManager:
                 cert = await self._issue(entry.identity)
             except IdentityError as err:
                 entry.error = str(err)
-                entry.changed.set()
+                self._notify(entry)
                 delay = min(backoff, self._backoff_cap) * random.uniform(0.9, 1.0)
                 backoff = min(backoff * 2, self._backoff_cap)
                 kept = entry.cert is not None and entry.cert.is_valid(_now())
@@ -275,7 +285,7 @@ class CertificateManager:
                 await asyncio.sleep(delay)
                 continue
             entry.cert, entry.error = cert, None
-            entry.changed.set()
+            self._notify(entry)
             backoff = self._backoff_initial
             log.info(
                 "certificate for %s: serial %x until %s",

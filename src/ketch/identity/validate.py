@@ -149,7 +149,9 @@ def resolve_ttl(requested_seconds: int, *, default: timedelta, maximum: timedelt
     """
     if requested_seconds <= 0:
         return min(default, maximum)
-    return min(timedelta(seconds=requested_seconds), maximum)
+    if requested_seconds >= maximum.total_seconds():  # also avoids timedelta overflow
+        return maximum
+    return timedelta(seconds=requested_seconds)
 
 
 def parse_metadata(metadata: Mapping[str, object]) -> str | None:
