@@ -7,6 +7,8 @@ blocking sockets in this process):
     tcp-relay:      client -> [relay] -> backend
     tcp-relay x2:   client -> [relay -> relay] -> backend     (same hop count as HBONE)
     hbone:          client -> [outbound relay -> HBONE mTLS h2 -> inbound relay] -> backend
+    hbone-streams:  the same, relaying with two coroutines per tunnel instead of the
+                    callback splice (`relay()`'s fallback), to show what the splice buys
 
 Measures 1-byte request/response latency (mean, p50, p99) and bulk upload throughput.
 A second part measures the framing layer alone (sans-IO, no sockets): this package's
@@ -35,7 +37,7 @@ from ketch.ztunnel.hbone import proto, tls
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
 from ketch.ztunnel.hbone.sysalloc import tune_malloc
-from ketch.ztunnel.hbone.tunnel import relay
+from ketch.ztunnel.hbone.tunnel import Tunnel, _relay_streams, relay
 
 TD = "cluster.local"
 
@@ -136,9 +138,17 @@ def proxy_main(
             ccert = tls.WorkloadCert.of(ca.issue_workload(cid))
             scert = tls.WorkloadCert.of(ca.issue_workload(sid))
 
+            streams = mode == "hbone-streams"  # coroutine-per-direction copy, for comparison
+
+            async def copy(t: Tunnel, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                if streams:
+                    await _relay_streams(t, r, w, chunk_size=256 * 1024)
+                else:
+                    await relay(t, r, w)
+
             async def inbound(inc: IncomingConnect) -> None:
                 r, w = await asyncio.open_connection(*backend)
-                await relay(inc.accept(), r, w)
+                await copy(inc.accept(), r, w)
 
             hsock = _listen()
             hserver = HboneServer(hsock, tls.server_context(scert, ca.trust_bundle), TD, inbound)
@@ -150,7 +160,7 @@ def proxy_main(
 
             async def outbound(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
                 t = await pool.open(key, authority)
-                await relay(t, r, w)
+                await copy(t, r, w)
 
             await asyncio.start_server(outbound, sock=front)
         conn.send(front.getsockname())
@@ -315,7 +325,7 @@ def main() -> None:
     ap.add_argument("--uvloop", action="store_true")
     ap.add_argument("--rr", type=int, default=3000, help="request/response round trips")
     ap.add_argument("--mib", type=int, default=256, help="MiB uploaded for throughput")
-    ap.add_argument("--modes", default="direct,tcp-relay,tcp-relay-x2,hbone")
+    ap.add_argument("--modes", default="direct,tcp-relay,tcp-relay-x2,hbone-streams,hbone")
     ap.add_argument("--no-tune-malloc", action="store_true", help="leave glibc malloc defaults")
     ap.add_argument("--no-framing", action="store_true", help="skip the sans-IO framing part")
     args = ap.parse_args()

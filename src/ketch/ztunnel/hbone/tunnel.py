@@ -63,6 +63,7 @@ class Tunnel:
         self._eof_sent = False
         self._finished = False
         self.on_finished: Callable[[Tunnel], None] | None = None
+        self._sink: _TcpSplice | None = None
 
     # ------------------------------------------------------------------ app side
 
@@ -83,6 +84,7 @@ class Tunnel:
             if self._error is not None:
                 raise self._error
             if self._eof:
+                self._p.check_finished(self)
                 return b""
             self._read_waiter = self._p.loop.create_future()
             try:
@@ -119,6 +121,19 @@ class Tunnel:
         if self._error is not None:
             raise self._error
 
+    def write_nowait(self, data: bytes) -> bool:
+        """Send bytes without waiting; False means "stop producing until writable"."""
+        if self._error is not None:
+            raise self._error
+        p = self._p
+        p.conn.send_data(self.stream_id, data)
+        p.flush()
+        return self.writable()
+
+    def writable(self) -> bool:
+        p = self._p
+        return not p.paused and p.conn.pending_send(self.stream_id) <= PENDING_HIGH_WATER
+
     def write_eof(self) -> None:
         """Half-close our direction (END_STREAM, after any queued bytes)."""
         if self._eof_sent or self._error is not None or self._finished:
@@ -152,12 +167,31 @@ class Tunnel:
     # ------------------------------------------------------------------ protocol side
 
     def _feed(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink.tunnel_data(data)
+            return
         self._chunks.append(data)
         self._wake_reader()
 
     def _feed_eof(self) -> None:
         self._eof = True
+        if self._sink is not None:
+            self._sink.tunnel_eof()
+            return
         self._wake_reader()
+
+    def _ack(self, n: int) -> None:
+        self._p.ack(self.stream_id, n)
+
+    def _attach(self, sink: _TcpSplice) -> None:
+        """Deliver from now on straight to `sink` (callbacks, no read() awaits)."""
+        self._sink = sink
+        while self._chunks:
+            sink.tunnel_data(self._chunks.popleft())
+        if self._error is not None:
+            sink.tunnel_error(self._error)
+        elif self._eof:
+            sink.tunnel_eof()
 
     def _wake_reader(self) -> None:
         w = self._read_waiter
@@ -165,6 +199,8 @@ class Tunnel:
             w.set_result(None)
 
     def _wake_writer(self) -> None:
+        if self._sink is not None:
+            self._sink.tunnel_writable()
         w = self._write_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -183,6 +219,8 @@ class Tunnel:
             self._response.exception()  # retrieved: nobody may be waiting
         self._wake_reader()
         self._wake_writer()
+        if self._sink is not None:
+            self._sink.tunnel_error(exc)
         self._finish()
 
     def _finish(self) -> None:
@@ -448,6 +486,119 @@ class RelayResult:
     error: BaseException | None = None
 
 
+class _TcpSplice(asyncio.Protocol):
+    """Callback-driven relay between a TCP transport and a Tunnel: no task switch per chunk.
+
+    TCP -> tunnel: data_received() frames bytes at once; when the tunnel stops being
+    writable (peer window or TLS buffer full) TCP reading pauses until tunnel_writable().
+    Tunnel -> TCP: bytes are written at once and acknowledged (re-opening the HTTP/2
+    window) immediately, or, while the TCP transport is above its high-water mark, only
+    after resume_writing(): that is the back-pressure towards the remote sender.
+    """
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
+        self.t = tunnel
+        self.tr = transport
+        self.sent = 0
+        self.received = 0
+        self.error: BaseException | None = None
+        self.done: asyncio.Future[None] = tunnel._p.loop.create_future()
+        self._up_done = False  # TCP FIN forwarded as END_STREAM
+        self._down_done = False  # END_STREAM forwarded as TCP FIN
+        self._reading_paused = False
+        self._tcp_paused = False
+        self._unacked = 0
+
+    # TCP side -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.sent += len(data)
+        try:
+            ok = self.t.write_nowait(data)
+        except HboneError as e:
+            self._fail(e)
+            return
+        if not ok and not self._reading_paused:
+            self._reading_paused = True
+            self.tr.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._up_done = True
+        self.t.write_eof()
+        self._check_done()
+        return True  # keep our write side open: half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not (self._up_done and self._down_done):
+            self._fail(exc or ConnectionResetError("TCP peer closed the connection early"))
+        self._finish()
+
+    def pause_writing(self) -> None:
+        self._tcp_paused = True
+
+    def resume_writing(self) -> None:
+        self._tcp_paused = False
+        if self._unacked:
+            n, self._unacked = self._unacked, 0
+            self.t._ack(n)
+
+    # tunnel side ------------------------------------------------------------------------
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.received += len(data)
+        self.tr.write(data)
+        if self._tcp_paused:
+            self._unacked += len(data)
+        else:
+            self.t._ack(len(data))
+
+    def tunnel_eof(self) -> None:
+        if self._down_done:
+            return
+        self._down_done = True
+        # Called from the HBONE connection's data_received: must not raise, or the
+        # whole shared connection would be torn down. shutdown() fails with ENOTCONN
+        # when the TCP peer is already gone.
+        if self.tr.can_write_eof() and not self.tr.is_closing():
+            try:
+                self.tr.write_eof()
+            except OSError as e:
+                self._fail(e)
+                return
+        self._check_done()
+
+    def tunnel_writable(self) -> None:
+        if self._reading_paused and self.t.writable():
+            self._reading_paused = False
+            self.tr.resume_reading()
+
+    def tunnel_error(self, exc: BaseException) -> None:
+        if self._up_done and self._down_done:
+            return
+        if self.error is None:
+            self.error = exc
+        self.tr.abort()  # RST towards the TCP peer
+        self._finish()
+
+    # ---------------------------------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.t.abort(ErrorCode.CONNECT_ERROR)
+        self.tr.abort()
+        self._finish()
+
+    def _check_done(self) -> None:
+        if self._up_done and self._down_done:
+            self.tr.close()
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def relay(
     tunnel: Tunnel,
     reader: asyncio.StreamReader,
@@ -460,7 +611,56 @@ async def relay(
     A failure in either direction resets the tunnel (CONNECT_ERROR) and aborts the TCP
     connection (RST), which ends the other direction too. Never raises for network errors:
     they come back in `RelayResult.error`. Cancelling `relay` aborts both sides.
+
+    Fast path: the TCP transport is taken over from the stream pair by a callback
+    Protocol (`_TcpSplice`), so no task switch happens per chunk; bytes the StreamReader
+    had already buffered are forwarded first. Streams that cannot be taken over (already
+    closing, or not asyncio's own StreamReader) are copied with two coroutines instead.
     """
+    transport = cast(asyncio.Transport, writer.transport)
+    # asyncio exposes no public way to take back a StreamReader's buffer; read the
+    # private one when it is there, otherwise copy with coroutines (slower, same result).
+    buffered = getattr(reader, "_buffer", None)
+    reader_eof = getattr(reader, "_eof", None)
+    if (
+        not isinstance(buffered, bytearray)
+        or not isinstance(reader_eof, bool)
+        or reader.exception() is not None
+        or transport.is_closing()
+    ):
+        return await _relay_streams(tunnel, reader, writer, chunk_size=chunk_size)
+    transport.pause_reading()
+    leftover = bytes(buffered)
+    buffered.clear()
+    splice = _TcpSplice(tunnel, transport)
+    transport.set_protocol(splice)
+    try:
+        if leftover:
+            splice.data_received(leftover)
+        if reader_eof:
+            splice.eof_received()
+        elif not splice._reading_paused:
+            transport.resume_reading()
+        tunnel._attach(splice)
+        await splice.done
+    except BaseException:
+        tunnel.abort(ErrorCode.CANCEL)
+        transport.abort()
+        raise
+    finally:
+        tunnel.close()
+        if not transport.is_closing():
+            transport.close()
+    return RelayResult(splice.sent, splice.received, splice.error)
+
+
+async def _relay_streams(
+    tunnel: Tunnel,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    chunk_size: int,
+) -> RelayResult:
     sent = received = 0
     first_error: BaseException | None = None
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 
 import hpack
 import pytest
@@ -24,7 +25,7 @@ from ketch.ztunnel.hbone.errors import (
 )
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey, UpstreamConnectError
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
-from ketch.ztunnel.hbone.tunnel import Tunnel, relay
+from ketch.ztunnel.hbone.tunnel import RelayResult, Tunnel, _relay_streams, _TcpSplice, relay
 from tests.unit.ztunnel.hbone.conftest import (
     TD,
     Mesh,
@@ -34,6 +35,8 @@ from tests.unit.ztunnel.hbone.conftest import (
     listening_socket,
     workload,
 )
+
+Relay = Callable[[Tunnel, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[RelayResult]]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -514,10 +517,21 @@ async def test_custom_connect_callable(
     t.close()
 
 
+async def _streams_relay(
+    t: Tunnel, r: asyncio.StreamReader, w: asyncio.StreamWriter
+) -> RelayResult:
+    return await _relay_streams(t, r, w, chunk_size=65536)
+
+
+@pytest.mark.parametrize("copy", [relay, _streams_relay], ids=["splice", "streams"])
 async def test_relay_copies_both_ways_with_half_close(
-    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
+    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool, copy: Relay
 ) -> None:
-    """Client app <-TCP-> relay <-HBONE-> server relay <-TCP-> backend."""
+    """Client app <-TCP-> relay <-HBONE-> server relay <-TCP-> backend.
+
+    The front relay starts only after the client's bytes and FIN sit in its StreamReader,
+    so the splice must forward what the reader had buffered.
+    """
     backend_got = asyncio.get_running_loop().create_future()
 
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -534,18 +548,19 @@ async def test_relay_copies_both_ways_with_half_close(
 
     async def handler(inc: IncomingConnect) -> None:
         r, w = await asyncio.open_connection(*be_addr)
-        results.append(await relay(inc.accept(), r, w))
+        results.append(await copy(inc.accept(), r, w))
 
     srv = await make_server(handler)
 
     async def front(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         t = await pool.open(key_for(mesh, srv), f"127.0.0.1:{be_addr[1]}")
-        results.append(await relay(t, reader, writer))
+        await eventually(lambda: reader._eof)  # type: ignore[attr-defined]  # everything (and the FIN) is buffered
+        results.append(await copy(t, reader, writer))
 
     fe = await asyncio.start_server(front, "127.0.0.1", 0)
     try:
         r, w = await asyncio.open_connection(*fe.sockets[0].getsockname())
-        payload = b"0123456789" * 100_000
+        payload = b"0123456789" * 10_000
         w.write(payload)
         w.write_eof()
         reply = await asyncio.wait_for(r.read(-1), 10)
@@ -579,3 +594,62 @@ async def test_reset_reaches_reader(
         await read_all(t)
     assert ei.value.code == ErrorCode.CONNECT_ERROR
     assert ei.value.remote
+
+
+class _DeadTransport:
+    """A TCP transport whose peer vanished: shutdown() fails with ENOTCONN."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise OSError(107, "Transport endpoint is not connected")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_dead_tcp_peer_does_not_kill_shared_connection(
+    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
+) -> None:
+    async def handler(inc: IncomingConnect) -> None:
+        t = inc.accept()
+        await t.write(b"bye")
+        t.write_eof()
+        await read_all(t)
+
+    srv = await make_server(handler)
+    key = key_for(mesh, srv)
+    doomed = await pool.open(key, "10.0.0.1:80")
+    other = await pool.open(key, "10.0.0.1:81")
+    dead = _DeadTransport()
+    splice = _TcpSplice(doomed, dead)  # type: ignore[arg-type]
+    doomed._attach(splice)
+    await asyncio.wait_for(splice.done, 5)  # END_STREAM arrived; write_eof failed
+    assert dead.written == b"bye"
+    assert dead.aborted
+    assert isinstance(splice.error, OSError)
+    # The shared HTTP/2 connection survived and still carries the other tunnel.
+    await other.write(b"still fine")
+    other.write_eof()
+    assert await read_all(other) == b"bye"
+    assert pool.connections(key) == 1
