@@ -17,7 +17,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from ketch.identity.ca import CertificateAuthority
 from ketch.identity.csr import generate_key_and_csr
 from ketch.identity.errors import CaConfigError, CsrBadSan, PermissionDenied
-from ketch.identity.spiffe import NodeId, SpiffeId
+from ketch.identity.spiffe import InvalidSpiffeId, NodeId, SpiffeId
 
 SID = SpiffeId("cluster.local", "default", "bookinfo")
 
@@ -241,3 +241,13 @@ def test_generated_csr_is_p256_without_subject() -> None:
     assert isinstance(key, ec.EllipticCurvePublicKey)
     assert key.curve.name == "secp256r1"
     assert len(csr.subject) == 0
+
+
+def test_node_and_workload_shapes_never_mix() -> None:
+    node_uri = NodeId("cluster.local", "node-a").uri
+    assert node_uri == "spiffe://cluster.local/ketch/node/node-a"
+    with pytest.raises(InvalidSpiffeId):
+        SpiffeId.parse(node_uri)
+    for bad in (SID.uri, "cluster.local/ketch/node/x", "spiffe://cluster.local/ketch/node/X_Y"):
+        with pytest.raises(InvalidSpiffeId):
+            NodeId.parse(bad)
