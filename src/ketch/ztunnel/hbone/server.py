@@ -122,6 +122,7 @@ class HboneServer:
         handler: Handler,
         *,
         handshake_timeout: float = 10.0,
+        decision_timeout: float = 10.0,
         ping_interval: float | None = 10.0,
         ping_timeout: float = 20.0,
     ) -> None:
@@ -130,6 +131,7 @@ class HboneServer:
         self._trust_domain = trust_domain
         self._handler = handler
         self._handshake_timeout = handshake_timeout
+        self._decision_timeout = decision_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._server: asyncio.Server | None = None
@@ -232,8 +234,19 @@ class HboneServer:
         )
         inc = IncomingConnect(p, ev.stream_id, info)
         task = spawn(self._run(inc), name=f"hbone-in-{info.peer_addr}-{ev.stream_id}")
+        p.loop.call_later(self._decision_timeout, self._decision_overdue, inc)
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    def _decision_overdue(self, inc: IncomingConnect) -> None:
+        if not inc.decided:
+            log.warning(
+                "HBONE CONNECT %s from %s: no accept/refuse within %gs; answering 503",
+                inc.info.authority,
+                inc.info.peer_identity,
+                self._decision_timeout,
+            )
+            inc.refuse(503)
 
     async def _run(self, inc: IncomingConnect) -> None:
         try:

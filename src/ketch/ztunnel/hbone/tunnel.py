@@ -226,6 +226,12 @@ class Tunnel:
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
+            if self._chunks:
+                # Never read: return the bytes to the connection window, or every tunnel
+                # closed with unread data would shrink it for all others.
+                n = sum(len(c) for c in self._chunks)
+                self._chunks.clear()
+                self._ack(n)
             cb, self.on_finished = self.on_finished, None
             if cb is not None:
                 cb(self)
@@ -595,6 +601,9 @@ class _TcpSplice(asyncio.Protocol):
             self._finish()
 
     def _finish(self) -> None:
+        if self._unacked:
+            n, self._unacked = self._unacked, 0
+            self.t._ack(n)
         if not self.done.done():
             self.done.set_result(None)
 

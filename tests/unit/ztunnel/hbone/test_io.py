@@ -653,3 +653,41 @@ async def test_dead_tcp_peer_does_not_kill_shared_connection(
     other.write_eof()
     assert await read_all(other) == b"bye"
     assert pool.connections(key) == 1
+
+
+async def test_undecided_request_times_out_with_503(
+    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
+) -> None:
+    async def handler(inc: IncomingConnect) -> None:
+        await asyncio.Event().wait()  # a stuck policy/backend lookup
+
+    srv = await make_server(handler, decision_timeout=0.2)
+    with pytest.raises(ConnectRefused) as ei:
+        await pool.open(key_for(mesh, srv), "10.0.0.1:80")
+    assert ei.value.status == 503
+
+
+async def test_unread_data_is_returned_to_connection_window(
+    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
+) -> None:
+    """Tunnels closed with unread bytes must not leak the shared connection window."""
+
+    async def handler(inc: IncomingConnect) -> None:
+        t = inc.accept()
+        await t.write(b"u" * 3_000_000)
+        await read_all(t)
+
+    srv = await make_server(handler)
+    key = key_for(mesh, srv)
+    for _ in range(8):  # 8 x 3 MB > the 16 MiB connection window
+        t = await pool.open(key, "10.0.0.1:80")
+        first = len(await t.read())
+        # Wait until all of it sits unread in the tunnel, then drop it.
+        await eventually(lambda t=t, first=first: first + sum(map(len, t._chunks)) >= 3_000_000)
+        t.close()
+    t = await pool.open(key, "10.0.0.1:80")
+    got = 0
+    async with asyncio.timeout(10):
+        while got < 3_000_000:
+            got += len(await t.read())
+    assert pool.connections(key) == 1
