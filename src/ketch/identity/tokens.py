@@ -8,18 +8,24 @@ re-join, which replaces the serial) cuts a node off at once, even though its cer
 not expired.
 
 State is a small JSON file (0600) in the CA state dir, rewritten atomically on every change,
-or kept in memory when no path is given (tests, standalone mode).
+or kept in memory when no path is given (tests, standalone mode). Several processes share the
+file (the control plane serving joins, `ketch node token create` in another process): every
+operation takes an exclusive `flock` on a sibling lock file and re-reads the file when it
+changed, so a token created by the CLI is redeemable at once and a revoke takes effect at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -63,13 +69,43 @@ class TokenStore:
         self._lock = threading.Lock()
         self._tokens: dict[str, dict[str, Any]] = {}
         self._nodes: dict[str, list[str]] = {}
-        if path is not None and path.exists():
+        self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) last read
+        with self._locked():
+            pass
+
+    def _reload(self) -> None:
+        if self._path is None:
+            return
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen == self._seen:
+            return
+        try:
+            data = json.loads(self._path.read_text())
+            self._tokens = dict(data.get("tokens", {}))
+            self._nodes = {k: list(v) for k, v in data.get("nodes", {}).items()}
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise CaConfigError(f"{self._path}: unreadable token/node state: {exc}") from exc
+        self._seen = seen
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Thread lock, plus an exclusive flock across processes; state re-read inside."""
+        with self._lock:
+            if self._path is None:
+                yield
+                return
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(str(self._path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                data = json.loads(path.read_text())
-                self._tokens = dict(data.get("tokens", {}))
-                self._nodes = {k: list(v) for k, v in data.get("nodes", {}).items()}
-            except (ValueError, AttributeError, TypeError) as exc:
-                raise CaConfigError(f"{path}: unreadable token/node state: {exc}") from exc
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._reload()
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> TokenStore:
@@ -81,6 +117,8 @@ class TokenStore:
             return
         data = {"version": 1, "tokens": self._tokens, "nodes": self._nodes}
         write_private_file(self._path, json.dumps(data, indent=1, sort_keys=True).encode())
+        st = os.stat(self._path)
+        self._seen = (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _expire(self, now: float) -> None:
         for h in [h for h, t in self._tokens.items() if t["expires"] <= now]:
@@ -92,7 +130,7 @@ class TokenStore:
         if not timedelta(seconds=1) <= ttl <= MAX_TOKEN_TTL:
             raise BadRequest(f"token TTL {ttl} outside 1s..{MAX_TOKEN_TTL}")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._lock:
+        with self._locked():
             now = self._clock()
             self._expire(now)
             self._tokens[_hash(token)] = {
@@ -106,7 +144,7 @@ class TokenStore:
     def redeem(self, token: str, node_name: str) -> None:
         """Consume `token` for `node_name`, or raise TokenError. A token is used at most once:
         presenting it for the wrong node burns it too."""
-        with self._lock:
+        with self._locked():
             entry = self._tokens.pop(_hash(token), None)
             now = self._clock()
             self._expire(now)
@@ -126,7 +164,7 @@ class TokenStore:
 
     def record_cert(self, node_name: str, serial: int) -> None:
         """Remember `serial` as a current certificate of `node_name` (join or renewal)."""
-        with self._lock:
+        with self._locked():
             serials = self._nodes.setdefault(node_name, [])
             serials.append(format(serial, "x"))
             del serials[:-MAX_SERIALS_PER_NODE]
@@ -134,17 +172,17 @@ class TokenStore:
 
     def replace_certs(self, node_name: str, serial: int) -> None:
         """A (re-)join: only this serial is valid for the node from now on."""
-        with self._lock:
+        with self._locked():
             self._nodes[node_name] = [format(serial, "x")]
             self._save()
 
     def is_current(self, node_name: str, serial: int) -> bool:
-        with self._lock:
+        with self._locked():
             return format(serial, "x") in self._nodes.get(node_name, ())
 
     def revoke(self, node_name: str) -> bool:
         """Stop accepting every certificate of `node_name` now. True if it was enrolled."""
-        with self._lock:
+        with self._locked():
             existed = self._nodes.pop(node_name, None) is not None
             self._save()
         if existed:
@@ -152,11 +190,11 @@ class TokenStore:
         return existed
 
     def nodes(self) -> list[NodeRecord]:
-        with self._lock:
+        with self._locked():
             return [NodeRecord(n, tuple(s)) for n, s in sorted(self._nodes.items())]
 
     def pending_tokens(self) -> list[tuple[str, float]]:
         """(node name, expiry epoch seconds) of unexpired, unused tokens."""
-        with self._lock:
+        with self._locked():
             self._expire(self._clock())
             return sorted((t["node"], t["expires"]) for t in self._tokens.values())
