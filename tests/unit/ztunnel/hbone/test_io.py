@@ -7,6 +7,7 @@ import hashlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import hpack
 import pytest
@@ -667,6 +668,10 @@ async def test_undecided_request_times_out_with_503(
     assert ei.value.status == 503
 
 
+def _buffered_at_least(t: Tunnel, n: int) -> bool:
+    return sum(map(len, t._chunks)) >= n
+
+
 async def test_unread_data_is_returned_to_connection_window(
     mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
 ) -> None:
@@ -683,7 +688,7 @@ async def test_unread_data_is_returned_to_connection_window(
         t = await pool.open(key, "10.0.0.1:80")
         first = len(await t.read())
         # Wait until all of it sits unread in the tunnel, then drop it.
-        await eventually(lambda t=t, first=first: first + sum(map(len, t._chunks)) >= 3_000_000)
+        await eventually(partial(_buffered_at_least, t, 3_000_000 - first))
         t.close()
     t = await pool.open(key, "10.0.0.1:80")
     got = 0
