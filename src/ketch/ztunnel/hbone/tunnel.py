@@ -267,7 +267,6 @@ class H2Protocol(asyncio.Protocol):
         self._got_settings = False
         self.on_idle: Callable[[H2Protocol], None] | None = None
         self.on_closed: Callable[[H2Protocol], None] | None = None
-        self.last_activity = self.loop.time()
         self._closed_fut: asyncio.Future[None] = self.loop.create_future()
         self._early: list[bytes] = []
 
@@ -296,7 +295,6 @@ class H2Protocol(asyncio.Protocol):
             self.flush()
             self._shutdown(e)
             return
-        self.last_activity = self.loop.time()
         for ev in events:
             self._dispatch(ev)
         self.flush()

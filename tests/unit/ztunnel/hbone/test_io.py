@@ -696,3 +696,31 @@ async def test_unread_data_is_returned_to_connection_window(
         while got < 3_000_000:
             got += len(await t.read())
     assert pool.connections(key) == 1
+
+
+async def test_ipv6_loopback(mesh: Mesh, pool: HboneClientPool) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.bind(("::1", 0))
+    except OSError:
+        sock.close()
+        pytest.skip("no IPv6 loopback here")
+    sock.listen(16)
+    seen = []
+
+    async def handler(inc: IncomingConnect) -> None:
+        seen.append(inc.info)
+        await echo(inc)
+
+    srv = HboneServer(sock, mesh.server_ctx(), TD, handler)
+    await srv.start()
+    try:
+        key = PoolKey(mesh.client_id, (mesh.server_id,), ("::1", srv.address[1]))
+        t = await pool.open(key, "[fd00::7]:443")
+        await t.write(b"v6")
+        t.write_eof()
+        assert await read_all(t) == b"v6"
+        assert seen[0].authority == "[fd00::7]:443"
+        assert seen[0].peer_addr[0] == "::1"
+    finally:
+        await srv.close()
