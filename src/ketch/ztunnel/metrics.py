@@ -1,0 +1,175 @@
+"""Istio's TCP metrics for the node proxy, on a prometheus_client registry.
+
+Counters (REFERENCE.md "Telemetry"), all with `telemetry.TCP_LABEL_NAMES`:
+istio_tcp_connections_opened_total, istio_tcp_connections_closed_total,
+istio_tcp_connections_failed_total, istio_tcp_received_bytes_total,
+istio_tcp_sent_bytes_total.
+
+Byte semantics follow Istio: *received* = bytes from the client towards the server
+(request direction), *sent* = bytes from the server back to the client (response
+direction), for both reporters.
+
+Hot path: a listener calls `opened(labels)` once per connection and gets a `ConnCounters`
+handle; it calls `handle.closed(received, sent)` once at the end (or `add_bytes` now and then
+for long connections). Nothing is updated per relayed chunk. Label children are cached per
+label tuple, and the label computation itself (`telemetry.tcp_labels`) is cached per
+(reporter, workloads, identities, service, policy) key, so a steady flow of connections
+between the same peers costs a dict lookup and three counter increments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics import MetricWrapperBase
+
+from ketch.identity.spiffe import SpiffeId
+from ketch.ztunnel.state import Service, Workload
+from ketch.ztunnel.telemetry import (
+    TCP_CONNECTIONS_CLOSED,
+    TCP_CONNECTIONS_FAILED,
+    TCP_CONNECTIONS_OPENED,
+    TCP_LABEL_NAMES,
+    TCP_RECEIVED_BYTES,
+    TCP_SENT_BYTES,
+    Reporter,
+    SecurityPolicy,
+    tcp_labels,
+)
+
+LabelValues = tuple[str, ...]
+MAX_CACHED = 10_000  # label sets; the caches are cleared (not grown) past this
+
+
+@dataclass(frozen=True, slots=True)
+class _Children:
+    opened: Any
+    closed: Any
+    failed: Any
+    received: Any
+    sent: Any
+
+
+class ConnCounters:
+    """The counters of one connection's label set; `closed()` once at the end."""
+
+    __slots__ = ("_c", "_done", "_received", "_sent")
+
+    def __init__(self, children: _Children) -> None:
+        self._c = children
+        self._received = 0
+        self._sent = 0
+        self._done = False
+
+    def add_bytes(self, received: int, sent: int) -> None:
+        """Account bytes so far (for long-lived connections); `closed()` adds the rest."""
+        if received:
+            self._c.received.inc(received)
+            self._received += received
+        if sent:
+            self._c.sent.inc(sent)
+            self._sent += sent
+
+    def closed(self, received_total: int, sent_total: int) -> None:
+        """The connection ended having moved these totals (only the unreported part is added)."""
+        if self._done:
+            return
+        self._done = True
+        self.add_bytes(max(0, received_total - self._received), max(0, sent_total - self._sent))
+        self._c.closed.inc()
+
+
+class ZtunnelMetrics:
+    """The node proxy's TCP counters on `registry` (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, TCP_LABEL_NAMES, registry=registry)
+
+        self.opened_total = counter(TCP_CONNECTIONS_OPENED, "TCP connections opened")
+        self.closed_total = counter(TCP_CONNECTIONS_CLOSED, "TCP connections closed")
+        self.failed_total = counter(
+            TCP_CONNECTIONS_FAILED, "TCP connections that could not be established"
+        )
+        self.received_bytes = counter(
+            TCP_RECEIVED_BYTES, "Bytes received from the client (request direction)"
+        )
+        self.sent_bytes = counter(TCP_SENT_BYTES, "Bytes sent to the client (response direction)")
+        self._children: dict[LabelValues, _Children] = {}
+        self._labels: dict[tuple[object, ...], LabelValues] = {}
+
+    # ------------------------------------------------------------------ label sets
+
+    def label_values(
+        self,
+        reporter: Reporter,
+        *,
+        src_workload: Workload | None,
+        src_identity: SpiffeId | None,
+        dst_workload: Workload | None,
+        dst_service: Service | None,
+        security_policy: SecurityPolicy,
+        dst_identity: SpiffeId | None = None,
+        response_flags: str = "-",
+    ) -> LabelValues:
+        """`tcp_labels(...)` as a tuple in TCP_LABEL_NAMES order, cached."""
+        key = (
+            reporter,
+            src_workload,
+            src_identity,
+            dst_workload,
+            dst_service,
+            security_policy,
+            dst_identity,
+            response_flags,
+        )
+        values = self._labels.get(key)
+        if values is None:
+            labels = tcp_labels(
+                reporter,
+                src_workload=src_workload,
+                src_identity=src_identity,
+                dst_workload=dst_workload,
+                dst_service=dst_service,
+                security_policy=security_policy,
+                dst_identity=dst_identity,
+                response_flags=response_flags,
+            )
+            values = tuple(labels[k] for k in TCP_LABEL_NAMES)
+            if len(self._labels) >= MAX_CACHED:
+                self._labels.clear()
+            self._labels[key] = values
+        return values
+
+    def _kids(self, values: LabelValues) -> _Children:
+        kids = self._children.get(values)
+        if kids is None:
+            metrics: list[MetricWrapperBase] = [
+                self.opened_total,
+                self.closed_total,
+                self.failed_total,
+                self.received_bytes,
+                self.sent_bytes,
+            ]
+            kids = _Children(*(m.labels(*values) for m in metrics))
+            if len(self._children) >= MAX_CACHED:
+                self._children.clear()
+            self._children[values] = kids
+        return kids
+
+    def cached_label_sets(self) -> int:
+        return len(self._children)
+
+    # ------------------------------------------------------------------ events
+
+    def opened(self, values: LabelValues) -> ConnCounters:
+        kids = self._kids(values)
+        kids.opened.inc()
+        return ConnCounters(kids)
+
+    def failed(self, values: LabelValues) -> None:
+        self._kids(values).failed.inc()

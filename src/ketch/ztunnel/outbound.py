@@ -1,0 +1,337 @@
+"""Outbound listener (15001 inside each pod netns): what happens to a pod's outbound TCP.
+
+1. The pod's nat OUTPUT rule redirected the connection here; `original_dst()` (conntrack)
+   gives the address the app dialled.
+2. The connection waits until the pod is ready (workload known, certificate in hand).
+3. `route(state, pod workload, dst)` decides, without I/O:
+   - `Hbone`: a tunnel through the pod's `HboneClientPool` (key: the pod's identity, the
+     expected server identities, the next hop on 15008). New pool connections are dialled
+     with `pod_connect` from inside the *source* pod's netns, so the source IP is the pod's
+     and the socket carries mark 0x539 (never redirected again). The CONNECT carries
+     `baggage`, `forwarded` and `traceparent`; any status but 200 fails the connection.
+   - `Passthrough`: plain TCP from inside the pod netns to the original destination.
+   - `Refuse`: the client gets a RST.
+4. Bytes are relayed (`hbone.relay` / `connections.splice`) with half-close both ways.
+5. Metrics (reporter=source) count the connection when it opens and its bytes when it
+   closes; one access-log record is written when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ketch.netns import NetnsError, NoOriginalDestination, original_dst, pod_connect
+from ketch.ztunnel.connections import (
+    Direction,
+    Splice,
+    TrackedConn,
+    reset_stream,
+    start_splice,
+)
+from ketch.ztunnel.hbone import HboneError, PoolKey, Tunnel, relay
+from ketch.ztunnel.hbone.headers import baggage, forwarded, traceparent
+from ketch.ztunnel.identity import IdentityUnavailable
+from ketch.ztunnel.route import Hbone, Passthrough, Refuse, route
+from ketch.ztunnel.state import IpAddr, Workload, format_authority
+from ketch.ztunnel.telemetry import (
+    Direction as LogDirection,
+)
+from ketch.ztunnel.telemetry import (
+    Reporter,
+    SecurityPolicy,
+    access_log_record,
+    canonical_revision,
+    canonical_service,
+    workload_name,
+)
+
+if TYPE_CHECKING:
+    from ketch.ztunnel.proxy import PodRuntime, Ztunnel
+
+log = logging.getLogger("ketch.ztunnel.outbound")
+
+
+def request_headers(
+    src: Workload, src_addr: tuple[IpAddr, int], plan: Hbone
+) -> list[tuple[str, str]]:
+    """The informational CONNECT headers ztunnel sends (REFERENCE.md "HBONE")."""
+    kind = src.workload_type.value
+    host = plan.dst_service.hostname if plan.dst_service is not None else None
+    return [
+        (
+            "baggage",
+            baggage(
+                {
+                    "k8s.cluster.name": src.cluster_id,
+                    "k8s.namespace.name": src.namespace,
+                    f"k8s.{kind}.name": workload_name(src),
+                    "service.name": canonical_service(src),
+                    "service.version": canonical_revision(src),
+                }
+            ),
+        ),
+        ("forwarded", forwarded(src_addr[0], src_addr[1], host)),
+        ("traceparent", traceparent()),
+    ]
+
+
+class _Conn:
+    """Mutable per-connection I/O handles, so the tracker's closer can abort any stage."""
+
+    __slots__ = ("closed", "splice", "tunnel", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.tunnel: Tunnel | None = None
+        self.splice: Splice | None = None
+        self.closed: str | None = None
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+        if self.tunnel is not None:
+            self.tunnel.abort()
+        if self.splice is not None:
+            self.splice.abort()
+        reset_stream(self.writer)
+
+
+async def handle(
+    zt: Ztunnel, pod: PodRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """One redirected outbound connection of `pod` (see the module docstring)."""
+    started = time.monotonic()
+    sock = writer.get_extra_info("socket")
+    peer = writer.get_extra_info("peername")
+    try:
+        dst_s, dst_port = original_dst(sock)
+    except (NoOriginalDestination, OSError) as e:
+        log.warning(
+            "pod %s: outbound connection from %s without original destination: %s", pod.uid, peer, e
+        )
+        reset_stream(writer)
+        return
+    src_addr = (ipaddress.ip_address(peer[0]), int(peer[1]))
+    dst_ip = ipaddress.ip_address(dst_s)
+    if not await pod.wait_ready() or not pod.accepting:
+        log.warning(
+            "pod %s: refusing outbound %s -> %s:%s: pod not ready (%s)",
+            pod.uid,
+            peer,
+            dst_s,
+            dst_port,
+            pod.error or pod.phase.value,
+        )
+        reset_stream(writer)
+        return
+    src = pod.workload
+    ident = pod.identity
+    assert src is not None
+    assert ident is not None
+    plan = route(zt.state, src, dst_ip, dst_port)
+    c = _Conn(writer)
+    tc = zt.tracker.register(
+        pod.uid,
+        Direction.OUTBOUND,
+        format_authority(*src_addr),
+        format_authority(dst_ip, dst_port),
+        c.close,
+        src_identity=ident.uri,
+    )
+    try:
+        if isinstance(plan, Refuse):
+            _refused(zt, pod, plan, src_addr, (dst_ip, dst_port), started)
+            reset_stream(writer)
+        elif isinstance(plan, Passthrough):
+            await _passthrough(zt, pod, c, plan, reader, writer, src_addr, started)
+        else:
+            await _hbone(
+                zt, pod, c, tc, plan, reader, writer, src_addr, (dst_ip, dst_port), started
+            )
+    finally:
+        zt.tracker.unregister(tc)
+
+
+def _refused(
+    zt: Ztunnel,
+    pod: PodRuntime,
+    plan: Refuse,
+    src_addr: tuple[IpAddr, int],
+    dst: tuple[IpAddr, int],
+    started: float,
+) -> None:
+    log.info("pod %s: outbound to %s refused: %s", pod.uid, format_authority(*dst), plan.reason)
+    values = zt.metrics.label_values(
+        Reporter.SOURCE,
+        src_workload=pod.workload,
+        src_identity=pod.identity,
+        dst_workload=None,
+        dst_service=None,
+        security_policy=SecurityPolicy.UNKNOWN,
+    )
+    zt.metrics.failed(values)
+    zt.log_access(
+        access_log_record(
+            direction=LogDirection.OUTBOUND,
+            src=src_addr,
+            src_workload=pod.workload,
+            src_identity=pod.identity,
+            dst=dst,
+            dst_workload=None,
+            dst_service=None,
+            duration_s=time.monotonic() - started,
+            error=f"refused ({plan.status}): {plan.reason}",
+        )
+    )
+
+
+async def _hbone(
+    zt: Ztunnel,
+    pod: PodRuntime,
+    c: _Conn,
+    tc: TrackedConn,
+    plan: Hbone,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    src_addr: tuple[IpAddr, int],
+    dst: tuple[IpAddr, int],
+    started: float,
+) -> None:
+    src, ident, pool = pod.workload, pod.identity, pod.pool
+    assert src is not None
+    assert ident is not None
+    assert pool is not None
+    hop_ip, hop_port = plan.next_hop
+    hop = (str(hop_ip), hop_port)
+    key = PoolKey(ident, plan.expected_identities, hop)
+    tc.dst_identity = plan.expected_identities[0].uri
+    netns = pod.netns
+    timeout = zt.connect_timeout
+
+    async def connect() -> object:
+        return await pod_connect(netns, hop, connect_timeout=timeout)
+
+    dst_workload = plan.final_workload if plan.waypoint else plan.dst_workload
+    error: BaseException | str | None = None
+    sent = received = 0
+    counters = None
+    try:
+        await zt.identities.ensure(ident)
+        tunnel = await pool.open(
+            key,
+            plan.authority,
+            request_headers(src, src_addr, plan),
+            connect=connect,  # type: ignore[arg-type]
+        )
+    except (HboneError, IdentityUnavailable, NetnsError, OSError) as e:
+        error = e
+        log.info(
+            "pod %s: HBONE to %s via %s:%s failed: %s", pod.uid, plan.authority, hop[0], hop[1], e
+        )
+        zt.metrics.failed(
+            zt.metrics.label_values(
+                Reporter.SOURCE,
+                src_workload=src,
+                src_identity=ident,
+                dst_workload=dst_workload,
+                dst_service=plan.dst_service,
+                security_policy=SecurityPolicy.MUTUAL_TLS,
+            )
+        )
+        reset_stream(writer)
+    else:
+        c.tunnel = tunnel
+        peer_id = tunnel.peer_identity
+        counters = zt.metrics.opened(
+            zt.metrics.label_values(
+                Reporter.SOURCE,
+                src_workload=src,
+                src_identity=ident,
+                dst_workload=dst_workload,
+                dst_service=plan.dst_service,
+                security_policy=SecurityPolicy.MUTUAL_TLS,
+                dst_identity=peer_id,
+            )
+        )
+        if c.closed is not None:
+            tunnel.abort()
+            reset_stream(writer)
+            error = c.closed
+        else:
+            res = await relay(tunnel, reader, writer)
+            sent, received = res.sent, res.received
+            error = c.closed or res.error
+        # received = client -> server (request), sent = server -> client (response)
+        counters.closed(sent, received)
+    zt.log_access(
+        access_log_record(
+            direction=LogDirection.OUTBOUND,
+            src=src_addr,
+            src_workload=src,
+            src_identity=ident,
+            dst=dst,
+            dst_workload=dst_workload,
+            dst_service=plan.dst_service,
+            dst_identity=c.tunnel.peer_identity if c.tunnel is not None else None,
+            hbone_addr=(hop_ip, hop_port),
+            bytes_sent=sent,
+            bytes_recv=received,
+            duration_s=time.monotonic() - started,
+            error=error,
+        )
+    )
+
+
+async def _passthrough(
+    zt: Ztunnel,
+    pod: PodRuntime,
+    c: _Conn,
+    plan: Passthrough,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    src_addr: tuple[IpAddr, int],
+    started: float,
+) -> None:
+    dst = (str(plan.dst[0]), plan.dst[1])
+    values = zt.metrics.label_values(
+        Reporter.SOURCE,
+        src_workload=pod.workload,
+        src_identity=pod.identity,
+        dst_workload=plan.dst_workload,
+        dst_service=plan.dst_service,
+        security_policy=SecurityPolicy.UNKNOWN,
+        dst_identity=None,
+    )
+    error: BaseException | str | None = None
+    a_to_b = b_to_a = 0
+    try:
+        sock = await pod_connect(pod.netns, dst, connect_timeout=zt.connect_timeout)
+        c.splice = await start_splice(reader, writer, sock)
+    except (OSError, NetnsError, TimeoutError) as e:
+        error = e
+        zt.metrics.failed(values)
+        reset_stream(writer)
+    else:
+        counters = zt.metrics.opened(values)
+        res = await c.splice.wait()
+        a_to_b, b_to_a = res.a_to_b, res.b_to_a
+        error = c.closed or res.error
+        counters.closed(a_to_b, b_to_a)
+    zt.log_access(
+        access_log_record(
+            direction=LogDirection.OUTBOUND,
+            src=src_addr,
+            src_workload=pod.workload,
+            src_identity=pod.identity,
+            dst=plan.dst,
+            dst_workload=plan.dst_workload,
+            dst_service=plan.dst_service,
+            bytes_sent=a_to_b,
+            bytes_recv=b_to_a,
+            duration_s=time.monotonic() - started,
+            error=error,
+        )
+    )

@@ -1,0 +1,525 @@
+"""The node proxy runtime: one `Ztunnel` per node, serving every enrolled pod on the node
+from inside each pod's network namespace (REFERENCE.md "In-pod redirection").
+
+For each pod (`add_pod(PodHandle)`, from the node agent over ZDS, the standalone runner or a
+test) the proxy opens three listeners inside the pod netns, each with SO_REUSEPORT and
+SO_MARK 0x539 (`ketch.netns.pod_listener`):
+
+- 15001 outbound (`outbound.py`): the pod's redirected outbound TCP; route, then HBONE,
+  plain passthrough or refuse;
+- 15006 inbound plaintext (`inbound_passthrough.py`): redirected inbound TCP from peers
+  outside the mesh; authorize with no identity, deliver to the app;
+- 15008 inbound HBONE (`inbound.py`): mTLS HTTP/2 CONNECT from other proxies; authorize,
+  deliver to the app.
+
+A pod is accepted at once (its listeners queue connections) but forwarding waits until the
+pod maps to a `Workload` of the current state (by uid, else namespace/name, else one of the
+pod's addresses) and its certificate is in hand (prefetched through the cert source's
+`track()` when it has one). `ready` is true once the proxy started and every pod is ready.
+
+`update_state()` swaps the immutable `ProxyState` snapshot; new connections use the new one,
+and open inbound connections are re-checked with `rbac.recheck` and closed when now denied.
+`drain()` stops accepting in every pod and lets connections finish until the deadline;
+`stop()` force-closes everything. The proxy owns the netns fds handed to `add_pod` and
+closes them when the pod is removed or the proxy stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from ketch.identity.spiffe import SpiffeId
+from ketch.netns import NetnsError, pod_listener_async, run_in_netns
+from ketch.util.tasks import spawn
+from ketch.ztunnel import inbound, inbound_passthrough, outbound
+from ketch.ztunnel.connections import ConnectionTracker, TrackedConn
+from ketch.ztunnel.drain import drain_connections
+from ketch.ztunnel.hbone import HboneClientPool, HboneServer, tune_malloc
+from ketch.ztunnel.identity import CertSource, IdentityContexts, IdentityUnavailable
+from ketch.ztunnel.metrics import ZtunnelMetrics
+from ketch.ztunnel.rbac import recheck
+from ketch.ztunnel.route import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
+from ketch.ztunnel.state import IpAddr, ProxyState, Workload
+from ketch.ztunnel.telemetry import AccessLogRecord, format_json, format_text
+
+log = logging.getLogger("ketch.ztunnel")
+access_logger = logging.getLogger("ketch.ztunnel.access")
+
+READY_WAIT = 15.0  # how long a connection waits for its pod's certificate/config
+
+
+class ProxyError(Exception):
+    """The node proxy cannot serve a pod (listener, netns or identity problem)."""
+
+
+@dataclass(frozen=True)
+class PodHandle:
+    """A pod the node agent enrolled: identity fields and an open fd of its network
+    namespace (the proxy owns the fd from `add_pod` on)."""
+
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+    netns_fd: int
+
+
+class PodPhase(enum.Enum):
+    WAITING_CONFIG = "waiting_for_workload"  # no Workload in state matches the pod yet
+    WAITING_CERT = "waiting_for_certificate"
+    READY = "ready"
+    REMOVED = "removed"
+
+
+@dataclass(eq=False)
+class PodRuntime:
+    """Everything the proxy holds for one pod. Listeners read `workload` and `identity`."""
+
+    handle: PodHandle
+    listeners: dict[int, socket.socket] = field(default_factory=dict)
+    workload: Workload | None = None
+    identity: SpiffeId | None = None
+    phase: PodPhase = PodPhase.WAITING_CONFIG
+    error: str = ""
+    servers: list[asyncio.Server] = field(default_factory=list)
+    hbone: HboneServer | None = None
+    pool: HboneClientPool | None = None
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    config_event: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    accepting: bool = True
+
+    @property
+    def uid(self) -> str:
+        return self.handle.uid
+
+    @property
+    def netns(self) -> int:
+        return self.handle.netns_fd
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is PodPhase.READY
+
+    def ip_for(self, family: int = 4) -> IpAddr | None:
+        return self.workload.address_for(family) if self.workload else None
+
+    async def wait_ready(self, within: float = READY_WAIT) -> bool:
+        if self.phase is PodPhase.READY:
+            return True
+        try:
+            async with asyncio.timeout(within):
+                await self.ready_event.wait()
+        except TimeoutError:
+            return False
+        return self.ready
+
+    def describe(self) -> dict[str, Any]:
+        h = self.handle
+        return {
+            "uid": h.uid,
+            "name": h.name,
+            "namespace": h.namespace,
+            "service_account": h.service_account,
+            "workload": self.workload.key if self.workload else None,
+            "addresses": [str(a) for a in self.workload.addresses] if self.workload else [],
+            "identity": self.identity.uri if self.identity else None,
+            "state": self.phase.value,
+            "error": self.error or None,
+            "listeners": sorted(self.listeners),
+        }
+
+
+def _pod_addresses() -> list[str]:
+    """Runs inside a pod netns: its non-loopback IPv4/IPv6 addresses (from /proc)."""
+    out: list[str] = []
+    with contextlib.suppress(OSError), open("/proc/thread-self/net/if_inet6") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] != "lo":
+                out.append(str(ipaddress.IPv6Address(bytes.fromhex(parts[0]))))
+    # IPv4: bind-probe is not possible; read the local routing table instead.
+    with contextlib.suppress(OSError):
+        with open("/proc/thread-self/net/fib_trie") as f:
+            lines = f.read().splitlines()
+        for i, line in enumerate(lines):
+            if "/32 host LOCAL" in line and i > 0:
+                ip = lines[i - 1].split()[-1]
+                if not ip.startswith("127."):
+                    out.append(ip)
+    return list(dict.fromkeys(out))
+
+
+class Ztunnel:
+    """The node proxy (see the module docstring)."""
+
+    def __init__(
+        self,
+        node: str,
+        state: ProxyState,
+        certs: CertSource,
+        trust_bundle: list[bytes],
+        *,
+        metrics: ZtunnelMetrics | None = None,
+        access_log: Callable[[AccessLogRecord], None] | None = None,
+        log_format: str = "text",
+        spoof_source: bool = True,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be 'text' or 'json', not {log_format!r}")
+        self.node = node
+        self._state = state
+        self.certs = certs
+        self.trust_bundle = list(trust_bundle)
+        self.metrics = metrics if metrics is not None else ZtunnelMetrics(CollectorRegistry())
+        self._access_log = access_log
+        self._format = format_json if log_format == "json" else format_text
+        self.spoof_source = spoof_source
+        self.connect_timeout = connect_timeout
+        self.identities = IdentityContexts(certs, self.trust_bundle)
+        self.identities.on_change.append(self._cert_changed)
+        self.tracker = ConnectionTracker()
+        self._pods: dict[str, PodRuntime] = {}
+        self._started = False
+        self._draining = False
+        self._stopped = False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> ProxyState:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self._started
+            and not self._draining
+            and all(p.ready and p.listeners for p in self._pods.values())
+        )
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        tune_malloc()
+        self._started = True
+        log.info("node proxy for %s started", self.node)
+
+    async def add_pod(self, handle: PodHandle) -> None:
+        """Open 15001/15006/15008 inside the pod netns and start preparing its identity.
+        Raises ProxyError if the listeners cannot be opened (the fd is closed then)."""
+        if self._stopped or self._draining:
+            raise ProxyError(f"cannot add pod {handle.namespace}/{handle.name}: proxy is stopping")
+        old = self._pods.get(handle.uid)
+        if old is not None:
+            if old.handle.netns_fd == handle.netns_fd:
+                return
+            await self.remove_pod(handle.uid)
+        pod = PodRuntime(handle)
+        try:
+            for port in (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT):
+                pod.listeners[port] = await pod_listener_async(handle.netns_fd, port)
+        except NetnsError as e:
+            for s in pod.listeners.values():
+                s.close()
+            with contextlib.suppress(OSError):
+                os.close(handle.netns_fd)
+            raise ProxyError(
+                f"pod {handle.namespace}/{handle.name}: cannot open the proxy listeners in its "
+                f"network namespace: {e}"
+            ) from e
+        self._pods[handle.uid] = pod
+        pod.servers.append(
+            await asyncio.start_server(
+                lambda r, w: outbound.handle(self, pod, r, w),
+                sock=pod.listeners[OUTBOUND_PORT],
+                limit=256 * 1024,
+            )
+        )
+        pod.servers.append(
+            await asyncio.start_server(
+                lambda r, w: inbound_passthrough.handle(self, pod, r, w),
+                sock=pod.listeners[INBOUND_PLAINTEXT_PORT],
+                limit=256 * 1024,
+            )
+        )
+        await self._resolve(pod)
+        pod.tasks.append(spawn(self._prepare(pod), name=f"ztunnel-pod-{handle.uid}"))
+        log.info("pod %s/%s (%s) added", handle.namespace, handle.name, handle.uid)
+
+    async def _resolve(self, pod: PodRuntime) -> None:
+        """Find the pod's Workload in the current state (uid, name, then address)."""
+        h = pod.handle
+        st = self._state
+        w = st.workload_by_uid(h.uid)
+        if w is None:
+            for cand in st.workloads.values():
+                if cand.namespace == h.namespace and cand.name == h.name:
+                    w = cand
+                    break
+        if w is None:
+            try:
+                addrs = await run_in_netns(h.netns_fd, _pod_addresses)
+            except NetnsError:
+                addrs = []
+            for a in addrs:
+                w = st.workload_by_address(ipaddress.ip_address(a))
+                if w is not None:
+                    break
+        self._set_workload(pod, w)
+
+    def _set_workload(self, pod: PodRuntime, w: Workload | None) -> None:
+        if w is None:
+            if pod.workload is None:
+                pod.error = "no workload in the proxy state matches this pod yet"
+            return
+        if pod.workload is not w:
+            pod.workload = w
+            pod.error = ""
+            if pod.identity is not None and pod.identity != w.identity:
+                log.warning("pod %s changed identity %s -> %s", pod.uid, pod.identity, w.identity)
+            pod.config_event.set()
+
+    async def _prepare(self, pod: PodRuntime) -> None:
+        """Wait for the pod's workload and certificate, then serve HBONE and forward."""
+        await pod.config_event.wait()
+        assert pod.workload is not None
+        ident = pod.identity = pod.workload.identity
+        pod.phase = PodPhase.WAITING_CERT
+        self.identities.track(ident)
+        delay = 0.2
+        while True:
+            try:
+                await self.identities.ensure(ident)
+                break
+            except IdentityUnavailable as e:
+                pod.error = str(e)
+                log.warning("pod %s: %s; retrying in %.1fs", pod.uid, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+        pod.pool = HboneClientPool(
+            self.identities.client_context, connect_timeout=self.connect_timeout
+        )
+        pod.hbone = HboneServer(
+            pod.listeners[INBOUND_HBONE_PORT],
+            self.identities.server_context(ident),
+            ident.trust_domain,
+            lambda inc: inbound.handle(self, pod, inc),
+        )
+        await pod.hbone.start()
+        pod.phase = PodPhase.READY
+        pod.error = ""
+        pod.ready_event.set()
+        log.info("pod %s ready: serving as %s", pod.workload.key, ident)
+        # keep the certificate fresh for the 15008 server even without outbound traffic
+        while True:
+            await asyncio.sleep(self.identities._refresh)
+            try:
+                await self.identities.ensure(ident)
+            except IdentityUnavailable as e:
+                log.warning("pod %s: certificate refresh failed: %s", pod.uid, e)
+
+    def _cert_changed(self, identity: SpiffeId, server_ctx: Any) -> None:
+        for p in self._pods.values():
+            if p.identity == identity and p.hbone is not None:
+                p.hbone.set_tls(server_ctx)
+
+    async def remove_pod(self, uid: str) -> None:
+        """Close the pod's listeners and every connection it has; forget its identity."""
+        pod = self._pods.pop(uid, None)
+        if pod is None:
+            return
+        await self._close_pod(pod, "pod removed from the mesh")
+        log.info("pod %s/%s (%s) removed", pod.handle.namespace, pod.handle.name, uid)
+
+    async def _close_pod(self, pod: PodRuntime, reason: str) -> None:
+        pod.phase = PodPhase.REMOVED
+        pod.accepting = False
+        pod.ready_event.set()  # wake waiters: they see REMOVED
+        for t in pod.tasks:
+            t.cancel()
+        for srv in pod.servers:
+            srv.close()  # closes the 15001/15006 listening sockets
+        if pod.hbone is None:
+            pod.listeners[INBOUND_HBONE_PORT].close()
+        self.tracker.close([c.id for c in self.tracker.for_pod(pod.uid)], reason)
+        if pod.hbone is not None:
+            await pod.hbone.close(drain_timeout=0.0)
+        if pod.pool is not None:
+            await pod.pool.close()
+        if pod.identity is not None:
+            self.identities.untrack(pod.identity)
+            if not any(p.identity == pod.identity for p in self._pods.values()):
+                self.identities.forget(pod.identity)
+        if pod.tasks:
+            await asyncio.wait(pod.tasks, timeout=1.0)
+        with contextlib.suppress(OSError):
+            os.close(pod.netns)
+
+    def update_state(self, new: ProxyState) -> list[TrackedConn]:
+        """Swap the snapshot; close open inbound connections the new policy denies.
+        Returns the connections closed."""
+        self._state = new
+        for pod in self._pods.values():
+            w = new.workload_by_uid(pod.uid)
+            if w is None and pod.workload is not None:
+                w = new.workload_by_uid(pod.workload.uid)
+            if w is None:
+                for cand in new.workloads.values():
+                    if cand.namespace == pod.handle.namespace and cand.name == pod.handle.name:
+                        w = cand
+                        break
+            self._set_workload(pod, w)
+        denied = recheck(new, self.tracker.inbound_infos())
+        closed = self.tracker.close(denied, "denied by the updated authorization policy")
+        for c in closed:
+            log.info(
+                "closed connection %s -> %s (%s): now denied by policy", c.src, c.dst, c.pod_uid
+            )
+        return closed
+
+    def pod(self, uid: str) -> PodRuntime | None:
+        return self._pods.get(uid)
+
+    def pods(self) -> list[dict[str, Any]]:
+        return [p.describe() for p in sorted(self._pods.values(), key=lambda p: p.uid)]
+
+    def connections(self) -> list[dict[str, Any]]:
+        return [c.describe() for c in self.tracker.all()]
+
+    def config_dump(self) -> dict[str, Any]:
+        """JSON-able view: workloads, services, policies, certificates, pods, connections."""
+        st = self._state
+        certs: list[dict[str, Any]] = []
+        snapshot = getattr(self.certs, "snapshot", None)
+        if callable(snapshot):
+            for s in snapshot():
+                certs.append(
+                    {
+                        "identity": str(getattr(s, "identity", "")),
+                        "state": str(getattr(s, "state", "")),
+                        "serial": (
+                            f"{s.serial:x}" if getattr(s, "serial", None) is not None else None
+                        ),
+                        "not_after": (
+                            s.not_after.isoformat() if getattr(s, "not_after", None) else None
+                        ),
+                        "reason": getattr(s, "reason", None),
+                    }
+                )
+        else:
+            certs = list(self.identities.snapshot())
+        return {
+            "node": self.node,
+            "ready": self.ready,
+            "draining": self._draining,
+            "workloads": [_workload_json(w) for w in st.workloads.values()],
+            "services": [
+                {
+                    "name": s.name,
+                    "namespace": s.namespace,
+                    "hostname": s.hostname,
+                    "vips": [str(v) for v in s.vips],
+                    "ports": [
+                        {"port": p.service_port, "targetPort": p.target_port} for p in s.ports
+                    ],
+                    "subjectAltNames": [i.uri for i in s.subject_alt_names],
+                    "waypoint": str(s.waypoint) if s.waypoint else None,
+                }
+                for s in st.services.values()
+            ],
+            "policies": [
+                {
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "scope": p.scope.value,
+                    "action": p.action.value,
+                    "rules": len(p.rules),
+                    "dryRun": p.dry_run,
+                }
+                for p in st.policies.values()
+            ],
+            "peerAuthentications": [
+                {"name": p.name, "namespace": p.namespace, "mode": p.mode.value}
+                for p in st.peer_authentications.values()
+            ],
+            "certificates": certs,
+            "pods": self.pods(),
+            "connections": self.connections(),
+        }
+
+    async def drain(self, deadline: float) -> int:
+        """Stop accepting in every pod, let open connections finish for up to `deadline`
+        seconds, then force-close the rest. Returns the number force-closed."""
+        self._draining = True
+        pods = list(self._pods.values())
+
+        def stop_accepting() -> None:
+            for p in pods:
+                p.accepting = False
+                for srv in p.servers:
+                    srv.close()  # closes the 15001/15006 listening sockets
+                if p.hbone is None:
+                    p.listeners[INBOUND_HBONE_PORT].close()
+
+        graceful = [p.hbone.close for p in pods if p.hbone is not None]
+        forced = await drain_connections(
+            self.tracker, deadline, stop_accepting=stop_accepting, graceful=graceful
+        )
+        return forced
+
+    async def stop(self) -> None:
+        """Force-close every pod's listeners and connections."""
+        self._stopped = True
+        pods = list(self._pods.values())
+        self._pods.clear()
+        for p in pods:
+            await self._close_pod(p, "proxy stopped")
+        log.info("node proxy for %s stopped", self.node)
+
+    # ------------------------------------------------------------------ for the listeners
+
+    def log_access(self, rec: AccessLogRecord) -> None:
+        if self._access_log is not None:
+            self._access_log(rec)
+        elif access_logger.isEnabledFor(logging.INFO):
+            access_logger.info(self._format(rec))
+
+    def find_pod_by_ip(self, ips: Sequence[IpAddr]) -> PodRuntime | None:
+        for p in self._pods.values():
+            if p.workload is not None and any(a in p.workload.addresses for a in ips):
+                return p
+        return None
+
+
+def _workload_json(w: Workload) -> dict[str, Any]:
+    return {
+        "uid": w.uid,
+        "name": w.name,
+        "namespace": w.namespace,
+        "addresses": [str(a) for a in w.addresses],
+        "serviceAccount": w.service_account,
+        "trustDomain": w.trust_domain,
+        "node": w.node,
+        "protocol": w.protocol.value,
+        "status": w.status.value,
+        "identity": w.identity.uri,
+        "services": {k: dict(v) for k, v in w.services.items()},
+        "waypoint": str(w.waypoint) if w.waypoint else None,
+    }
