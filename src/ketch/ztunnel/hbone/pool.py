@@ -312,4 +312,4 @@ class HboneClientPool:
             p.goaway()
             p.close()
         for p in protos:
-            await p.wait_closed()
+            await p.wait_lost()

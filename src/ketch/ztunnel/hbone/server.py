@@ -108,7 +108,9 @@ class _Accept(asyncio.Protocol):
         tr = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         tr.pause_reading()  # start_tls must see the ClientHello, not us
         peer = tr.get_extra_info("peername")
-        spawn(self._server._handshake(tr), name=f"hbone-handshake-{peer}")
+        task = spawn(self._server._handshake(tr), name=f"hbone-handshake-{peer}")
+        self._server._handshakes.add(task)
+        task.add_done_callback(self._server._handshakes.discard)
 
 
 class HboneServer:
@@ -137,6 +139,7 @@ class HboneServer:
         self._server: asyncio.Server | None = None
         self.connections: set[H2Protocol] = set()
         self._handlers: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
         self.handshake_failures = 0
 
     @property
@@ -166,8 +169,15 @@ class HboneServer:
             )
             for t in pending:
                 t.cancel()
-        for c in list(self.connections):
+        conns = list(self.connections)
+        for c in conns:
             c.abort(HboneError("HBONE server shut down"))
+        for c in conns:
+            await c.wait_lost()
+        for t in list(self._handshakes):
+            t.cancel()
+        if self._handshakes:
+            await asyncio.wait(list(self._handshakes), timeout=drain_timeout)
         for h in list(self._handlers):
             h.cancel()
         if self._handlers:
@@ -193,6 +203,9 @@ class HboneServer:
                 server_side=True,
                 ssl_handshake_timeout=self._handshake_timeout,
             )
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
         except (OSError, TimeoutError, ConnectionError) as e:
             self.handshake_failures += 1
             detail = getattr(e, "verify_message", None) or getattr(e, "reason", None) or repr(e)

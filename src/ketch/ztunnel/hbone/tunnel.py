@@ -268,6 +268,7 @@ class H2Protocol(asyncio.Protocol):
         self.on_idle: Callable[[H2Protocol], None] | None = None
         self.on_closed: Callable[[H2Protocol], None] | None = None
         self._closed_fut: asyncio.Future[None] = self.loop.create_future()
+        self._lost_fut: asyncio.Future[None] = self.loop.create_future()
         self._early: list[bytes] = []
 
     # ------------------------------------------------------------------ transport events
@@ -306,6 +307,8 @@ class H2Protocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost_fut.done():
+            self._lost_fut.set_result(None)
         if exc is not None:
             err: HboneError = ConnectionClosedError(
                 f"HBONE connection to {self.peer_name()} lost: {exc}"
@@ -460,7 +463,20 @@ class H2Protocol(asyncio.Protocol):
             self.transport.abort()
 
     async def wait_closed(self) -> None:
+        """Until the protocol stopped (all tunnels failed or finished)."""
         await asyncio.shield(self._closed_fut)
+
+    async def wait_lost(self, grace: float = 2.0) -> None:
+        """Until the transport is really gone: a TLS close waits for the peer's
+        close_notify, so after `grace` seconds the transport is aborted."""
+        if self.transport is None:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self._lost_fut)
+        except TimeoutError:
+            self.transport.abort()
+            await asyncio.shield(self._lost_fut)
 
     def _shutdown(self, reason: HboneError, *, transport_gone: bool = False) -> None:
         if self.closed:
