@@ -106,3 +106,74 @@ async def test_half_close_and_server_first(mesh: Mesh) -> None:
         w.close()
     finally:
         srv.close()
+
+
+async def test_app_sees_client_source_ip(mesh: Mesh) -> None:
+    mesh.pod("node1", "a")
+    mesh.pod("node2", "b")
+    await mesh.start()
+    b = mesh.pods["b"]
+
+    async def tell_peer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(str(w.get_extra_info("peername")[0]).encode() + b"\n")
+        await w.drain()
+        w.close()
+
+    srv = await pod_server(b.pod, 9001, tell_peer)
+    try:
+        r, w = await pod_socket_connect(mesh.pods["a"].pod, (b.ip, 9001))
+        seen = (await asyncio.wait_for(r.readline(), 10)).decode().strip()
+        w.close()
+    finally:
+        srv.close()
+    # inbound spoofs the client's address (IP_TRANSPARENT + the table-100 rules)
+    assert seen == mesh.pods["a"].ip
+
+
+async def test_service_vip_reaches_target_port(mesh: Mesh) -> None:
+    mesh.pod("node1", "a")
+    mesh.pod("node2", "b", services={"app/web.app.svc.cluster.local": {80: 8080}})
+    mesh.service("web", "10.96.0.10", 80, 8080)
+    await mesh.start()
+    await mesh.http_server("b", 8080, b"via vip\n")
+    r = await mesh.run("a", ["curl", "-sS", "--max-time", "10", "http://10.96.0.10:80/"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "via vip\n"
+    n1 = mesh.proxies["node1"]
+    assert n1.metric(OPENED, reporter="source", destination_service_name="web") == 1
+
+
+async def test_thousand_concurrent_connections(mesh: Mesh) -> None:
+    mesh.pod("node1", "a")
+    mesh.pod("node2", "b")
+    await mesh.start(spoof_source=os.environ.get("KZ_SPOOF", "1") == "1")
+    b = mesh.pods["b"]
+
+    async def hash_back(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        data = await r.read()
+        w.write(digest(data).encode())
+        await w.drain()
+        w.close()
+
+    srv = await pod_server(b.pod, 9002, hash_back)
+    n = 1000
+
+    async def one(i: int) -> bool:
+        payload = os.urandom(2048 + i)
+        r, w = await pod_socket_connect(mesh.pods["a"].pod, (b.ip, 9002), within=30)
+        w.write(payload)
+        await w.drain()
+        w.write_eof()
+        got = await r.read()
+        w.close()
+        return got.decode() == digest(payload)
+
+    try:
+        async with asyncio.timeout(60):
+            results = await asyncio.gather(*(one(i) for i in range(n)))
+    finally:
+        srv.close()
+    assert sum(results) == n
+    n1 = mesh.proxies["node1"]
+    await eventually(lambda: n1.metric(CLOSED, reporter="source") >= n, 10)
+    assert n1.metric(OPENED, reporter="source") == n

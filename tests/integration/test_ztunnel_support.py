@@ -278,7 +278,7 @@ async def pod_server(pod: Pod, port: int, handler: Any) -> asyncio.Server:
         return s
 
     sock = await run_in_netns(pod.netns, mk)
-    return await asyncio.start_server(handler, sock=sock)
+    return await asyncio.start_server(handler, sock=sock, backlog=2048)
 
 
 def digest(data: bytes) -> str:
@@ -293,3 +293,62 @@ async def eventually(pred: Callable[[], bool], within: float = 10.0, step: float
         await asyncio.sleep(step)
     if not pred():
         raise TimeoutError(f"condition not met within {within}s")
+
+
+async def echo_server(pod: Pod, port: int, seen: list[str] | None = None) -> asyncio.Server:
+    """Echo every chunk back; records each client's address (as the app sees it) in `seen`."""
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if seen is not None:
+            seen.append(str(w.get_extra_info("peername")[0]))
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except OSError:
+            pass
+        finally:
+            w.close()
+
+    return await pod_server(pod, port, echo)
+
+
+async def roundtrip(r: asyncio.StreamReader, w: asyncio.StreamWriter, msg: bytes) -> bytes:
+    w.write(msg)
+    await w.drain()
+    async with asyncio.timeout(10):
+        return await r.readexactly(len(msg))
+
+
+async def connection_ends(r: asyncio.StreamReader, within: float = 10.0) -> bool:
+    """True once the peer closed or reset the connection."""
+    try:
+        async with asyncio.timeout(within):
+            while await r.read(65536):
+                pass
+    except (ConnectionError, OSError):
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+async def refused(pod: Pod, addr: tuple[str, int]) -> bool:
+    """Does a connection from `pod` to addr fail (refused/reset, or closed before any byte
+    of an echo round trip)?"""
+    try:
+        r, w = await pod_socket_connect(pod, addr, within=5)
+    except (ConnectionError, OSError, TimeoutError):
+        return True
+    try:
+        w.write(b"ping")
+        await w.drain()
+        async with asyncio.timeout(5):
+            data = await r.read(4)
+    except (ConnectionError, OSError):
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        w.close()
+    return data == b""

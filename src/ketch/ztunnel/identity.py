@@ -187,7 +187,8 @@ class IdentityContexts:
         """The cached client context (call `ensure` first); for HboneClientPool."""
         e = self._entries.get(identity)
         if e is None:
-            raise IdentityUnavailable(f"no certificate for {identity} yet")
+            # an HboneError, so the pool fails the dial cleanly (the pod may be gone)
+            raise tls.TlsError(f"no certificate for {identity} (pod removed or not ready)")
         return e.client
 
     def server_context(self, identity: SpiffeId) -> ssl.SSLContext:

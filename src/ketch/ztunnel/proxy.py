@@ -56,6 +56,8 @@ from ketch.ztunnel.telemetry import AccessLogRecord, format_json, format_text
 log = logging.getLogger("ketch.ztunnel")
 access_logger = logging.getLogger("ketch.ztunnel.access")
 
+# asyncio re-listen()s a passed socket with its own backlog (default 100): keep ours
+LISTEN_BACKLOG = 1024
 READY_WAIT = 15.0  # how long a connection waits for its pod's certificate/config
 
 
@@ -250,6 +252,7 @@ class Ztunnel:
                 lambda r, w: outbound.handle(self, pod, r, w),
                 sock=pod.listeners[OUTBOUND_PORT],
                 limit=256 * 1024,
+                backlog=LISTEN_BACKLOG,
             )
         )
         pod.servers.append(
@@ -257,6 +260,7 @@ class Ztunnel:
                 lambda r, w: inbound_passthrough.handle(self, pod, r, w),
                 sock=pod.listeners[INBOUND_PLAINTEXT_PORT],
                 limit=256 * 1024,
+                backlog=LISTEN_BACKLOG,
             )
         )
         await self._resolve(pod)
@@ -323,6 +327,8 @@ class Ztunnel:
             lambda inc: inbound.handle(self, pod, inc),
         )
         await pod.hbone.start()
+        # HboneServer.start() lets asyncio re-listen() with backlog 100; restore ours
+        pod.listeners[INBOUND_HBONE_PORT].listen(LISTEN_BACKLOG)
         pod.phase = PodPhase.READY
         pod.error = ""
         pod.ready_event.set()

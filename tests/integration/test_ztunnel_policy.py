@@ -1,0 +1,155 @@
+"""L4 policy enforced by the runtime over real netns: ALLOW by principal, DENY by port,
+PeerAuthentication STRICT vs PERMISSIVE for plaintext peers (15006), and closing an open
+connection when a policy update denies it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.integration.test_ztunnel_support import (
+    Mesh,
+    connection_ends,
+    echo_server,
+    mesh,
+    pod_socket_connect,
+    refused,
+    roundtrip,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+__all__ = ["mesh"]
+
+
+def allow_from(principals: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "allow-a", "namespace": "app"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "b"}},
+            "action": "ALLOW",
+            "rules": [{"from": [{"source": {"principals": principals}}]}],
+        },
+    }
+
+
+def deny_port(port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-port", "namespace": "app"},
+        "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"ports": [str(port)]}}]}]},
+    }
+
+
+def peer_authn(mode: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "mtls", "namespace": "app"},
+        "spec": {"mtls": {"mode": mode}},
+    }
+
+
+async def test_allow_admits_a_and_refuses_c(mesh: Mesh) -> None:
+    a = mesh.pod("node1", "a")
+    c = mesh.pod("node1", "c")
+    b = mesh.pod("node2", "b")
+    mesh.set_policies([allow_from(["cluster.local/ns/app/sa/a"])])
+    await mesh.start()
+    seen: list[str] = []
+    srv = await echo_server(b.pod, 9100, seen)
+    try:
+        r, w = await pod_socket_connect(a.pod, (b.ip, 9100))
+        assert await roundtrip(r, w, b"hello") == b"hello"
+        w.close()
+        assert await refused(c.pod, (b.ip, 9100))
+    finally:
+        srv.close()
+    assert seen == [a.ip]  # the server never saw c
+    n2 = mesh.proxies["node2"]
+    assert (
+        n2.metric(
+            "istio_tcp_connections_failed_total",
+            reporter="destination",
+            source_principal="spiffe://cluster.local/ns/app/sa/c",
+        )
+        == 1
+    )
+    assert any("denied" in r.error for r in n2.access if r.src_workload == "c")
+
+
+async def test_deny_on_port(mesh: Mesh) -> None:
+    a = mesh.pod("node1", "a")
+    b = mesh.pod("node2", "b")
+    mesh.set_policies([deny_port(9101)])
+    await mesh.start()
+    seen: list[str] = []
+    s1 = await echo_server(b.pod, 9101, seen)
+    s2 = await echo_server(b.pod, 9102, seen)
+    try:
+        assert await refused(a.pod, (b.ip, 9101))
+        r, w = await pod_socket_connect(a.pod, (b.ip, 9102))
+        assert await roundtrip(r, w, b"ok") == b"ok"
+        w.close()
+    finally:
+        s1.close()
+        s2.close()
+    assert seen == [a.ip]
+
+
+async def test_strict_refuses_plaintext_permissive_allows(mesh: Mesh) -> None:
+    b = mesh.pod("node2", "b")
+    d = mesh.pod("node1", "d", mesh=False)  # no rules, no proxy: plaintext, lands on 15006
+    mesh.set_policies([peer_authn("STRICT")])
+    await mesh.start()
+    seen: list[str] = []
+    srv = await echo_server(b.pod, 9103, seen)
+    try:
+        assert await refused(d.pod, (b.ip, 9103))
+        assert seen == []
+        mesh.set_policies([peer_authn("PERMISSIVE")])
+        mesh.update()
+        r, w = await pod_socket_connect(d.pod, (b.ip, 9103))
+        assert await roundtrip(r, w, b"plain") == b"plain"
+        w.close()
+    finally:
+        srv.close()
+    assert seen == [d.ip]
+    n2 = mesh.proxies["node2"]
+    assert (
+        n2.metric(
+            "istio_tcp_connections_opened_total",
+            reporter="destination",
+            connection_security_policy="unknown",
+            source_workload="d",
+        )
+        == 1
+    )
+
+
+async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:
+    a = mesh.pod("node1", "a")
+    b = mesh.pod("node2", "b")
+    d = mesh.pod("node1", "d", mesh=False)
+    await mesh.start()
+    srv = await echo_server(b.pod, 9104)
+    try:
+        r, w = await pod_socket_connect(a.pod, (b.ip, 9104))
+        assert await roundtrip(r, w, b"before") == b"before"
+        rp, wp = await pod_socket_connect(d.pod, (b.ip, 9104))  # plaintext via 15006
+        assert await roundtrip(rp, wp, b"plain") == b"plain"
+        assert len(mesh.proxies["node2"].zt.connections()) == 2
+        mesh.set_policies([allow_from(["cluster.local/ns/app/sa/someone-else"])])
+        mesh.update()
+        assert await connection_ends(r)
+        assert await connection_ends(rp)
+        w.close()
+        wp.close()
+        await asyncio.sleep(0)
+    finally:
+        srv.close()
+    assert mesh.proxies["node2"].zt.connections() == []
