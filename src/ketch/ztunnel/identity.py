@@ -34,7 +34,7 @@ from cryptography import x509
 
 from ketch.identity.errors import IdentityError
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel.hbone import tls
+from ketch.ztunnel.hbone import TlsError, tls
 
 log = logging.getLogger("ketch.ztunnel.identity")
 
@@ -188,7 +188,7 @@ class IdentityContexts:
         e = self._entries.get(identity)
         if e is None:
             # an HboneError, so the pool fails the dial cleanly (the pod may be gone)
-            raise tls.TlsError(f"no certificate for {identity} (pod removed or not ready)")
+            raise TlsError(f"no certificate for {identity} (pod removed or not ready)")
         return e.client
 
     def server_context(self, identity: SpiffeId) -> ssl.SSLContext:
