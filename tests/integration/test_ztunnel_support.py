@@ -159,7 +159,7 @@ class Mesh:
 
     # ---- running
 
-    async def start(self, **zt_kwargs: Any) -> None:
+    async def start(self, trust_bundle_extra: Iterable[bytes] = (), **zt_kwargs: Any) -> None:
         await self.manager.start()
         state = self.state()
         for name, node in self.nodes.items():
@@ -169,7 +169,7 @@ class Mesh:
                 name,
                 state,
                 self.manager,
-                self.ca.trust_bundle,
+                [*self.ca.trust_bundle, *trust_bundle_extra],
                 metrics=ZtunnelMetrics(reg),
                 access_log=np.access.append,
                 **zt_kwargs,
