@@ -181,7 +181,7 @@ class IdentityContexts:
 
     def _next_refresh(self, not_after: datetime) -> float:
         remaining = (not_after - datetime.now(UTC)).total_seconds()
-        return max(0.5, min(self._refresh, remaining / 2))
+        return max(min(0.5, self._refresh), min(self._refresh, remaining / 2))
 
     def client_context(self, identity: SpiffeId) -> ssl.SSLContext:
         """The cached client context (call `ensure` first); for HboneClientPool."""
