@@ -5,6 +5,7 @@ half-close and many concurrent connections."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import pytest
@@ -75,6 +76,11 @@ async def test_curl_same_node_and_across_nodes(mesh: Mesh) -> None:
     assert n2.metric("istio_tcp_received_bytes_total", reporter="destination") > 0
     assert n2.metric("istio_tcp_sent_bytes_total", reporter="destination") >= len("hello from b\n")
     assert any(r.dst_workload == "b" and r.bytes_recv > 0 for r in n1.access)
+    dump = json.loads(json.dumps(n1.zt.config_dump()))
+    assert {p["name"] for p in dump["pods"]} == {"a", "c"}
+    assert all(p["state"] == "ready" for p in dump["pods"])
+    assert {c["identity"] for c in dump["certificates"]} >= {src}
+    assert len(dump["workloads"]) == 3
 
 
 async def test_half_close_and_server_first(mesh: Mesh) -> None:
