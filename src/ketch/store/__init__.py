@@ -17,6 +17,8 @@ from ketch.store.base import (
     StoreError,
     WatchEvent,
 )
+from ketch.store.memory import MemoryStore
+from ketch.store.sqlite import SqliteStore
 
 __all__ = [
     "AlreadyExistsError",
@@ -24,9 +26,11 @@ __all__ = [
     "EventType",
     "ListResult",
     "Manifest",
+    "MemoryStore",
     "NotFoundError",
     "ObjectKey",
     "RevisionTooOldError",
+    "SqliteStore",
     "Store",
     "StoreError",
     "WatchEvent",
