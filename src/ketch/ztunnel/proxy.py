@@ -325,10 +325,9 @@ class Ztunnel:
             self.identities.server_context(ident),
             ident.trust_domain,
             lambda inc: inbound.handle(self, pod, inc),
+            backlog=LISTEN_BACKLOG,
         )
         await pod.hbone.start()
-        # HboneServer.start() lets asyncio re-listen() with backlog 100; restore ours
-        pod.listeners[INBOUND_HBONE_PORT].listen(LISTEN_BACKLOG)
         pod.phase = PodPhase.READY
         pod.error = ""
         pod.ready_event.set()

@@ -65,7 +65,8 @@ spec:
 def test_apply_example_then_get_everything(ketch: Ketch) -> None:
     res = ketch("apply", "-f", str(EXAMPLES / "bookinfo.yaml"))
     lines = res.stdout.strip().splitlines()
-    assert lines and all(line.endswith(" created") for line in lines), res.stdout
+    assert lines, res.stdout
+    assert all(line.endswith(" created") for line in lines), res.stdout
     kinds = {line.split("/")[0] for line in lines}
     for k in (
         "namespace",
@@ -97,7 +98,9 @@ def test_service_cluster_ips_are_allocated_unique_and_stable(ketch: Ketch) -> No
     again = json.loads(ketch("get", "svc", "-n", "shop", "-o", "json").stdout)["items"]
     assert {s["metadata"]["name"]: s["spec"]["clusterIP"] for s in again} == ips
     table = ketch("get", "svc", "-n", "shop").stdout
-    assert "CLUSTER-IP" in table and ips["web"] in table and "80/TCP" in table
+    assert "CLUSTER-IP" in table
+    assert ips["web"] in table
+    assert "80/TCP" in table
 
 
 def test_cluster_ip_conflict_and_immutability(ketch: Ketch) -> None:
@@ -148,7 +151,8 @@ spec:
 def test_namespace_must_exist(ketch: Ketch) -> None:
     doc = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a, namespace: nowhere}\n"
     res = ketch("apply", "-f", "-", stdin=doc, ok=False)
-    assert res.returncode == 1 and "namespace 'nowhere' not found" in res.stderr
+    assert res.returncode == 1
+    assert "namespace 'nowhere' not found" in res.stderr
 
 
 def test_label_get_selector_and_delete(ketch: Ketch) -> None:
@@ -157,14 +161,17 @@ def test_label_get_selector_and_delete(ketch: Ketch) -> None:
     names = ketch("get", "svc", "-n", "shop", "-l", "tier=front", "-o", "name").stdout.split()
     assert names == ["service/web"]
     res = ketch("label", "svc", "web", "-n", "shop", "tier=back", ok=False)
-    assert res.returncode == 1 and "--overwrite" in res.stderr
+    assert res.returncode == 1
+    assert "--overwrite" in res.stderr
     ketch("label", "svc", "web", "-n", "shop", "tier-")
     assert ketch("get", "svc", "-n", "shop", "-l", "tier", "-o", "name").stdout.strip() == ""
     bad = ketch("label", "svc", "web", "-n", "shop", "bad key=x", ok=False)
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.returncode == 1
+    assert "Traceback" not in bad.stderr
     ketch("delete", "svc", "web", "-n", "shop")
     missing = ketch("get", "svc", "web", "-n", "shop", ok=False)
-    assert missing.returncode == 1 and 'services "web" not found' in missing.stderr
+    assert missing.returncode == 1
+    assert 'services "web" not found' in missing.stderr
     assert ketch("delete", "svc", "web", "-n", "shop", ok=False).returncode == 1
     assert ketch("delete", "svc", "web", "-n", "shop", "--ignore-not-found").returncode == 0
 
@@ -173,7 +180,8 @@ def test_get_yaml_round_trips_through_apply(ketch: Ketch) -> None:
     ketch("apply", "-f", "-", stdin=NS_AND_SVC)
     dumped = ketch("get", "svc", "web", "-n", "shop", "-o", "yaml").stdout
     obj = yaml.safe_load(dumped)
-    assert obj["metadata"]["resourceVersion"] and obj["metadata"]["uid"]
+    assert obj["metadata"]["resourceVersion"]
+    assert obj["metadata"]["uid"]
     # Applying what `get -o yaml` printed is a no-op.
     assert ketch("apply", "-f", "-", stdin=dumped).stdout.strip() == "service/web unchanged"
 
@@ -184,23 +192,28 @@ def test_stale_resource_version_is_a_conflict(ketch: Ketch) -> None:
     ketch("label", "svc", "web", "-n", "shop", "x=1")
     obj["spec"]["ports"][0]["port"] = 81
     res = ketch("apply", "-f", "-", stdin=yaml.safe_dump(obj), ok=False)
-    assert res.returncode == 1 and "conflict" in res.stderr
+    assert res.returncode == 1
+    assert "conflict" in res.stderr
 
 
 def test_usage_errors(ketch: Ketch) -> None:
     assert ketch("get", ok=False).returncode == 2
     res = ketch("get", "gizmos", ok=False)
-    assert res.returncode == 1 and "gizmos" in res.stderr
+    assert res.returncode == 1
+    assert "gizmos" in res.stderr
     assert ketch("get", "svc", "-o", "xml", ok=False).returncode == 1
     res = ketch("get", "svc", "-l", "a in (", ok=False)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
     assert "Usage" in ketch("--help").stdout
 
 
 def test_describe(ketch: Ketch) -> None:
     ketch("apply", "-f", "-", stdin=NS_AND_SVC)
     text = ketch("describe", "svc", "web", "-n", "shop").stdout
-    assert "Name:" in text and "web" in text and "clusterIP" in text
+    assert "Name:" in text
+    assert "web" in text
+    assert "clusterIP" in text
 
 
 def test_delete_namespace_takes_its_objects(ketch: Ketch) -> None:

@@ -210,7 +210,17 @@ class HboneClientPool:
                     raise UpstreamConnectError(
                         f"cannot reach HBONE peer {where}: {e}; is port 15008 blocked between nodes?"
                     ) from e
-                ctx = self._client_tls(key.src_identity)
+                try:
+                    ctx = self._client_tls(key.src_identity)
+                except HboneError:
+                    sock.close()
+                    raise
+                except Exception as e:  # caller-supplied callback: translate at the boundary
+                    sock.close()
+                    raise TlsError(
+                        f"no client TLS context for {key.src_identity}: {e}; "
+                        "is the workload certificate available?"
+                    ) from e
                 try:
                     transport, p = await loop.create_connection(
                         lambda: H2Protocol(

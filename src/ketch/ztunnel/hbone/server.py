@@ -127,8 +127,10 @@ class HboneServer:
         decision_timeout: float = 10.0,
         ping_interval: float | None = 10.0,
         ping_timeout: float = 20.0,
+        backlog: int = 1024,
     ) -> None:
         self._sock = sock
+        self.backlog = backlog
         self._tls = tls
         self._trust_domain = trust_domain
         self._handler = handler
@@ -150,7 +152,11 @@ class HboneServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._sock.setblocking(False)
-        self._server = await loop.create_server(lambda: _Accept(self), sock=self._sock)
+        # create_server() calls listen() again on the socket: pass the caller's backlog, or
+        # asyncio's default of 100 silently shrinks it (connection bursts then get refused).
+        self._server = await loop.create_server(
+            lambda: _Accept(self), sock=self._sock, backlog=self.backlog
+        )
 
     def set_tls(self, tls: ssl.SSLContext) -> None:
         """Use a new context (certificate rotation) for connections accepted from now on."""
