@@ -21,10 +21,23 @@ if ((${#missing[@]})); then
 fi
 
 # netperf lives in Debian's non-free component; only the benchmark needs it.
+# The source entry we add must carry the same Signed-By as the system's entry for
+# deb.debian.org (apt refuses "conflicting values" otherwise), and "non-free-firmware"
+# (enabled on many bookworm hosts) does not count as non-free.
 if [ "${KETCH_WITH_BENCH:-0}" = 1 ] && ! command -v netperf >/dev/null; then
-  if ! grep -rqs "non-free" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  apt_dir=/etc/apt/sources.list.d
+  rm -f "$apt_dir/ketch-non-free.list" # written by earlier versions of this script
+  if ! grep -rqsE --include='*.list' --include='*.sources' --include=sources.list \
+    '^[^#]*non-free([[:space:]]|$)' /etc/apt/sources.list "$apt_dir"; then
     codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
-    echo "deb http://deb.debian.org/debian $codename non-free" >/etc/apt/sources.list.d/ketch-non-free.list
+    signed_by=$(grep -hsE '^Signed-By:' "$apt_dir"/*.sources | head -n 1 | awk '{print $2}')
+    {
+      echo "Types: deb"
+      echo "URIs: http://deb.debian.org/debian"
+      echo "Suites: $codename"
+      echo "Components: non-free"
+      if [ -n "$signed_by" ]; then echo "Signed-By: $signed_by"; fi
+    } >"$apt_dir/ketch-non-free.sources"
   fi
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq netperf >/dev/null
 fi
