@@ -1,0 +1,1 @@
+"""Helpers of bench/ambient.py: testbed, load generators, /proc sampling, Envoy configs, report."""

@@ -1,0 +1,77 @@
+"""CPU time and peak memory of proxy processes, from /proc.
+
+CPU: utime + stime (fields 14 and 15 of /proc/PID/stat, in clock ticks) of the process;
+these include every thread, also threads that already exited. Child processes a proxy may
+start are included while they live (found through /proc/PID/task/*/children).
+Memory: VmHWM of /proc/PID/status, the peak resident set size since the process started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+TICK = float(os.sysconf("SC_CLK_TCK"))  # clock ticks per second
+
+
+class ProcessGone(RuntimeError):
+    """A measured proxy process exited during the benchmark."""
+
+
+def _descendants(pid: int) -> list[int]:
+    out = [pid]
+    i = 0
+    while i < len(out):
+        for task in Path(f"/proc/{out[i]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # the task exited meanwhile
+                out.extend(int(c) for c in task.read_text().split())
+        i += 1
+    return out
+
+
+def _cpu_of(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its live descendants, in seconds."""
+    total = 0.0
+    for i, p in enumerate(_descendants(pid)):
+        try:
+            total += _cpu_of(p)
+        except (OSError, ValueError) as exc:
+            if i == 0:
+                raise ProcessGone(f"process {pid} is gone") from exc
+    return total
+
+
+def total_cpu_seconds(pids: Iterable[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def _status_bytes(pid: int, key: str) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as exc:
+        raise ProcessGone(f"process {pid} is gone") from exc
+    for line in status.splitlines():
+        if line.startswith(f"{key}:"):
+            value, unit = line.split()[1:3]
+            assert unit == "kB", line
+            return int(value) * 1024
+    raise ProcessGone(f"process {pid} has no {key} (a zombie?)")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM of `pid`: its own peak RSS since it started (children are not added)."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of `pid`: its resident set size now."""
+    return _status_bytes(pid, "VmRSS")
