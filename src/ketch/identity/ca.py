@@ -12,6 +12,8 @@ control-plane restarts.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import itertools
 import logging
@@ -434,6 +436,25 @@ def _new_root(trust_domain: str) -> tuple[x509.Certificate, ec.EllipticCurvePriv
 
 
 def _load_or_create_root(state_dir: Path, trust_domain: str) -> tuple[x509.Certificate, SigningKey]:
+    """Load the persisted root, or generate it. Several processes may start on the same
+    directory at once (two node proxies, a proxy and the control plane): an flock on
+    `.lock` makes exactly one of them generate and the others load its root."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        lock = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise CaConfigError(f"cannot use CA directory {state_dir}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _load_or_create_root_locked(state_dir, trust_domain)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(lock)
+
+
+def _load_or_create_root_locked(
+    state_dir: Path, trust_domain: str
+) -> tuple[x509.Certificate, SigningKey]:
     cert_path, key_path = state_dir / ROOT_CERT_FILE, state_dir / ROOT_KEY_FILE
     if cert_path.exists() and key_path.exists():
         mode = key_path.stat().st_mode & 0o777
@@ -450,7 +471,6 @@ def _load_or_create_root(state_dir: Path, trust_domain: str) -> tuple[x509.Certi
             f"{state_dir} has only one of {ROOT_CERT_FILE}/{ROOT_KEY_FILE}; restore the missing "
             "file or remove both to generate a new root (every node must then re-join)"
         )
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert, key = _new_root(trust_domain)
     write_private_file(key_path, key_to_pem(key))
     cert_path.write_bytes(_pem(cert))

@@ -6,6 +6,15 @@ such socket carries SO_MARK 0x539, which the pod's redirection rules recognise s
 proxy's own traffic is never redirected back to itself. Listeners use SO_REUSEPORT so a new
 proxy can bind next to the old one during an upgrade (REFERENCE.md "Reliability").
 
+Upgrade handoff: plain SO_REUSEPORT spreads new connections over both proxies by hash, and
+when the old one closes its listener, connections still in its accept queue are reset
+(or, with `net.ipv4.tcp_migrate_req=1`, moved to the new listener's queue *without waking
+it*, so they can hang until the next connection arrives). So every listener also attaches
+a one-instruction classic BPF program to its reuseport group that picks socket index 1:
+with one proxy bound the index is out of range and the kernel falls back to the usual hash
+(that proxy); once a second proxy binds, every new connection goes to it, the newest, and
+the old proxy's queue empties before it closes.
+
 All sockets returned here are non-blocking, ready for `loop.sock_accept`/`sock_connect` or
 `asyncio.start_server(sock=...)`. The socket is created on a short-lived thread that
 entered the netns (see `enter.py`); it stays in that netns after the thread is gone.
@@ -14,6 +23,7 @@ entered the netns (see `enter.py`); it stays in that netns after the thread is g
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import ipaddress
 import socket
@@ -31,6 +41,38 @@ IP6T_SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
 SO_MARK = getattr(socket, "SO_MARK", 36)
+
+SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>
+
+
+class _SockFilter(ctypes.Structure):  # struct sock_filter, <linux/filter.h>
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):  # struct sock_fprog
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K: return the constant k
+# kept alive at module level: the fprog below points into it
+_PICK_NEWEST = (_SockFilter * 1)(_SockFilter(_BPF_RET_K, 0, 0, 1))
+_PICK_NEWEST_PROG = bytes(_SockFprog(1, ctypes.cast(_PICK_NEWEST, ctypes.POINTER(_SockFilter))))
+
+
+def steer_to_newest(sock: socket.socket) -> bool:
+    """Attach the reuseport program described in the module docstring to `sock`'s group.
+    False if the kernel refused (pre-4.5): then both proxies share new connections."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, _PICK_NEWEST_PROG)
+    except OSError:
+        return False
+    return True
+
 
 _SOCKADDR_IN = struct.Struct("!2xH4s8x")  # family (host order, skipped), port, addr, zero
 _SOCKADDR_IN6 = struct.Struct("!2xHI16sI")  # family, port, flowinfo, addr, scope id
@@ -72,6 +114,7 @@ def _make_listener(ip: str, port: int, transparent: bool, backlog: int, mark: in
     except OSError as exc:
         sock.close()
         raise NetnsError(f"cannot listen on {ip}:{port} inside the pod netns: {exc}") from exc
+    steer_to_newest(sock)
     return sock
 
 

@@ -171,6 +171,10 @@ class WorkloadConfig(_Model):
     canonical_revision: str = Field(default="", alias="canonicalRevision")
     cluster_id: str = Field(default="", alias="clusterId")
     network: str = ""
+    # standalone enrollment: the pod's network namespace, a path (/run/netns/NAME,
+    # /proc/PID/ns/net) or a name under /run/netns. A proxy captures the workloads that
+    # have one and run on its node.
+    netns: str | None = Field(default=None, min_length=1)
 
 
 class ServicePortConfig(_Model):
@@ -203,11 +207,33 @@ class StandaloneConfig(_Model):
 
 
 @dataclass(frozen=True)
+class LocalPod:
+    """A workload the standalone proxy enrolls itself (it has `netns`)."""
+
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+    node: str
+    netns: str
+
+    @property
+    def netns_path(self) -> str:
+        return self.netns if "/" in self.netns else f"/run/netns/{self.netns}"
+
+
+@dataclass(frozen=True)
 class LoadedConfig:
     state: ProxyState
     warnings: tuple[str, ...]
     node: str
     trust_domain: str
+    pods: tuple[LocalPod, ...] = ()
+
+    def pods_on(self, node: str) -> list[LocalPod]:
+        """The pods a proxy for `node` enrolls: those with a netns on that node (a pod
+        with no node set belongs to every proxy)."""
+        return [p for p in self.pods if not p.node or not node or p.node == node]
 
 
 _APP_PROTOCOLS = {
@@ -422,15 +448,34 @@ def parse_config(text: str, source: str = "<config>") -> LoadedConfig:
         )
     except StateError as e:
         raise ConfigError([f"{source}: {e}"]) from e
-    return LoadedConfig(state, (*b.warnings, *conv.warnings), cfg.node, cfg.trust_domain)
+    pods = tuple(
+        LocalPod(
+            uid=w.uid,
+            name=w.name,
+            namespace=w.namespace,
+            service_account=w.service_account,
+            node=w.node,
+            netns=wc.netns,
+        )
+        for wc, w in zip(cfg.workloads, workloads, strict=True)
+        if wc.netns is not None
+    )
+    return LoadedConfig(state, (*b.warnings, *conv.warnings), cfg.node, cfg.trust_domain, pods)
 
 
-def load_config(path: str | Path) -> tuple[ProxyState, list[str]]:
-    """Read a standalone config file: (state, warnings). Raises `ConfigError`."""
+def read_config(path: str | Path) -> LoadedConfig:
+    """Read and validate a standalone config file. Raises `ConfigError`."""
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as e:
         raise ConfigError([f"{p}: cannot read the config file: {e.strerror or e}"]) from e
-    loaded = parse_config(text, str(p))
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{p}: the config file is not UTF-8 text: {e}"]) from e
+    return parse_config(text, str(p))
+
+
+def load_config(path: str | Path) -> tuple[ProxyState, list[str]]:
+    """Read a standalone config file: (state, warnings). Raises `ConfigError`."""
+    loaded = read_config(path)
     return loaded.state, list(loaded.warnings)

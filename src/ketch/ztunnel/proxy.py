@@ -143,6 +143,19 @@ class PodRuntime:
         }
 
 
+def _enable_listener_migration() -> bool:
+    """Runs inside a pod netns: `net.ipv4.tcp_migrate_req=1` (Linux >= 5.14), so that when a
+    proxy closes its listeners (drain, upgrade), connections still in its accept queue move
+    to the other SO_REUSEPORT listener of the same port (the replacement proxy) instead of
+    being reset. /proc/sys/net resolves to the calling thread's netns."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
+            f.write("1\n")
+    except OSError:
+        return False
+    return True
+
+
 def _pod_addresses() -> list[str]:
     """Runs inside a pod netns: its non-loopback IPv4/IPv6 addresses (from /proc)."""
     out: list[str] = []
@@ -235,6 +248,13 @@ class Ztunnel:
             await self.remove_pod(handle.uid)
         pod = PodRuntime(handle)
         try:
+            if not await run_in_netns(handle.netns_fd, _enable_listener_migration):
+                log.warning(
+                    "pod %s/%s: cannot set net.ipv4.tcp_migrate_req (kernel < 5.14?): "
+                    "connections queued when a proxy stops may be reset during an upgrade",
+                    handle.namespace,
+                    handle.name,
+                )
             for port in (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT):
                 pod.listeners[port] = await pod_listener_async(handle.netns_fd, port)
         except NetnsError as e:

@@ -12,6 +12,7 @@ Malformed requests (not CONNECT, bad authority) are answered 400 without calling
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -98,19 +99,34 @@ class IncomingConnect:
 Handler = Callable[[IncomingConnect], Awaitable[None]]
 
 
-class _Accept(asyncio.Protocol):
-    """Plain-TCP stage of an accepted connection, until TLS takes over."""
+class _ServerH2(H2Protocol):
+    """The server side of one HBONE connection: the client's identity is checked the moment
+    TLS completes, before any HTTP/2 byte is processed (H2Protocol holds early bytes until
+    `connection_made`), so no request is ever dispatched for an unverified peer."""
 
     def __init__(self, server: HboneServer) -> None:
+        super().__init__(
+            Role.SERVER,
+            on_request=server._on_request,
+            ping_interval=server._ping_interval,
+            ping_timeout=server._ping_timeout,
+            settings_timeout=server._handshake_timeout,
+        )
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        srv = self._server
         tr = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
-        tr.pause_reading()  # start_tls must see the ClientHello, not us
-        peer = tr.get_extra_info("peername")
-        task = spawn(self._server._handshake(tr), name=f"hbone-handshake-{peer}")
-        self._server._handshakes.add(task)
-        task.add_done_callback(self._server._handshakes.discard)
+        try:
+            self.peer_identity = verify_client(tr.get_extra_info("ssl_object"), srv._trust_domain)
+        except TlsError as e:
+            srv.handshake_failures += 1
+            log.warning("HBONE connection from %s rejected: %s", tr.get_extra_info("peername"), e)
+            tr.abort()
+            return
+        srv.connections.add(self)
+        self.on_closed = srv.connections.discard
+        super().connection_made(tr)
 
 
 class HboneServer:
@@ -138,7 +154,7 @@ class HboneServer:
         self._decision_timeout = decision_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
-        self._server: asyncio.Server | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self.connections: set[H2Protocol] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -150,13 +166,29 @@ class HboneServer:
         return (name[0], name[1])
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         self._sock.setblocking(False)
-        # create_server() calls listen() again on the socket: pass the caller's backlog, or
-        # asyncio's default of 100 silently shrinks it (connection bursts then get refused).
-        self._server = await loop.create_server(
-            lambda: _Accept(self), sock=self._sock, backlog=self.backlog
-        )
+        self._accepting = spawn(self._accept_loop(), name=f"hbone-accept-{self.address}")
+
+    async def _accept_loop(self) -> None:
+        """Accept raw TCP and hand each socket to its own TLS handshake task. The socket is
+        given to the loop's TLS layer before any byte is read from it (accept-then-start_tls
+        loses a ClientHello that arrives before start_tls on uvloop)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("HBONE accept on %s: %s; pausing accepts for 1s", self.address, e)
+                    await asyncio.sleep(1.0)
+                    continue
+                if self._sock.fileno() == -1:  # closed by close()
+                    return
+                log.warning("HBONE accept on %s failed: %s", self.address, e)
+                continue
+            task = spawn(self._handshake(conn), name=f"hbone-handshake-{conn.fileno()}")
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
 
     def set_tls(self, tls: ssl.SSLContext) -> None:
         """Use a new context (certificate rotation) for connections accepted from now on."""
@@ -164,8 +196,9 @@ class HboneServer:
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         """Stop accepting, GOAWAY every connection, wait up to `drain_timeout`, then force."""
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+        self._sock.close()
         for c in list(self.connections):
             c.goaway()
         if self.connections:
@@ -188,31 +221,27 @@ class HboneServer:
             h.cancel()
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=drain_timeout)
-        if self._server is not None:
-            await self._server.wait_closed()
+        if self._accepting is not None:
+            await asyncio.wait([self._accepting], timeout=1.0)
 
-    async def _handshake(self, transport: asyncio.Transport) -> None:
+    async def _handshake(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        peer = transport.get_extra_info("peername")
-        p = H2Protocol(
-            Role.SERVER,
-            on_request=self._on_request,
-            ping_interval=self._ping_interval,
-            ping_timeout=self._ping_timeout,
-            settings_timeout=self._handshake_timeout,
-        )
         try:
-            tls_transport = await loop.start_tls(
-                transport,
-                p,
-                self._tls,
-                server_side=True,
+            peer = conn.getpeername()
+        except OSError:
+            peer = None
+        try:
+            await loop.connect_accepted_socket(
+                lambda: _ServerH2(self),
+                conn,
+                ssl=self._tls,
                 ssl_handshake_timeout=self._handshake_timeout,
             )
         except asyncio.CancelledError:
-            transport.abort()
+            conn.close()
             raise
         except (OSError, TimeoutError, ConnectionError) as e:
+            conn.close()
             self.handshake_failures += 1
             detail = getattr(e, "verify_message", None) or getattr(e, "reason", None) or repr(e)
             log.warning(
@@ -221,23 +250,6 @@ class HboneServer:
                 peer,
                 detail,
             )
-            transport.abort()
-            return
-        if tls_transport is None:  # pragma: no cover - only for non-TLS transports
-            transport.abort()
-            return
-        try:
-            p.peer_identity = verify_client(
-                tls_transport.get_extra_info("ssl_object"), self._trust_domain
-            )
-        except TlsError as e:
-            self.handshake_failures += 1
-            log.warning("HBONE connection from %s rejected: %s", peer, e)
-            tls_transport.abort()
-            return
-        self.connections.add(p)
-        p.on_closed = self.connections.discard
-        p.connection_made(tls_transport)
 
     def _on_request(self, p: H2Protocol, ev: proto.ConnectRequest) -> None:
         assert p.transport is not None

@@ -1,0 +1,156 @@
+"""`ketch ztunnel run`: the node proxy as a process, from a standalone YAML config.
+
+The proxy modules are imported inside the command, so `ketch get` does not pay for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ketch.cli.common import fail
+
+ztunnel_app = typer.Typer(
+    help="The node L4 proxy (ztunnel): mTLS HBONE tunnels, L4 policy, telemetry.",
+    no_args_is_help=True,
+)
+
+
+def _ttl(text: str | None) -> dt.timedelta | None:
+    if text is None:
+        return None
+    from ketch.cli.node_cmd import _parse_ttl
+
+    return _parse_ttl(text)
+
+
+@ztunnel_app.command("run")
+def run(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Standalone config: workloads (with `netns` for the pods to capture), services, policies. Reloaded when it changes.",
+        ),
+    ],
+    ca_dir: Annotated[
+        Path,
+        typer.Option(
+            "--ca-dir",
+            help="CA directory for in-process certificates (created on first use; share it between nodes so they trust each other).",
+        ),
+    ],
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="This node's name (default: the config's `node`)."),
+    ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option("--metrics-addr", help="Prometheus /metrics, HOST:PORT or 'off'.")
+    ] = "0.0.0.0:15020",
+    readiness_addr: Annotated[
+        str, typer.Option("--readiness-addr", help="/healthz/ready, HOST:PORT or 'off'.")
+    ] = "0.0.0.0:15021",
+    admin_addr: Annotated[
+        str,
+        typer.Option(
+            "--admin-addr",
+            help="Admin (/config_dump, /logging, /quitquitquit), HOST:PORT or 'off'.",
+        ),
+    ] = "127.0.0.1:15000",
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            "--drain-timeout", min=0.0, help="On SIGTERM, seconds open connections may finish."
+        ),
+    ] = 30.0,
+    reload_interval: Annotated[
+        float,
+        typer.Option("--reload-interval", min=0.05, help="Seconds between config file checks."),
+    ] = 1.0,
+    workload_ttl: Annotated[
+        str | None,
+        typer.Option(
+            "--workload-ttl", help="Workload certificate lifetime (default: the CA's, 24h)."
+        ),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning, error.")
+    ] = "info",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="Access log lines: text or json.")
+    ] = "text",
+    no_spoof_source: Annotated[
+        bool,
+        typer.Option(
+            "--no-spoof-source",
+            help="Apps see the pod's own IP as the source instead of the client's.",
+        ),
+    ] = False,
+    use_uvloop: Annotated[
+        bool, typer.Option("--uvloop/--no-uvloop", help="Run on uvloop (faster).")
+    ] = True,
+) -> None:
+    """Run the node proxy until SIGTERM/SIGINT, then drain and exit (exit code 0)."""
+    from ketch.ztunnel.admin import parse_levels
+    from ketch.ztunnel.config import ConfigError
+    from ketch.ztunnel.standalone import (
+        StandaloneError,
+        StandaloneOptions,
+        StandaloneProxy,
+        parse_address,
+    )
+
+    if log_format not in ("text", "json"):
+        fail(f"--log-format: expected text or json, got {log_format!r}")
+    try:
+        ((_, level),) = parse_levels(log_level)
+        opts = StandaloneOptions(
+            config=config,
+            ca_dir=ca_dir,
+            node=node,
+            metrics=parse_address(metrics_addr, "--metrics-addr"),
+            readiness=parse_address(readiness_addr, "--readiness-addr"),
+            admin=parse_address(admin_addr, "--admin-addr"),
+            drain_timeout=drain_timeout,
+            reload_interval=reload_interval,
+            log_format=log_format,
+            workload_ttl=_ttl(workload_ttl),
+            spoof_source=not no_spoof_source,
+        )
+    except (StandaloneError, ValueError) as e:
+        fail(str(e))
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+    async def main() -> int:
+        proxy = StandaloneProxy(opts)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, proxy.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, proxy.reload_requested.set)
+        await proxy.start()
+        return await proxy.run()
+
+    try:
+        if use_uvloop:
+            import uvloop
+
+            forced = uvloop.run(main())
+        else:
+            forced = asyncio.run(main())
+    except ConfigError as e:
+        fail("invalid config:\n  " + "\n  ".join(e.problems))
+    except StandaloneError as e:
+        fail(str(e))
+    logging.getLogger("ketch.ztunnel").info(
+        "node proxy exited (%d connection(s) force-closed at the drain deadline)", forced
+    )

@@ -1,0 +1,351 @@
+"""Standalone node proxy: `ketch ztunnel run`, one process per node, with its whole view of
+the mesh from a YAML file (`ketch.ztunnel.config`) instead of a control plane.
+
+What the process does:
+
+1. reads and validates the config (a bad file at start-up is a fatal, specific error);
+2. loads the CA from `--ca-dir` in-process (created there on first use; several node
+   processes may share one directory and so one root), and starts a `CertificateManager`
+   over it, so keys are generated here and certificates renewed at half-life;
+3. starts the `Ztunnel` and its HTTP endpoints (`ketch.ztunnel.admin`: metrics 15020,
+   readiness 15021, admin 15000 on localhost);
+4. enrolls the workloads that have `netns` and run on this node: opens the netns, hands the
+   fd to `Ztunnel.add_pod` (a netns that does not exist yet is retried every interval);
+5. watches the file (stat signature every `reload_interval`, or at once on SIGHUP): a valid
+   new version swaps the proxy state (open connections now denied are closed) and enrolls or
+   removes pods; an invalid one is logged and the last good config kept;
+6. on SIGTERM / SIGINT / `POST /quitquitquit`: drains (stops accepting in every pod, lets
+   open connections finish until `drain_timeout`), then closes everything. A second signal
+   skips the rest of the drain. A replacement process started before the signal has already
+   bound the same in-pod ports (SO_REUSEPORT), so no new connection is refused meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from ketch.identity.ca import CertificateAuthority
+from ketch.identity.client import InProcessCaClient
+from ketch.identity.manager import CertificateManager
+from ketch.util.tasks import spawn
+from ketch.ztunnel import ZtunnelError
+from ketch.ztunnel.admin import HttpEndpoint, admin_routes, metrics_routes, readiness_routes
+from ketch.ztunnel.config import ConfigError, LoadedConfig, LocalPod, read_config
+from ketch.ztunnel.metrics import ZtunnelMetrics
+from ketch.ztunnel.proxy import PodHandle, ProxyError, Ztunnel
+
+log = logging.getLogger("ketch.ztunnel.standalone")
+
+Address = tuple[str, int]
+TAKE_OVER_INTERVAL = 0.2  # seconds between tries to bind a node port another proxy holds
+
+
+class StandaloneError(ZtunnelError):
+    """The standalone proxy cannot start (bad flag, config, CA directory or port)."""
+
+
+def parse_address(text: str, what: str) -> Address | None:
+    """`HOST:PORT`, `[v6]:PORT` or `:PORT` (all addresses); `off` or `` disables."""
+    text = text.strip()
+    if text in ("", "off", "none"):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise StandaloneError(f"{what}: expected HOST:PORT (or 'off'), got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise StandaloneError(
+                f"{what}: {host!r} is not an IP address (use e.g. 127.0.0.1:{port})"
+            ) from None
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class StandaloneOptions:
+    config: Path
+    ca_dir: Path
+    node: str | None = None  # default: the config's `node`
+    metrics: Address | None = ("0.0.0.0", 15020)
+    readiness: Address | None = ("0.0.0.0", 15021)
+    admin: Address | None = ("127.0.0.1", 15000)
+    drain_timeout: float = 30.0
+    reload_interval: float = 1.0
+    log_format: str = "text"
+    workload_ttl: timedelta | None = None  # default: the CA's
+    spoof_source: bool = True
+
+
+def _stat_signature(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class StandaloneProxy:
+    """One node's proxy process (see the module docstring)."""
+
+    def __init__(self, opts: StandaloneOptions) -> None:
+        self.opts = opts
+        self.stop_requested = asyncio.Event()
+        self.force = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.registry = CollectorRegistry()
+        self.zt: Ztunnel | None = None
+        self.node = ""
+        self.bound: dict[str, Address] = {}
+        self._manager: CertificateManager | None = None
+        self._endpoints: list[HttpEndpoint] = []
+        self._signature: tuple[int, ...] | None = None
+        self._desired: dict[str, LocalPod] = {}
+        self._enrolled: dict[str, LocalPod] = {}
+        self._failed: dict[str, str] = {}  # uid -> why enrollment failed (retried)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        opts = self.opts
+        self._signature = _stat_signature(opts.config)
+        loaded = read_config(opts.config)  # ConfigError: the caller reports it
+        for w in loaded.warnings:
+            log.warning("%s", w)
+        self.node = opts.node or loaded.node
+        try:
+            ca = CertificateAuthority.create(loaded.trust_domain, state_dir=opts.ca_dir)
+        except (ZtunnelError, ValueError, OSError) as e:
+            raise StandaloneError(f"--ca-dir {opts.ca_dir}: {e}") from e
+        self._manager = CertificateManager(InProcessCaClient(ca), ttl=opts.workload_ttl)
+        await self._manager.start()
+        ProcessCollector(registry=self.registry)
+        self.zt = zt = Ztunnel(
+            self.node or "standalone",
+            loaded.state,
+            self._manager,
+            ca.trust_bundle,
+            metrics=ZtunnelMetrics(self.registry),
+            log_format=opts.log_format,
+            spoof_source=opts.spoof_source,
+        )
+        await zt.start()
+        pods, ready = self.pod_status, self.is_ready
+        plan = [
+            ("metrics", opts.metrics, metrics_routes(self.registry)),
+            ("readiness", opts.readiness, readiness_routes(ready, pods)),
+            ("admin", opts.admin, admin_routes(zt.config_dump, self.request_stop, ready, pods)),
+        ]
+        try:
+            for name, addr, routes in plan:
+                if addr is not None:
+                    await self._listen(HttpEndpoint(f"{name} endpoint", routes), name, addr)
+        except OSError as e:
+            await self.close()
+            raise StandaloneError(
+                f"{e.strerror} (choose another address with "
+                "--metrics-addr/--readiness-addr/--admin-addr, or 'off')"
+            ) from e
+        await self._sync_pods(loaded)
+        log.info(
+            "standalone node proxy for node %r: %d workload(s), %d local pod(s), config %s",
+            self.node,
+            len(loaded.state.workloads),
+            len(self._desired),
+            opts.config,
+        )
+
+    async def _listen(self, ep: HttpEndpoint, name: str, addr: Address) -> None:
+        """Bind a node-level endpoint. If its port is taken (the old proxy of an upgrade
+        still holds it until it starts draining), take it over as soon as it is free."""
+        self._endpoints.append(ep)
+        try:
+            self.bound[name] = await ep.start(*addr)
+            return
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            log.warning(
+                "%s: %s; another proxy holds it (an upgrade in progress?): "
+                "will take it over once it is free",
+                name,
+                e.strerror,
+            )
+        self._tasks.append(spawn(self._take_over(ep, name, addr), name=f"standalone-{name}"))
+
+    async def _take_over(self, ep: HttpEndpoint, name: str, addr: Address) -> None:
+        while True:
+            await asyncio.sleep(TAKE_OVER_INTERVAL)
+            try:
+                self.bound[name] = await ep.start(*addr, quiet=True)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    log.error("%s: giving up: %s", name, e.strerror)
+                    return
+                continue
+            log.info("%s: took over %s:%d", name, *addr)
+            return
+
+    def is_ready(self) -> bool:
+        """Ready: the proxy serves every pod it should (none waits to be enrolled)."""
+        return self.zt is not None and self.zt.ready and not self._failed
+
+    def pod_status(self) -> list[dict[str, Any]]:
+        out = self.zt.pods() if self.zt is not None else []
+        for uid, why in self._failed.items():
+            p = self._desired[uid]
+            out.append(
+                {
+                    "uid": uid,
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "state": "not_enrolled",
+                    "error": why,
+                }
+            )
+        return out
+
+    def request_stop(self) -> None:
+        """SIGTERM, SIGINT or /quitquitquit: drain, then exit; a second request forces."""
+        if self.stop_requested.is_set():
+            log.warning("second stop request: closing open connections now")
+            self.force.set()
+        self.stop_requested.set()
+
+    async def run(self) -> int:
+        """Serve until a stop is requested; then drain and close. Returns the number of
+        connections force-closed at the end of the drain."""
+        while not self.stop_requested.is_set():
+            waiters = [
+                spawn(self.stop_requested.wait(), name="standalone-stop"),
+                spawn(self.reload_requested.wait(), name="standalone-reload"),
+            ]
+            try:
+                await asyncio.wait(
+                    waiters, timeout=self.opts.reload_interval, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                for w in waiters:
+                    w.cancel()
+            if self.stop_requested.is_set():
+                break
+            forced = self.reload_requested.is_set()
+            self.reload_requested.clear()
+            await self.reload(force=forced)
+        return await self.shutdown()
+
+    async def shutdown(self) -> int:
+        zt = self.zt
+        forced = 0
+        for ep in self._endpoints:  # hand the node ports to a replacement proxy at once
+            await ep.close()
+        if zt is not None:
+            log.info("draining for up to %.1fs", self.opts.drain_timeout)
+            drain = spawn(zt.drain(self.opts.drain_timeout), name="standalone-drain")
+            force = spawn(self.force.wait(), name="standalone-force")
+            await asyncio.wait([drain, force], return_when="FIRST_COMPLETED")
+            force.cancel()
+            if drain.done():
+                forced = drain.result()
+            else:
+                drain.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drain
+                forced = len(zt.tracker)
+        await self.close()
+        return forced
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for ep in self._endpoints:
+            await ep.close()
+        self._endpoints.clear()
+        if self.zt is not None:
+            await self.zt.stop()
+        if self._manager is not None:
+            await self._manager.stop()
+
+    # ------------------------------------------------------------------ config
+
+    async def reload(self, *, force: bool = False) -> bool:
+        """Apply the config file if it changed (or `force`); retry failed enrollments.
+        Returns True if a new config was applied."""
+        sig = _stat_signature(self.opts.config)
+        if not force and sig == self._signature:
+            if self._failed:
+                await self._enroll_missing()
+            return False
+        self._signature = sig
+        try:
+            loaded = read_config(self.opts.config)
+        except ConfigError as e:
+            log.error(
+                "config %s rejected, keeping the last good config:\n  %s",
+                self.opts.config,
+                "\n  ".join(e.problems),
+            )
+            return False
+        for w in loaded.warnings:
+            log.warning("%s", w)
+        assert self.zt is not None
+        closed = self.zt.update_state(loaded.state)
+        await self._sync_pods(loaded)
+        log.info(
+            "config %s reloaded: %d workload(s), %d local pod(s); %d connection(s) closed by policy",
+            self.opts.config,
+            len(loaded.state.workloads),
+            len(self._desired),
+            len(closed),
+        )
+        return True
+
+    async def _sync_pods(self, loaded: LoadedConfig) -> None:
+        assert self.zt is not None
+        self._desired = {p.uid: p for p in loaded.pods_on(self.node)}
+        for uid, pod in list(self._enrolled.items()):
+            if self._desired.get(uid) != pod:
+                del self._enrolled[uid]
+                await self.zt.remove_pod(uid)
+        for uid in list(self._failed):
+            if uid not in self._desired:
+                del self._failed[uid]
+        await self._enroll_missing()
+
+    async def _enroll_missing(self) -> None:
+        assert self.zt is not None
+        for uid, pod in self._desired.items():
+            if uid in self._enrolled:
+                continue
+            try:
+                fd = os.open(pod.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                self._enroll_failed(pod, f"cannot open netns {pod.netns_path}: {e.strerror}")
+                continue
+            try:
+                await self.zt.add_pod(
+                    PodHandle(uid, pod.name, pod.namespace, pod.service_account, fd)
+                )
+            except ProxyError as e:  # add_pod closed the fd
+                self._enroll_failed(pod, str(e))
+                continue
+            self._enrolled[uid] = pod
+            self._failed.pop(uid, None)
+
+    def _enroll_failed(self, pod: LocalPod, why: str) -> None:
+        if self._failed.get(pod.uid) != why:  # log each new reason once, not every retry
+            log.warning("pod %s/%s not enrolled (will retry): %s", pod.namespace, pod.name, why)
+        self._failed[pod.uid] = why
