@@ -14,9 +14,9 @@ request/response: p50/p90/p99 latency, transactions/s), iperf3 with one stream a
 parallel streams (Gbit/s), the leg's proxy CPU seconds per GB over the single-stream run
 (utime+stime from /proc) and the proxies' peak RSS (VmHWM).
 
-    scripts/bench.sh                      # full run (~12 minutes on 2 cores)
+    scripts/bench.sh                      # full run (~13 minutes on 2 cores)
     scripts/bench.sh --quick              # smoke run (~2 minutes)
-    uv run --frozen python bench/ambient.py --rounds 7 --seconds 15
+    uv run --frozen python bench/ambient.py --rounds 9 --seconds 15
 
 Needs root (network namespaces). Prints a markdown report and writes it to
 bench/results/<timestamp>.md. Everything it creates (namespaces, processes, a temporary
@@ -26,6 +26,7 @@ directory with the CA) is removed at the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import secrets
@@ -47,15 +48,16 @@ from ketch.netns.fabric import Fabric, stale_namespaces
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="Ketch ambient data-path benchmark (see docs/benchmark.md)."
     )
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     ap.add_argument(
-        "--seconds", type=int, default=10, help="duration of each netperf/iperf3 test (default 10)"
+        "--seconds", type=int, default=8, help="duration of each netperf/iperf3 test (default 8)"
     )
     ap.add_argument(
         "--quick", action="store_true", help="smoke run: 2 rounds of 3-second tests (~2 minutes)"
@@ -178,14 +180,22 @@ def _cpu_model() -> str:
 
 
 def _ketch_revision() -> str:
-    rev = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return f"{rev} (+ uncommitted changes in src/)" if dirty else rev
+    """The commit, plus a digest of uncommitted changes under src/ when there are any."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *argv], capture_output=True, text=True, check=False
+        ).stdout
+
+    rev = git("rev-parse", "--short", "HEAD").strip() or "?"
+    changed = git("status", "--porcelain", "--untracked-files=all", "--", "src").splitlines()
+    if not changed:
+        return rev
+    digest = hashlib.sha256(git("diff", "HEAD", "--", "src").encode())
+    for line in changed:
+        if line.startswith("??"):
+            digest.update((ROOT / line[3:]).read_bytes())
+    return f"{rev} + uncommitted changes in {len(changed)} src/ files (digest {digest.hexdigest()[:12]})"
 
 
 def render(
@@ -256,6 +266,9 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
     prefix = _prefix()
     workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     fabric = Fabric(prefix)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps that.
+    for sig in SIGNALS:
+        signal.signal(sig, _interrupt)
     try:
         _say(f"ambient bench: fabric {prefix}, work dir {workdir}")
         bed = Testbed(
@@ -304,6 +317,8 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
         return render(args, results, notes, started, time.monotonic() - t0), started
     finally:
         _say("cleaning up")
+        for sig in SIGNALS:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         try:
             fabric.close()
         finally:
@@ -316,8 +331,6 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _preflight()
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
     try:
         report, started = run(args)
     except KeyboardInterrupt:
