@@ -22,6 +22,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,6 +33,7 @@ log = logging.getLogger("ketch.ztunnel.admin")
 
 MAX_HEAD = 16 * 1024
 READ_TIMEOUT = 10.0
+LINGER = 1.0
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 
@@ -234,12 +236,27 @@ class HttpEndpoint:
                 resp = Response.text(e.error_status_hint, f"bad request: {e}")
             writer.write(_render(conn, resp, head=head))
             await writer.drain()
+            if conn.their_state is h11.ERROR:  # we stopped reading mid-request
+                await _linger(reader, writer)
         except (TimeoutError, ConnectionError, h11.LocalProtocolError):
             pass  # nothing sensible to answer: just close
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After answering a request we did not read whole (a 400/431), half-close and discard
+    what the client still sends for a moment, so the kernel does not turn our close into a
+    reset that destroys the answer before the client reads it. Bounded in bytes and time."""
+    with contextlib.suppress(OSError, TimeoutError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER):
+            budget = 1 << 20
+            while budget > 0 and (data := await reader.read(65536)):
+                budget -= len(data)
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request:
@@ -260,7 +277,11 @@ def _render(conn: h11.Connection, resp: Response, *, head: bool = False) -> byte
         ("Content-Length", str(len(resp.body))),
         ("Connection", "close"),
     ]
-    out = conn.send(h11.Response(status_code=resp.status, headers=headers)) or b""
+    try:
+        reason = HTTPStatus(resp.status).phrase.encode()
+    except ValueError:
+        reason = b""
+    out = conn.send(h11.Response(status_code=resp.status, headers=headers, reason=reason)) or b""
     if not head:  # a HEAD response carries GET's headers and no body
         out += conn.send(h11.Data(data=resp.body)) or b""
     out += conn.send(h11.EndOfMessage()) or b""

@@ -223,3 +223,40 @@ policies: [{kind: Nope, metadata: {name: p}}]
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_local_pods_from_netns_and_node() -> None:
+    loaded = parse_config(
+        """
+node: node-1
+workloads:
+- {name: a, addresses: [10.0.0.1], netns: pod-a}
+- {name: b, namespace: app, serviceAccount: sb, addresses: [10.0.0.2], node: node-2,
+   netns: /proc/123/ns/net}
+- {name: c, addresses: [10.0.0.3]}
+"""
+    )
+    pods = {p.name: p for p in loaded.pods}
+    assert set(pods) == {"a", "b"}  # c has no netns: known, not captured here
+    assert pods["a"].node == "node-1"  # the config's node is the default
+    assert pods["a"].netns_path == "/run/netns/pod-a"
+    assert pods["b"].netns_path == "/proc/123/ns/net"
+    assert (pods["b"].uid, pods["b"].service_account) == ("app/b", "sb")
+    assert [p.name for p in loaded.pods_on("node-1")] == ["a"]
+    assert [p.name for p in loaded.pods_on("node-2")] == ["b"]
+    assert loaded.pods_on("node-3") == []
+    assert {p.name for p in loaded.pods_on("")} == {"a", "b"}
+
+
+def test_empty_netns_is_an_error() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config("workloads: [{name: a, addresses: [10.0.0.1], netns: ''}]", "m.yaml")
+    assert "workloads[0].netns" in str(e.value)
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "not UTF-8" in str(e.value)
