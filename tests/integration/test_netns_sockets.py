@@ -48,6 +48,9 @@ def test_pod_listener_is_reachable_from_another_pod_and_marked(two_nodes: TwoNod
             conn = _accept(listener)
             with conn:
                 assert socket_mark(conn) == PROXY_MARK  # accepted sockets inherit the mark
+                # Nagle off (asyncio only sets it itself on IPPROTO_TCP sockets)
+                assert conn.proto == socket.IPPROTO_TCP
+                assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
                 assert conn.getsockname() == (b.ip, 15008)
                 assert conn.getpeername()[0] == a.ip
 
@@ -57,6 +60,30 @@ def test_reuseport_lets_a_second_proxy_bind_next_to_the_first(two_nodes: TwoNode
     second = pod_listener(two_nodes.a.netns, 15001)
     first.close()
     second.close()
+
+
+def test_new_connections_go_to_the_newest_listener(two_nodes: TwoNodes) -> None:
+    """The upgrade handoff: once a second proxy binds, every new connection reaches it;
+    when it is gone, the first gets them again."""
+    a, b = two_nodes.a, two_nodes.b
+
+    def where(listeners: list[socket.socket]) -> int:
+        client = in_netns(a.netns, socket.socket)
+        with client:
+            client.settimeout(3)
+            client.connect((b.ip, 15008))
+            ready, _, _ = select.select(listeners, [], [], 3.0)
+            assert len(ready) == 1
+            ready[0].accept()[0].close()
+            return listeners.index(ready[0])
+
+    old = pod_listener(b.netns, 15008)
+    with old:
+        assert {where([old]) for _ in range(5)} == {0}
+        new = pod_listener(b.netns, 15008)
+        with new:
+            assert [where([old, new]) for _ in range(20)] == [1] * 20
+        assert {where([old]) for _ in range(5)} == {0}
 
 
 def test_pod_connect_socket_is_marked_and_unconnected(two_nodes: TwoNodes) -> None:

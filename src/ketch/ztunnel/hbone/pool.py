@@ -79,7 +79,7 @@ class _Conn:
 
 async def _default_connect(addr: tuple[str, int]) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: NODELAY
     sock.setblocking(False)
     try:
         await asyncio.get_running_loop().sock_connect(sock, addr)
