@@ -41,7 +41,7 @@ BOOTSTRAP = """
 static_resources:
   listeners:
   - name: khb_out
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    address: {{socket_address: {{address: {bind}, port_value: {listen}}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
@@ -58,7 +58,7 @@ static_resources:
       cluster_name: hbone
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {hbone}}}}}}}
+        - endpoint: {{address: {{socket_address: {{address: {hbone_ip}, port_value: {hbone}}}}}}}
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -90,7 +90,7 @@ TERMINATOR = """
 static_resources:
   listeners:
   - name: khb_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    address: {{socket_address: {{address: {bind}, port_value: {listen}}}}}
     filter_chains:
     - transport_socket:
         name: envoy.transport_sockets.tls
@@ -145,6 +145,8 @@ def envoy_factory(tmp_path: Path) -> Iterator[Callable[..., int]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(template: str, cert: WorkloadCert, mesh: Mesh, **fmt: object) -> int:
+        fmt.setdefault("bind", "127.0.0.1")
+        fmt.setdefault("hbone_ip", "127.0.0.1")
         (tmp_path / "chain.pem").write_bytes(b"".join(cert.chain_pem))
         (tmp_path / "key.pem").write_bytes(cert.key_pem)
         (tmp_path / "roots.pem").write_bytes(b"".join(mesh.ca.trust_bundle))
