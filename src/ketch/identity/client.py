@@ -1,21 +1,21 @@
 """Node-side clients of the certificate service.
 
-`CaClient` is what the certificate manager needs: sign a CSR for an identity. Two
-implementations: `GrpcCaClient` (mTLS with the node certificate to the control plane's
-service, what a node proxy uses) and `InProcessCaClient` (standalone mode and tests).
-`join_node` trades a bootstrap token for the node certificate.
+`CaClient` (in `local.py`, with `InProcessCaClient` for standalone mode and tests) is what
+the certificate manager needs: sign a CSR for an identity. `GrpcCaClient` implements it
+over mTLS with the node certificate to the control plane's service, what a node proxy
+joined to a control plane uses; `join_node` trades a bootstrap token for the node
+certificate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 import grpc
 from google.protobuf import struct_pb2
 
-from ketch.identity.ca import CertificateAuthority, IssuedCert
+from ketch.identity.ca import IssuedCert
 from ketch.identity.csr import generate_key_and_csr
 from ketch.identity.errors import (
     BadRequest,
@@ -25,29 +25,16 @@ from ketch.identity.errors import (
     TokenError,
     Unauthenticated,
 )
+from ketch.identity.local import CaClient, InProcessCaClient
 from ketch.identity.spiffe import NodeId, SpiffeId
 from ketch.identity.validate import IMPERSONATED_IDENTITY
 from ketch.proto.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from ketch.proto.gen.ketch.v1 import node_pb2, node_pb2_grpc
 
+__all__ = ["CaClient", "GrpcCaClient", "InProcessCaClient", "NodeCredentials", "join_node"]
+
 SERVER_NAME = "ketch-control-plane"
 RPC_TIMEOUT = 10.0
-
-
-class CaClient(Protocol):
-    async def sign(self, csr_pem: bytes, identity: SpiffeId, ttl: timedelta | None) -> list[bytes]:
-        """PEM chain leaf..root for `csr_pem`, or raise an IdentityError."""
-        ...
-
-
-class InProcessCaClient:
-    """Signs with a local CertificateAuthority (no node authorization: standalone mode)."""
-
-    def __init__(self, ca: CertificateAuthority) -> None:
-        self._ca = ca
-
-    async def sign(self, csr_pem: bytes, identity: SpiffeId, ttl: timedelta | None) -> list[bytes]:
-        return self._ca.sign_csr(csr_pem, identity, ttl)
 
 
 _CODES: dict[grpc.StatusCode, type[IdentityError]] = {

@@ -1,31 +1,31 @@
 """The identity package's exception family.
 
-Every error carries the gRPC status code the certificate service answers with, so the
-service layer translates errors in one place (`code`), and messages are written for the
-operator reading the control plane's log or the node proxy's status output.
+Every error carries the name of the gRPC status code the certificate service answers with
+(`code`, e.g. "PERMISSION_DENIED": `grpc.StatusCode[code]`), so the service layer translates
+errors in one place, and messages are written for the operator reading the control plane's
+log or the node proxy's status output. Names, not `grpc.StatusCode` members, so that code
+which only needs the errors (the node proxy with an in-process CA) does not load grpc.
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class IdentityError(Exception):
     """Base class of every error raised by ketch.identity."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: str = "INTERNAL"
 
 
 class CaConfigError(IdentityError):
     """The CA's own material (root, key, chain, state dir) is missing or inconsistent."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = "FAILED_PRECONDITION"
 
 
 class CsrRejected(IdentityError):
     """A certificate signing request failed validation (INVALID_ARGUMENT)."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
 
 
 class MalformedCsr(CsrRejected):
@@ -55,19 +55,19 @@ class CsrBadSan(CsrRejected):
 class BadRequest(IdentityError):
     """The request around the CSR is invalid (metadata, identity syntax, ...)."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
 
 
 class Unauthenticated(IdentityError):
     """The caller did not prove who it is (no/invalid node certificate, bad token)."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = "UNAUTHENTICATED"
 
 
 class PermissionDenied(IdentityError):
     """The caller is known but may not have this identity."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = "PERMISSION_DENIED"
 
 
 class TokenError(Unauthenticated):
@@ -77,4 +77,4 @@ class TokenError(Unauthenticated):
 class CaUnavailable(IdentityError):
     """The certificate service could not be reached or failed (client side)."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = "UNAVAILABLE"

@@ -23,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ketch.identity.client import CaClient
 from ketch.identity.csr import generate_key_and_csr
 from ketch.identity.errors import CaUnavailable, IdentityError
+from ketch.identity.local import CaClient
 from ketch.identity.spiffe import SpiffeId
 from ketch.util.tasks import spawn
 

@@ -132,8 +132,8 @@ def _peer_cert(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
 async def _refuse(
     context: grpc.aio.ServicerContext[Any, Any], what: str, who: str, err: IdentityError
 ) -> None:
-    log.warning("refused %s from %s (%s): %s", what, who, err.code.name, err)
-    await context.abort(err.code, str(err))
+    log.warning("refused %s from %s (%s): %s", what, who, err.code, err)
+    await context.abort(grpc.StatusCode[err.code], str(err))
 
 
 class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):

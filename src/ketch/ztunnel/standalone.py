@@ -36,7 +36,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from ketch.identity.ca import CertificateAuthority
-from ketch.identity.client import InProcessCaClient
+from ketch.identity.local import InProcessCaClient
 from ketch.identity.manager import CertificateManager
 from ketch.util.tasks import spawn
 from ketch.ztunnel import ZtunnelError
