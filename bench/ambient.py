@@ -199,7 +199,12 @@ def _ketch_revision() -> str:
 
 
 def render(
-    args: argparse.Namespace, results: Results, notes: list[str], started: datetime, wall: float
+    args: argparse.Namespace,
+    results: Results,
+    notes: list[str],
+    started: datetime,
+    wall: float,
+    revision: str,
 ) -> str:
     mem_kb = next(
         int(line.split()[1])
@@ -211,7 +216,7 @@ def render(
         f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall / 60:.1f} min",
         f"- machine: {os.cpu_count()} x {_cpu_model()}, {mem_kb / 1024 / 1024:.1f} GiB, "
         f"Linux {platform.release()}",
-        f"- ketch {_ketch_revision()}, Python {platform.python_version()}; "
+        f"- ketch {revision}, Python {platform.python_version()}; "
         f"Envoy {envoy_version}; {_first_line(['netperf', '-V'])}; "
         f"{_first_line(['iperf3', '--version'])}",
         f"- {args.rounds} rounds x {len(LEGS)} legs, interleaved; each test {args.seconds} s; "
@@ -262,6 +267,7 @@ def _steal_seconds() -> float:
 def run(args: argparse.Namespace) -> tuple[str, datetime]:
     started = datetime.now(UTC)
     load_before = _loadavg()
+    revision = _ketch_revision()  # now: the proxies run the code of the start
     t0 = time.monotonic()
     prefix = _prefix()
     workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
@@ -289,6 +295,8 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
             if leg.proxies
         ]
         steal_before = _steal_seconds()
+        others_before = procstat.others_cpu(os.getpid())
+        rounds_started = time.monotonic()
         per_round = len(legs) * (3 * args.seconds + 3)
         _say(f"ready; {args.rounds} rounds of ~{per_round} s")
         results = Results(LEGS)
@@ -303,9 +311,12 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
                     f"{args.streams}x {r.gbps_64:5.2f} Gbit/s  {cpu}"
                 )
         steal = _steal_seconds() - steal_before
+        others = procstat.others_cpu_between(others_before, procstat.others_cpu(os.getpid()))
+        capacity = (time.monotonic() - rounds_started) * (os.cpu_count() or 1)
         notes = [
-            f"load average (1/5/15 min) at start {load_before}, at end {_loadavg()}; CPU "
-            f"steal during the rounds {steal:.1f} s",
+            f"during the rounds, processes outside the benchmark used {others:.1f} CPU s "
+            f"({100 * others / capacity:.1f}% of the machine); hypervisor steal {steal:.1f} s; "
+            f"load average at start {load_before}",
             *baseline,
             f"ketch: {bed.ketch_mtls_connections():.0f} connections arrived over HBONE "
             "(server-side node proxy's istio_tcp_connections_opened_total, mutual_tls)",
@@ -314,7 +325,8 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
                 for name in ("envoy-hbone", "envoy-mtls")
             ),
         ]
-        return render(args, results, notes, started, time.monotonic() - t0), started
+        wall = time.monotonic() - t0
+        return render(args, results, notes, started, wall, revision), started
     finally:
         _say("cleaning up")
         for sig in SIGNALS:  # a second Ctrl-C must not cut the clean-up short

@@ -31,10 +31,15 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _cpu_of(pid: int) -> float:
+def _stat_fields(pid: int) -> list[str]:
+    """Fields 3.. of /proc/PID/stat (index 0 is field 3, the state)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _cpu_of(pid: int) -> float:
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
 
 
@@ -52,6 +57,32 @@ def cpu_seconds(pid: int) -> float:
 
 def total_cpu_seconds(pids: Iterable[int]) -> float:
     return sum(cpu_seconds(p) for p in pids)
+
+
+_PF_KTHREAD = 0x00200000
+
+
+def others_cpu(exclude_tree: int) -> dict[int, float]:
+    """CPU seconds so far (utime+stime+cutime+cstime: reaped children included) of every
+    user-space process outside the process tree rooted at `exclude_tree`. Two snapshots
+    tell how much of the machine something else used meanwhile (`others_cpu_between`)."""
+    ours = set(_descendants(exclude_tree))
+    out: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in ours:
+            continue
+        try:
+            fields = _stat_fields(int(entry.name))
+        except (OSError, ValueError):
+            continue
+        if int(fields[6]) & _PF_KTHREAD:  # flags (field 9): kernel threads do our work too
+            continue
+        out[int(entry.name)] = sum(int(f) for f in fields[11:15]) / TICK
+    return out
+
+
+def others_cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
 
 
 def _status_bytes(pid: int, key: str) -> int:
