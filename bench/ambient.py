@@ -147,9 +147,9 @@ def measure(leg: Leg, rnd: int, seconds: int, streams: int) -> LegRound:
     _check_alive(leg)
     rr = tools.netperf_rr(leg.client, leg.target, seconds)
     pids = [p.pid for p in leg.proxies]
-    cpu_before = procstat.total_cpu_seconds(pids)
+    cpu_before = procstat.total_cpu_times(pids)
     one = tools.iperf3(leg.client, leg.target, seconds)
-    cpu = procstat.total_cpu_seconds(pids) - cpu_before
+    cpu = procstat.total_cpu_times(pids) - cpu_before
     many = tools.iperf3(leg.client, leg.target, seconds, streams=streams)
     _check_alive(leg)
     return LegRound(
@@ -162,7 +162,7 @@ def measure(leg: Leg, rnd: int, seconds: int, streams: int) -> LegRound:
         gbps_1=one.gbit_per_s,
         gbps_64=many.gbit_per_s,
         bytes_1=one.bytes,
-        cpu_s_1=cpu if pids else None,
+        cpu_1=cpu if pids else None,
         rss_bytes={p.side: procstat.peak_rss_bytes(p.pid) for p in leg.proxies},
     )
 
@@ -235,8 +235,9 @@ def render(
             results.absolute_table(),
             "",
             "Proxy CPU: utime+stime of the leg's two proxy processes during the single-stream "
-            "iperf3 run, per GB received. Peak RSS: VmHWM of each proxy process, highest over "
-            "the run.",
+            "iperf3 run, per GB received (user / sys: medians of the two parts; sys includes "
+            "the kernel's network work done while the proxy ran). Peak RSS: VmHWM of each "
+            "proxy process, highest over the run.",
             "",
             "## Relative to direct: per-round difference / ratio, median (min..max)",
             "",

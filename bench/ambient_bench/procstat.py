@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 TICK = float(os.sysconf("SC_CLK_TCK"))  # clock ticks per second
@@ -38,14 +39,33 @@ def _stat_fields(pid: int) -> list[str]:
     return stat[stat.rindex(")") + 2 :].split()
 
 
-def _cpu_of(pid: int) -> float:
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds in user and in kernel mode (the kernel part includes the network work,
+    softirqs included, done while the process was on the CPU)."""
+
+    user: float = 0.0
+    system: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+    def __add__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.user + other.user, self.system + other.system)
+
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.user - other.user, self.system - other.system)
+
+
+def _cpu_of(pid: int) -> CpuTimes:
     fields = _stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+    return CpuTimes(int(fields[11]) / TICK, int(fields[12]) / TICK)  # utime, stime (14, 15)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and its live descendants, in seconds."""
-    total = 0.0
+def cpu_times(pid: int) -> CpuTimes:
+    """utime and stime of `pid` and its live descendants."""
+    total = CpuTimes()
     for i, p in enumerate(_descendants(pid)):
         try:
             total += _cpu_of(p)
@@ -55,8 +75,8 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def total_cpu_seconds(pids: Iterable[int]) -> float:
-    return sum(cpu_seconds(p) for p in pids)
+def total_cpu_times(pids: Iterable[int]) -> CpuTimes:
+    return sum((cpu_times(p) for p in pids), CpuTimes())
 
 
 _PF_KTHREAD = 0x00200000

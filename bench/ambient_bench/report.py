@@ -11,6 +11,8 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ambient_bench.procstat import CpuTimes
+
 MIB = 1024 * 1024
 
 
@@ -27,14 +29,25 @@ class LegRound:
     gbps_1: float
     gbps_64: float
     bytes_1: int  # received during the single-stream run
-    cpu_s_1: float | None  # proxy CPU seconds during the single-stream run (None: no proxy)
+    cpu_1: CpuTimes | None  # proxy CPU during the single-stream run (None: no proxy)
     rss_bytes: dict[str, int] = field(default_factory=dict)  # side -> VmHWM after this leg
+
+    def _per_gb(self, seconds: float | None) -> float | None:
+        if seconds is None or self.bytes_1 <= 0:
+            return None
+        return seconds / (self.bytes_1 / 1e9)
 
     @property
     def cpu_s_per_gb(self) -> float | None:
-        if self.cpu_s_1 is None or self.bytes_1 <= 0:
-            return None
-        return self.cpu_s_1 / (self.bytes_1 / 1e9)
+        return self._per_gb(self.cpu_1.total if self.cpu_1 else None)
+
+    @property
+    def user_s_per_gb(self) -> float | None:
+        return self._per_gb(self.cpu_1.user if self.cpu_1 else None)
+
+    @property
+    def sys_s_per_gb(self) -> float | None:
+        return self._per_gb(self.cpu_1.system if self.cpu_1 else None)
 
 
 Getter = Callable[[LegRound], float | None]
@@ -47,6 +60,12 @@ METRICS: list[tuple[str, Getter, str]] = [
     ("1 stream Gbit/s", lambda r: r.gbps_1, "{:.2f}"),
     ("64 streams Gbit/s", lambda r: r.gbps_64, "{:.2f}"),
     ("proxy CPU s/GB", lambda r: r.cpu_s_per_gb, "{:.2f}"),
+]
+
+#: the proxy CPU split, shown in the per-round table
+CPU_SPLIT: list[tuple[str, Getter, str]] = [
+    ("user s/GB", lambda r: r.user_s_per_gb, "{:.2f}"),
+    ("sys s/GB", lambda r: r.sys_s_per_gb, "{:.2f}"),
 ]
 
 #: figures compared with `direct` as leg / direct (latency: > 1 is slower; rates: < 1 is slower)
@@ -120,11 +139,20 @@ class Results:
     # ---- tables
 
     def absolute_table(self) -> str:
-        head = ["leg", *(m[0] for m in METRICS), "peak RSS MiB client / server"]
+        head = [
+            "leg",
+            *(m[0] for m in METRICS),
+            "of which user / sys",
+            "peak RSS MiB client / server",
+        ]
         rows = []
         for leg in self.legs:
             rs = self.of(leg)
             cells = [leg, *(_spread(_values(rs, get), fmt) for _, get, fmt in METRICS)]
+            split = [_values(rs, get) for _, get, _ in CPU_SPLIT]
+            cells.append(
+                " / ".join(f"{statistics.median(v):.2f}" for v in split) if all(split) else "-"
+            )
             cells.append(rss_cell(self.peak_rss(leg)))
             rows.append(cells)
         return _table(head, rows)
@@ -172,11 +200,12 @@ class Results:
         return _table(head, rows)
 
     def raw_table(self) -> str:
-        head = ["round", "leg", *(m[0] for m in METRICS), "bytes (1 stream)", "RSS MiB c / s"]
+        metrics = [*METRICS, *CPU_SPLIT]
+        head = ["round", "leg", *(m[0] for m in metrics), "bytes (1 stream)", "RSS MiB c / s"]
         rows = []
         for r in sorted(self.rounds, key=lambda r: r.round):
             cells = [str(r.round), r.leg]
-            for _, get, fmt in METRICS:
+            for _, get, fmt in metrics:
                 v = get(r)
                 cells.append("-" if v is None else fmt.format(v))
             cells.append(str(r.bytes_1))
