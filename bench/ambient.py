@@ -14,8 +14,8 @@ request/response: p50/p90/p99 latency, transactions/s), iperf3 with one stream a
 parallel streams (Gbit/s), the leg's proxy CPU seconds per GB over the single-stream run
 (utime+stime from /proc) and the proxies' peak RSS (VmHWM).
 
-    scripts/bench.sh                      # full run (~13 minutes on 2 cores)
-    scripts/bench.sh --quick              # smoke run (~2 minutes)
+    scripts/bench.sh                      # full run (~11.5 minutes on 2 cores)
+    scripts/bench.sh --quick              # smoke run (~1.5 minutes)
     uv run --frozen python bench/ambient.py --rounds 9 --seconds 15
 
 Needs root (network namespaces). Prints a markdown report and writes it to
@@ -117,41 +117,33 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _check_alive(leg: Leg) -> None:
-    for p in leg.proxies:
-        if p.proc.poll() is not None:
-            raise SetupError(
-                f"{leg.name}: the {p.side}-side proxy exited with {p.proc.returncode}; "
-                f"log:\n{p.log_tail()}"
-            )
-
-
 def warm_up(leg: Leg, within: float = 60.0) -> None:
     """One short RR and stream test through the leg (pooled HBONE connections, certificates,
     ARP, Envoy's first upstream connections), retried until it works."""
     deadline = time.monotonic() + within
     while True:
-        _check_alive(leg)
+        leg.check_alive()
         try:
             tools.netperf_rr(leg.client, leg.target, 1)
             tools.iperf3(leg.client, leg.target, 1)
             return
         except tools.ToolError as exc:
             if time.monotonic() > deadline:
-                tails = "\n".join(f"--- {p.side}:\n{p.log_tail()}" for p in leg.proxies)
-                raise SetupError(f"{leg.name} does not carry traffic: {exc}\n{tails}") from exc
+                raise SetupError(
+                    f"{leg.name} does not carry traffic: {exc}\n{leg.log_tails()}"
+                ) from exc
             time.sleep(0.5)
 
 
 def measure(leg: Leg, rnd: int, seconds: int, streams: int) -> LegRound:
-    _check_alive(leg)
+    leg.check_alive()
     rr = tools.netperf_rr(leg.client, leg.target, seconds)
     pids = [p.pid for p in leg.proxies]
     cpu_before = procstat.total_cpu_times(pids)
     one = tools.iperf3(leg.client, leg.target, seconds)
     cpu = procstat.total_cpu_times(pids) - cpu_before
     many = tools.iperf3(leg.client, leg.target, seconds, streams=streams)
-    _check_alive(leg)
+    leg.check_alive()
     return LegRound(
         leg=leg.name,
         round=rnd,
@@ -300,7 +292,7 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
         rounds_started = time.monotonic()
         per_round = len(legs) * (3 * args.seconds + 3)
         _say(f"ready; {args.rounds} rounds of ~{per_round} s")
-        results = Results(LEGS)
+        results = Results(list(LEGS))
         for rnd in range(1, args.rounds + 1):
             for leg in legs:
                 r = measure(leg, rnd, args.seconds, args.streams)

@@ -46,7 +46,8 @@ BIN = Path(sys.prefix) / "bin"
 ENVOY = shutil.which("envoy", path=str(BIN)) or shutil.which("envoy") or str(BIN / "envoy")
 KETCH = str(BIN / "ketch")
 
-LEGS = ("direct", "ketch", "envoy-hbone", "envoy-mtls")
+#: leg -> prefix of its pods' names (<prefix>-a on node1, <prefix>-b on node2), in run order
+LEGS = {"direct": "direct", "ketch": "ketch", "envoy-hbone": "hbone", "envoy-mtls": "mtls"}
 
 # The admin/readiness endpoints: Envoy's admin in its pod, ketch's in its node netns.
 ENVOY_ADMIN_PORT = 15000
@@ -86,6 +87,18 @@ class Leg:
     target: str  # the address the client app dials
     proxies: list[Proxy] = field(default_factory=list)
 
+    def check_alive(self) -> None:
+        """SetupError, with its log, if one of the leg's proxies exited."""
+        for p in self.proxies:
+            if p.proc.poll() is not None:
+                raise SetupError(
+                    f"{self.name}: the {p.side}-side proxy (pid {p.pid}) exited with "
+                    f"{p.proc.returncode}; its log:\n{p.log_tail()}"
+                )
+
+    def log_tails(self) -> str:
+        return "\n".join(f"--- {p.side} side ({p.log}):\n{p.log_tail()}" for p in self.proxies)
+
 
 def _http_get(where: Endpoint, port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
     """GET http://127.0.0.1:<port><path> from inside `where`'s netns."""
@@ -102,23 +115,17 @@ def _http_get(where: Endpoint, port: int, path: str, timeout: float = 2.0) -> tu
     return where.call(get)
 
 
-def _wait(what: str, ready: Callable[[], bool], proxies: list[Proxy], within: float) -> None:
+def _wait(what: str, ready: Callable[[], bool], leg: Leg, within: float) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        for p in proxies:
-            if p.proc.poll() is not None:
-                raise SetupError(
-                    f"{what}: the {p.side}-side proxy (pid {p.pid}) exited with "
-                    f"{p.proc.returncode}; its log:\n{p.log_tail()}"
-                )
+        leg.check_alive()
         try:
             if ready():
                 return
         except OSError:
             pass
         time.sleep(0.1)
-    tails = "\n".join(f"--- {p.side} ({p.log}):\n{p.log_tail()}" for p in proxies)
-    raise SetupError(f"{what} not ready within {within}s\n{tails}")
+    raise SetupError(f"{what} not ready within {within}s\n{leg.log_tails()}")
 
 
 class Testbed:
@@ -143,11 +150,11 @@ class Testbed:
 
     def build(self) -> list[Leg]:
         nodes = self.fabric.add_node("node1"), self.fabric.add_node("node2")
-        short = {"direct": "direct", "ketch": "ketch", "envoy-hbone": "hbone", "envoy-mtls": "mtls"}
-        for name in LEGS:
-            a = self.fabric.add_pod(nodes[0], f"{short[name]}-a")
-            b = self.fabric.add_pod(nodes[1], f"{short[name]}-b")
-            target = "127.0.0.1" if name.startswith("envoy") else b.ip
+        for name, pods in LEGS.items():
+            a = self.fabric.add_pod(nodes[0], f"{pods}-a")
+            b = self.fabric.add_pod(nodes[1], f"{pods}-b")
+            # the Envoy legs' apps dial their Envoy; direct and ketch dial the server pod
+            target = "127.0.0.1" if name.startswith("envoy-") else b.ip
             self.legs[name] = Leg(name, a, b, target)
         for leg in self.legs.values():
             self._start_apps(leg.server)
@@ -223,7 +230,7 @@ class Testbed:
                 for p in leg.proxies
             )
 
-        _wait("ketch node proxies", ready, leg.proxies, within)
+        _wait("ketch node proxies", ready, leg, within)
 
     def ketch_mtls_connections(self) -> float:
         """istio_tcp_connections_opened_total{reporter="destination",
@@ -294,7 +301,7 @@ class Testbed:
                 _http_get(p.where, ENVOY_ADMIN_PORT, "/ready")[0] == 200 for p in leg.proxies
             )
 
-        _wait(f"{leg.name} Envoys", ready, leg.proxies, within)
+        _wait(f"{leg.name} Envoys", ready, leg, within)
 
     def envoy_tls_summary(self, leg: Leg) -> str:
         """Which TLS versions/ciphers/curves the leg's Envoys negotiated and how many TLS
