@@ -152,7 +152,7 @@ def measure(leg: Leg, rnd: int, seconds: int, streams: int) -> LegRound:
         p99_us=rr.p99_us,
         rr_tps=rr.transactions_per_s,
         gbps_1=one.gbit_per_s,
-        gbps_64=many.gbit_per_s,
+        gbps_many=many.gbit_per_s,
         bytes_1=one.bytes,
         cpu_1=cpu if pids else None,
         rss_bytes={p.side: procstat.peak_rss_bytes(p.pid) for p in leg.proxies},
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
         rounds_started = time.monotonic()
         per_round = len(legs) * (3 * args.seconds + 3)
         _say(f"ready; {args.rounds} rounds of ~{per_round} s")
-        results = Results(list(LEGS))
+        results = Results(list(LEGS), args.streams)
         for rnd in range(1, args.rounds + 1):
             for leg in legs:
                 r = measure(leg, rnd, args.seconds, args.streams)
@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
                 _say(
                     f"[{rnd}/{args.rounds}] {leg.name:12} p50 {r.p50_us:5.0f} µs  "
                     f"p99 {r.p99_us:5.0f} µs  {r.rr_tps:6.0f} RR/s  1x {r.gbps_1:5.2f}  "
-                    f"{args.streams}x {r.gbps_64:5.2f} Gbit/s  {cpu}"
+                    f"{args.streams}x {r.gbps_many:5.2f} Gbit/s  {cpu}"
                 )
         steal = _steal_seconds() - steal_before
         others = procstat.others_cpu_between(others_before, procstat.others_cpu(os.getpid()))

@@ -8,7 +8,7 @@ those ratios is reported, so slow drifts of the machine cancel out.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ambient_bench.procstat import CpuTimes
@@ -27,7 +27,7 @@ class LegRound:
     p99_us: float
     rr_tps: float
     gbps_1: float
-    gbps_64: float
+    gbps_many: float
     bytes_1: int  # received during the single-stream run
     cpu_1: CpuTimes | None  # proxy CPU during the single-stream run (None: no proxy)
     rss_bytes: dict[str, int] = field(default_factory=dict)  # side -> VmHWM after this leg
@@ -58,7 +58,7 @@ METRICS: list[tuple[str, Getter, str]] = [
     ("p99 µs", lambda r: r.p99_us, "{:.0f}"),
     ("RR trans/s", lambda r: r.rr_tps, "{:.0f}"),
     ("1 stream Gbit/s", lambda r: r.gbps_1, "{:.2f}"),
-    ("64 streams Gbit/s", lambda r: r.gbps_64, "{:.2f}"),
+    ("{streams} streams Gbit/s", lambda r: r.gbps_many, "{:.2f}"),
     ("proxy CPU s/GB", lambda r: r.cpu_s_per_gb, "{:.2f}"),
 ]
 
@@ -75,7 +75,7 @@ RATIO_METRICS: list[tuple[str, Getter]] = [
     ("p99 x", lambda r: r.p99_us),
     ("RR trans/s x", lambda r: r.rr_tps),
     ("1 stream x", lambda r: r.gbps_1),
-    ("64 streams x", lambda r: r.gbps_64),
+    ("{streams} streams x", lambda r: r.gbps_many),
 ]
 
 
@@ -98,9 +98,13 @@ def _values(rounds: Sequence[LegRound], get: Getter) -> list[float]:
 
 
 class Results:
-    def __init__(self, legs: Sequence[str]) -> None:
+    def __init__(self, legs: Sequence[str], streams: int) -> None:
         self.legs = list(legs)
+        self.streams = streams  # parallel connections of the multi-stream test
         self.rounds: list[LegRound] = []
+
+    def _heads(self, names: Iterable[str]) -> list[str]:
+        return [n.format(streams=self.streams) for n in names]
 
     def add(self, r: LegRound) -> None:
         self.rounds.append(r)
@@ -141,7 +145,7 @@ class Results:
     def absolute_table(self) -> str:
         head = [
             "leg",
-            *(m[0] for m in METRICS),
+            *self._heads(m[0] for m in METRICS),
             "of which user / sys",
             "peak RSS MiB client / server",
         ]
@@ -158,7 +162,7 @@ class Results:
         return _table(head, rows)
 
     def relative_table(self) -> str:
-        head = ["leg", "added p50 µs", "added p99 µs", *(m[0] for m in RATIO_METRICS)]
+        head = ["leg", "added p50 µs", "added p99 µs", *self._heads(m[0] for m in RATIO_METRICS)]
         rows = []
         for leg in self.legs:
             if leg == "direct":
@@ -192,7 +196,10 @@ class Results:
             ("p50 latency", lambda o: self.ratios(leg, o, lambda r: r.p50_us)),
             ("RR trans/s", lambda o: self.ratios(leg, o, lambda r: r.rr_tps)),
             ("1 stream throughput", lambda o: self.ratios(leg, o, lambda r: r.gbps_1)),
-            ("64 streams throughput", lambda o: self.ratios(leg, o, lambda r: r.gbps_64)),
+            (
+                f"{self.streams} streams throughput",
+                lambda o: self.ratios(leg, o, lambda r: r.gbps_many),
+            ),
             ("proxy CPU per GB", lambda o: self.ratios(leg, o, lambda r: r.cpu_s_per_gb)),
             ("peak RSS (sum of both proxies)", rss_ratio),
         ]
@@ -201,7 +208,13 @@ class Results:
 
     def raw_table(self) -> str:
         metrics = [*METRICS, *CPU_SPLIT]
-        head = ["round", "leg", *(m[0] for m in metrics), "bytes (1 stream)", "RSS MiB c / s"]
+        head = [
+            "round",
+            "leg",
+            *self._heads(m[0] for m in metrics),
+            "bytes (1 stream)",
+            "RSS MiB c / s",
+        ]
         rows = []
         for r in sorted(self.rounds, key=lambda r: r.round):
             cells = [str(r.round), r.leg]
