@@ -19,7 +19,7 @@ import pytest
 
 from ketch.identity.ca import IssuedCert
 from tests.integration.test_ztunnel_support import TD, Mesh, MeshPod, eventually, mesh
-from tests.unit.ztunnel.hbone.test_envoy_interop import BOOTSTRAP, ENVOY, TERMINATOR
+from tests.unit.ztunnel.hbone.test_envoy_interop import BOOTSTRAP, ENVOY, TERMINATOR, envoy_argv
 
 pytestmark = [
     pytest.mark.integration,
@@ -45,16 +45,7 @@ def _start_envoy(
     log = open(d / "envoy.log", "wb")  # noqa: SIM115 - handed to the process
     # the fabric stops it (by PID) when the test ends
     proc = mp.pod.exec(
-        [
-            ENVOY,
-            "-c",
-            str(d / "envoy.yaml"),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-        ],
+        envoy_argv(d / "envoy.yaml"),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -31,6 +31,20 @@ pytestmark = [
 ]
 
 
+def envoy_argv(config: Path) -> list[str]:
+    """One worker, no hot restart (parallel Envoys must not share its shared memory)."""
+    return [
+        ENVOY,
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "-l",
+        "warning",
+    ]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,16 +176,7 @@ def envoy_factory(tmp_path: Path) -> Iterator[Callable[..., int]]:
         log = open(tmp_path / "envoy.log", "wb")  # noqa: SIM115 - closed with the process
         procs.append(
             subprocess.Popen(
-                [
-                    ENVOY,
-                    "-c",
-                    str(tmp_path / "envoy.yaml"),
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    "1",
-                    "-l",
-                    "warning",
-                ],
+                envoy_argv(tmp_path / "envoy.yaml"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
