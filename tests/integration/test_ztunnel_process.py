@@ -223,6 +223,25 @@ def test_standalone_processes_serve_reload_and_drain(cluster: Cluster) -> None:
     assert [p["name"] for p in dump["pods"]] == ["a"]
     assert dump["pods"][0]["state"] == "ready"
     assert {x["identity"] for x in dump["certificates"]} == {f"spiffe://{TD}/ns/app/sa/a"}
+    # the same through the CLI, from the root netns into the node's
+    r = subprocess.run(
+        [KETCH, "ztunnel-config", "certificates", "--netns", c.node1.netns],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    head, row = r.stdout.splitlines()
+    assert head.split()[:3] == ["IDENTITY", "STATE", "SERIAL"]
+    assert row.split()[:2] == [f"spiffe://{TD}/ns/app/sa/a", "Available"]
+    r = subprocess.run(
+        [KETCH, "ztunnel-config", "pods", "--netns", c.node2.netns, "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert [p["name"] for p in json.loads(r.stdout)["pods"]] == ["b"]
     assert c.http(c.node1, 15000, "/logging?level=bogus", "-X", "POST")[0] == 400
     code, body = c.http(c.node1, 15000, "/logging?level=ketch.ztunnel:debug", "-X", "POST")
     assert code == 200

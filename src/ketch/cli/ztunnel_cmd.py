@@ -154,3 +154,63 @@ def run(
     logging.getLogger("ketch.ztunnel").info(
         "node proxy exited (%d connection(s) force-closed at the drain deadline)", forced
     )
+
+
+def ztunnel_config(
+    section: Annotated[
+        str,
+        typer.Argument(
+            help="workloads, services, policies, certificates, pods, connections, or all."
+        ),
+    ] = "all",
+    admin: Annotated[
+        str, typer.Option("--admin", help="The proxy's admin endpoint, HOST:PORT.")
+    ] = "127.0.0.1:15000",
+    netns: Annotated[
+        str | None,
+        typer.Option("--netns", help="Reach the admin endpoint from inside this netns (a node's)."),
+    ] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, json or yaml.")] = "table",
+) -> None:
+    """Show what a running node proxy holds (from its /config_dump)."""
+    import json
+
+    import yaml
+
+    from ketch.cli.common import out
+    from ketch.cli.zconfig import SECTIONS, fetch_dump, resolve_section, table_rows
+    from ketch.ztunnel.standalone import StandaloneError, parse_address
+
+    key = resolve_section(section)
+    if output not in ("table", "json", "yaml"):
+        fail(f"--output: expected table, json or yaml, got {output!r}")
+    try:
+        addr = parse_address(admin, "--admin")
+    except StandaloneError as e:
+        fail(str(e))
+    if addr is None:
+        fail("--admin: an address is needed")
+    dump = fetch_dump(addr[0], addr[1], netns)
+    keys = list(SECTIONS) if key == "all" else [key]
+    if output != "table":
+        wanted = dump if key == "all" else {k: dump.get(k, []) for k in keys}
+        if key == "policies":
+            wanted["peerAuthentications"] = dump.get("peerAuthentications", [])
+        text = (
+            json.dumps(wanted, indent=2, sort_keys=True)
+            if output == "json"
+            else yaml.safe_dump(wanted, sort_keys=True)
+        )
+        out.print(text, markup=False, highlight=False, end="" if text.endswith("\n") else "\n")
+        return
+    for i, k in enumerate(keys):
+        head, rows = table_rows(k, dump)
+        if key == "all":
+            out.print(("\n" if i else "") + f"{k.upper()}", markup=False)
+        widths = [max([len(h), *(len(r[j]) for r in rows)]) for j, h in enumerate(head)]
+        for r in [head, *rows]:
+            out.print(
+                "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(),
+                markup=False,
+                highlight=False,
+            )

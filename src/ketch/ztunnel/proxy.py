@@ -442,6 +442,9 @@ class Ztunnel:
                         "serial": (
                             f"{s.serial:x}" if getattr(s, "serial", None) is not None else None
                         ),
+                        "not_before": (
+                            s.not_before.isoformat() if getattr(s, "not_before", None) else None
+                        ),
                         "not_after": (
                             s.not_after.isoformat() if getattr(s, "not_after", None) else None
                         ),
