@@ -43,8 +43,10 @@ class Cluster:
     logs: Path
     procs: list[subprocess.Popen[Any]]
 
-    def write_config(self, policies: list[dict[str, Any]] | None = None) -> None:
-        doc = {
+    def write_config(
+        self, policies: list[dict[str, Any]] | None = None, *, enroll_a: bool = True
+    ) -> None:
+        doc: dict[str, Any] = {
             "trustDomain": TD,
             "workloads": [
                 {
@@ -66,6 +68,8 @@ class Cluster:
             ],
             "policies": policies or [],
         }
+        if not enroll_a:
+            del doc["workloads"][0]["netns"]
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(doc))
         os.replace(tmp, self.config)  # atomic, as an editor or config management does
@@ -273,6 +277,28 @@ def test_standalone_processes_serve_reload_and_drain(cluster: Cluster) -> None:
     while c.curl_b(2).returncode != 0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+    # taking a's netns out of the file un-enrolls it live: its listeners close, and with the
+    # redirection rules still in place its traffic fails closed; putting it back re-enrolls
+    c.write_config(enroll_a=False)
+    deadline = time.monotonic() + 10
+    while "pod app/a (app/a) removed" not in c.log(c.node1, "p1"):
+        assert time.monotonic() < deadline, c.log(c.node1, "p1")
+        time.sleep(0.1)
+    r = c.curl_b(2)
+    assert r.returncode != 0
+    assert "hello" not in r.stdout
+    assert json.loads(c.http(c.node1, 15000, "/config_dump")[1])["pods"] == []
+    c.write_config()
+    deadline = time.monotonic() + 10
+    while [
+        (p["name"], p["state"])
+        for p in json.loads(c.http(c.node1, 15000, "/config_dump")[1])["pods"]
+    ] != [("a", "ready")]:
+        assert time.monotonic() < deadline, c.log(c.node1, "p1")
+        time.sleep(0.1)
+    r = c.curl_b()
+    assert (r.returncode, r.stdout) == (0, "hello from b\n"), r.stderr
 
     # SIGTERM drains and exits 0; afterwards the pod fails closed (no plaintext leak)
     assert _sigterm(p1) == 0, c.log(c.node1, "p1")
