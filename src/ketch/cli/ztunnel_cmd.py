@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from ketch.cli.common import fail
+from ketch.cli.common import CliError, err, fail
 
 ztunnel_app = typer.Typer(
     help="The node L4 proxy (ztunnel): mTLS HBONE tunnels, L4 policy, telemetry.",
@@ -214,3 +214,16 @@ def ztunnel_config(
                 markup=False,
                 highlight=False,
             )
+
+
+def run_main() -> None:
+    """`ketch ztunnel run` without the rest of the CLI (see `ketch.cli.entry`)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    group = typer.Typer(help=ztunnel_app.info.help)
+    group.command("run")(run)
+    app.add_typer(group, name="ztunnel")
+    try:
+        app(prog_name="ketch")
+    except CliError as e:
+        err.print(f"error: {e}")
+        sys.exit(1)
