@@ -439,3 +439,62 @@ def test_upgrade_with_a_second_proxy_refuses_no_connection(cluster: Cluster) -> 
     assert c.http(c.node1, 15000, "/config_dump")[0] == 200
     assert _sigterm(new1) == 0
     assert _sigterm(new2) == 0
+
+
+ECHO_SERVER = textwrap.dedent(
+    """
+    import socket, threading
+    srv = socket.create_server(("0.0.0.0", 9000), reuse_port=False)
+    def serve(c):
+        with c:
+            while data := c.recv(65536):
+                c.sendall(data)
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    """
+)
+
+PINGER = textwrap.dedent(
+    """
+    import socket, sys, time
+    s = socket.create_connection((sys.argv[1], 9000), timeout=5)
+    end = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < end:
+        try:
+            s.sendall(b"ping")
+            if s.recv(4) != b"ping":
+                print("closed", time.time(), flush=True)
+                break
+        except OSError as e:
+            print("error", time.time(), type(e).__name__, flush=True)
+            break
+        print("ok", time.time(), flush=True)
+        time.sleep(0.1)
+    """
+)
+
+
+def test_sigterm_lets_open_connections_finish_until_the_drain_deadline(cluster: Cluster) -> None:
+    c = cluster
+    c.b.exec([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.DEVNULL)
+    c.b.wait_for_tcp("127.0.0.1", 9000)
+    p1 = c.start_proxy(c.node1, "p1", "--drain-timeout", "2")
+    p2 = c.start_proxy(c.node2, "p2")
+    c.wait_ready(c.node1, p1, "p1")
+    c.wait_ready(c.node2, p2, "p2")
+    pinger = c.a.exec(
+        [sys.executable, "-c", PINGER, c.b.ip, "15"], stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(1.0)
+    signalled = time.time()
+    p1.send_signal(signal.SIGTERM)
+    assert p1.wait(timeout=15) == 0
+    out, _ = pinger.communicate(timeout=20)
+    events = [ln.split() for ln in out.splitlines()]
+    oks = [float(e[1]) for e in events if e[0] == "ok"]
+    assert oks, out
+    assert oks[0] < signalled  # it was open before the signal...
+    assert any(t > signalled + 1.0 for t in oks), out  # ...kept working while draining...
+    assert events[-1][0] in ("closed", "error"), out  # ...and was closed at the deadline
+    assert "force-closing 1 connection(s)" in c.log(c.node1, "p1")
