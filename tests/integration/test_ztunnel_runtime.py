@@ -14,6 +14,7 @@ from tests.integration.test_ztunnel_support import (
     TD,
     Mesh,
     digest,
+    echo_server,
     eventually,
     mesh,
     pod_server,
@@ -183,3 +184,39 @@ async def test_thousand_concurrent_connections(mesh: Mesh) -> None:
     n1 = mesh.proxies["node1"]
     await eventually(lambda: n1.metric(CLOSED, reporter="source") >= n, 10)
     assert n1.metric(OPENED, reporter="source") == n
+
+
+async def test_byte_counters_of_open_connections_are_flushed(mesh: Mesh) -> None:
+    """Long-lived connections show their bytes before they close (HBONE on both reporters,
+    and plain passthrough to a pod outside the mesh), and closing adds only the rest."""
+    mesh.pod("node1", "a")
+    mesh.pod("node2", "b")
+    mesh.pod("node2", "plain", mesh=False)
+    await mesh.start(metrics_flush_interval=0.05)
+    servers = [await echo_server(mesh.pods[n].pod, 7000) for n in ("b", "plain")]
+    n1, n2 = mesh.proxies["node1"], mesh.proxies["node2"]
+    received = "istio_tcp_received_bytes_total"
+    sent = "istio_tcp_sent_bytes_total"
+    try:
+        payload = os.urandom(300_000)
+        for target, policy in (("b", "mutual_tls"), ("plain", "unknown")):
+            r, w = await pod_socket_connect(mesh.pods["a"].pod, (mesh.pods[target].ip, 7000))
+            w.write(payload)
+            await w.drain()
+            async with asyncio.timeout(10):
+                assert await r.readexactly(len(payload)) == payload
+            labels = {"reporter": "source", "connection_security_policy": policy}
+            await eventually(lambda lb=labels: n1.metric(received, **lb) >= len(payload))
+            await eventually(lambda lb=labels: n1.metric(sent, **lb) >= len(payload))
+            assert n1.metric(CLOSED, **labels) == 0  # still open
+            if target == "b":
+                dest = {"reporter": "destination", "connection_security_policy": "mutual_tls"}
+                await eventually(lambda d=dest: n2.metric(received, **d) >= len(payload))
+            w.close()
+            await eventually(lambda lb=labels: n1.metric(CLOSED, **lb) == 1)
+            # the final accounting adds only what was not flushed yet: exact totals
+            assert n1.metric(received, **labels) == len(payload)
+            assert n1.metric(sent, **labels) == len(payload)
+    finally:
+        for s in servers:
+            s.close()

@@ -91,8 +91,14 @@ def respond(routes: Routes, method: str, target: str) -> Response:
 # --------------------------------------------------------------------------- handlers
 
 
-def metrics_routes(registry: CollectorRegistry) -> dict[str, dict[str, Handler]]:
+def metrics_routes(
+    registry: CollectorRegistry, before: Callable[[], None] | None = None
+) -> dict[str, dict[str, Handler]]:
+    """`before` runs first on every scrape (the proxy flushes open connections' bytes)."""
+
     def metrics(_: Request) -> Response:
+        if before is not None:
+            before()
         return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
     return {"/metrics": {"GET": metrics}, "/stats/prometheus": {"GET": metrics}}

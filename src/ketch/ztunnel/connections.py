@@ -47,6 +47,9 @@ class TrackedConn:
     src_identity: str = ""
     dst_identity: str = ""
     started: float = field(default_factory=time.time)
+    # pushes the bytes moved so far into the metrics (set once the relay runs); called
+    # periodically by the proxy so counters of long-lived connections do not wait for close
+    report: Callable[[], None] | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, str | float | int]:
         d: dict[str, str | float | int] = {
@@ -239,6 +242,10 @@ class Splice:
 
     def abort(self) -> None:
         self._s.abort()
+
+    def counts(self) -> tuple[int, int]:
+        """Bytes copied so far: (a_to_b, b_to_a)."""
+        return self._s.a.count, self._s.b.count
 
     async def wait(self) -> SpliceResult:
         try:

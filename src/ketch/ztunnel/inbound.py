@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from ketch.netns import NetnsError, pod_connect
 from ketch.ztunnel.connections import Direction
-from ketch.ztunnel.hbone import HboneError, IncomingConnect, Tunnel, relay
+from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
 from ketch.ztunnel.rbac import ConnInfo, authorize
 from ketch.ztunnel.route import SELF_PORTS
@@ -182,8 +182,12 @@ async def handle(zt: Ztunnel, pod: PodRuntime, inc: IncomingConnect) -> None:
         dst_identity=pod.identity.uri if pod.identity else "",
     )
     counters = zt.metrics.opened(values)
+
+    def live(p: RelayProgress) -> None:
+        tc.report = lambda: counters.sync(p.received, p.sent)
+
     try:
-        res = await relay(tunnel, reader, writer)
+        res = await relay(tunnel, reader, writer, on_start=live)
     except HboneError as e:  # relay reports network errors in its result; defensive
         counters.closed(0, 0)
         record(e)

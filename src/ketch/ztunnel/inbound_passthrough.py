@@ -118,6 +118,7 @@ async def handle(
             dst_identity=pod.identity.uri if pod.identity else "",
         )
         counters = zt.metrics.opened(values)
+        tc.report = lambda: counters.sync(*s.counts())
         try:
             res = await s.wait()
         finally:

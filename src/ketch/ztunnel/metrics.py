@@ -72,12 +72,18 @@ class ConnCounters:
             self._c.sent.inc(sent)
             self._sent += sent
 
+    def sync(self, received_total: int, sent_total: int) -> None:
+        """The connection has moved these totals so far: add what was not reported yet
+        (the node proxy calls this periodically for open connections)."""
+        if not self._done:
+            self.add_bytes(max(0, received_total - self._received), max(0, sent_total - self._sent))
+
     def closed(self, received_total: int, sent_total: int) -> None:
         """The connection ended having moved these totals (only the unreported part is added)."""
         if self._done:
             return
+        self.sync(received_total, sent_total)
         self._done = True
-        self.add_bytes(max(0, received_total - self._received), max(0, sent_total - self._sent))
         self._c.closed.inc()
 
 

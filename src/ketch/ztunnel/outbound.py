@@ -32,7 +32,7 @@ from ketch.ztunnel.connections import (
     reset_stream,
     start_splice,
 )
-from ketch.ztunnel.hbone import HboneError, PoolKey, Tunnel, relay
+from ketch.ztunnel.hbone import HboneError, PoolKey, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import baggage, forwarded, traceparent
 from ketch.ztunnel.identity import IdentityUnavailable
 from ketch.ztunnel.route import Hbone, Passthrough, Refuse, route
@@ -146,7 +146,7 @@ async def handle(
             _refused(zt, pod, plan, src_addr, (dst_ip, dst_port), started)
             reset_stream(writer)
         elif isinstance(plan, Passthrough):
-            await _passthrough(zt, pod, c, plan, reader, writer, src_addr, started)
+            await _passthrough(zt, pod, c, tc, plan, reader, writer, src_addr, started)
         else:
             await _hbone(
                 zt, pod, c, tc, plan, reader, writer, src_addr, (dst_ip, dst_port), started
@@ -261,7 +261,12 @@ async def _hbone(
             reset_stream(writer)
             error = c.closed
         else:
-            res = await relay(tunnel, reader, writer)
+            cc = counters
+
+            def live(p: RelayProgress) -> None:
+                tc.report = lambda: cc.sync(p.sent, p.received)
+
+            res = await relay(tunnel, reader, writer, on_start=live)
             sent, received = res.sent, res.received
             error = c.closed or res.error
         # received = client -> server (request), sent = server -> client (response)
@@ -289,6 +294,7 @@ async def _passthrough(
     zt: Ztunnel,
     pod: PodRuntime,
     c: _Conn,
+    tc: TrackedConn,
     plan: Passthrough,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -316,7 +322,9 @@ async def _passthrough(
         reset_stream(writer)
     else:
         counters = zt.metrics.opened(values)
-        res = await c.splice.wait()
+        sp = c.splice
+        tc.report = lambda: counters.sync(*sp.counts())
+        res = await sp.wait()
         a_to_b, b_to_a = res.a_to_b, res.b_to_a
         error = c.closed or res.error
         counters.closed(a_to_b, b_to_a)

@@ -191,6 +191,7 @@ class Ztunnel:
         log_format: str = "text",
         spoof_source: bool = True,
         connect_timeout: float = 10.0,
+        metrics_flush_interval: float | None = 5.0,
     ) -> None:
         if log_format not in ("text", "json"):
             raise ValueError(f"log_format must be 'text' or 'json', not {log_format!r}")
@@ -210,6 +211,8 @@ class Ztunnel:
         self._started = False
         self._draining = False
         self._stopped = False
+        self.metrics_flush_interval = metrics_flush_interval
+        self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -234,6 +237,10 @@ class Ztunnel:
     async def start(self) -> None:
         tune_malloc()
         self._started = True
+        if self.metrics_flush_interval:
+            self._flusher = spawn(
+                self._flush_loop(self.metrics_flush_interval), name="ztunnel-metrics"
+            )
         log.info("node proxy for %s started", self.node)
 
     async def add_pod(self, handle: PodHandle) -> None:
@@ -512,9 +519,23 @@ class Ztunnel:
         )
         return forced
 
+    def flush_metrics(self) -> None:
+        """Add the bytes open connections moved since the last flush to the byte counters
+        (they are otherwise complete only when a connection closes)."""
+        for c in self.tracker.all():
+            if c.report is not None:
+                c.report()
+
+    async def _flush_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.flush_metrics()
+
     async def stop(self) -> None:
         """Force-close every pod's listeners and connections."""
         self._stopped = True
+        if self._flusher is not None:
+            self._flusher.cancel()
         pods = list(self._pods.values())
         self._pods.clear()
         for p in pods:

@@ -145,7 +145,7 @@ class StandaloneProxy:
         await zt.start()
         pods, ready = self.pod_status, self.is_ready
         plan = [
-            ("metrics", opts.metrics, metrics_routes(self.registry)),
+            ("metrics", opts.metrics, metrics_routes(self.registry, zt.flush_metrics)),
             ("readiness", opts.readiness, readiness_routes(ready, pods)),
             ("admin", opts.admin, admin_routes(zt.config_dump, self.request_stop, ready, pods)),
         ]

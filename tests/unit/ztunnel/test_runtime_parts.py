@@ -84,9 +84,12 @@ def test_metrics_cache_and_byte_accounting() -> None:
     v2 = m.label_values(Reporter.SOURCE, **kw)
     assert v1 is v2  # computed once
     c = m.opened(v1)
-    c.add_bytes(10, 5)
+    c.sync(6, 1)  # live totals so far
+    c.sync(10, 5)  # only the increase is added
+    c.sync(8, 3)  # totals never go back: nothing
     c.closed(25, 5)  # only the unreported remainder is added
     c.closed(100, 100)  # idempotent
+    c.sync(500, 500)  # after close: ignored
     m.opened(v2).closed(1, 2)
     m.failed(m.label_values(Reporter.DESTINATION, **kw))
     assert m.cached_label_sets() == 2

@@ -43,7 +43,7 @@ from ketch.ztunnel.hbone.tls import (
     verify_client,
     verify_server,
 )
-from ketch.ztunnel.hbone.tunnel import RelayResult, Tunnel, relay
+from ketch.ztunnel.hbone.tunnel import RelayProgress, RelayResult, Tunnel, relay
 
 __all__ = [
     "Authority",
@@ -61,6 +61,7 @@ __all__ = [
     "NoPeerIdentity",
     "PoolKey",
     "ProtocolError",
+    "RelayProgress",
     "RelayResult",
     "StreamResetError",
     "TlsError",

@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.ztunnel.hbone import proto
@@ -497,6 +497,22 @@ class H2Protocol(asyncio.Protocol):
             cb(self)
 
 
+class RelayProgress(Protocol):
+    """Live byte counts of a running `relay()` (same meaning as `RelayResult`'s)."""
+
+    @property
+    def sent(self) -> int: ...
+
+    @property
+    def received(self) -> int: ...
+
+
+@dataclass
+class _StreamCounts:
+    sent: int = 0
+    received: int = 0
+
+
 @dataclass(frozen=True)
 class RelayResult:
     """Bytes copied by `relay()`: `sent` = TCP -> tunnel, `received` = tunnel -> TCP."""
@@ -628,8 +644,11 @@ async def relay(
     writer: asyncio.StreamWriter,
     *,
     chunk_size: int = 256 * 1024,
+    on_start: Callable[[RelayProgress], None] | None = None,
 ) -> RelayResult:
     """Copy both ways until both directions finished; half-close propagates each way.
+    `on_start` is given an object whose `sent`/`received` are the bytes copied so far
+    (for live metrics); it costs nothing per chunk.
 
     A failure in either direction resets the tunnel (CONNECT_ERROR) and aborts the TCP
     connection (RST), which ends the other direction too. Never raises for network errors:
@@ -651,11 +670,15 @@ async def relay(
         or reader.exception() is not None
         or transport.is_closing()
     ):
-        return await _relay_streams(tunnel, reader, writer, chunk_size=chunk_size)
+        return await _relay_streams(
+            tunnel, reader, writer, chunk_size=chunk_size, on_start=on_start
+        )
     transport.pause_reading()
     leftover = bytes(buffered)
     buffered.clear()
     splice = _TcpSplice(tunnel, transport)
+    if on_start is not None:
+        on_start(splice)
     transport.set_protocol(splice)
     try:
         if leftover:
@@ -683,8 +706,11 @@ async def _relay_streams(
     writer: asyncio.StreamWriter,
     *,
     chunk_size: int,
+    on_start: Callable[[RelayProgress], None] | None = None,
 ) -> RelayResult:
-    sent = received = 0
+    counts = _StreamCounts()
+    if on_start is not None:
+        on_start(counts)
     first_error: BaseException | None = None
 
     def fail(exc: BaseException) -> None:
@@ -695,20 +721,18 @@ async def _relay_streams(
         writer.transport.abort()
 
     async def upstream() -> None:  # TCP -> tunnel
-        nonlocal sent
         try:
             while True:
                 data = await reader.read(chunk_size)
                 if not data:
                     tunnel.write_eof()
                     return
-                sent += len(data)
+                counts.sent += len(data)
                 await tunnel.write(data)
         except (HboneError, OSError) as e:
             fail(e)
 
     async def downstream() -> None:  # tunnel -> TCP
-        nonlocal received
         try:
             while True:
                 data = await tunnel.read()
@@ -716,7 +740,7 @@ async def _relay_streams(
                     if writer.can_write_eof() and not writer.transport.is_closing():
                         writer.write_eof()
                     return
-                received += len(data)
+                counts.received += len(data)
                 writer.write(data)
                 await writer.drain()
         except (HboneError, OSError) as e:
@@ -733,4 +757,4 @@ async def _relay_streams(
         writer.close()
         with contextlib.suppress(OSError, HboneError):
             await writer.wait_closed()
-    return RelayResult(sent, received, first_error)
+    return RelayResult(counts.sent, counts.received, first_error)
