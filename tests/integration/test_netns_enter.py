@@ -17,6 +17,8 @@ from ketch.netns import (
     ns_run,
     open_netns,
     run_in_netns,
+    serve_netns,
+    stop_serving,
 )
 
 from .conftest import TwoNodes
@@ -92,3 +94,38 @@ def test_ns_run_with_a_held_fd(two_nodes: TwoNodes) -> None:
     with netns_fd(two_nodes.b.netns) as fd:
         out = ns_run(fd, ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
     assert "10.244.2.2/32" in out
+
+
+async def test_a_served_netns_runs_calls_on_one_worker_thread(two_nodes: TwoNodes) -> None:
+    import threading
+
+    home = current_netns_id()
+    expected = _netns_file_id(two_nodes.a.netns_path)
+    fd = open_netns(two_nodes.a.netns)
+    try:
+        serve_netns(fd)
+        assert serve_netns(fd) is serve_netns(fd)  # one worker per fd
+        where = await asyncio.gather(*(run_in_netns(fd, current_netns_id) for _ in range(20)))
+        assert set(where) == {expected}
+        names = {await run_in_netns(fd, lambda: threading.current_thread().name) for _ in range(5)}
+        assert names == {f"netns-worker:fd{fd}"}
+        with pytest.raises(ZeroDivisionError):
+            await run_in_netns(fd, lambda: 1 // 0)  # errors reach the caller...
+        assert await run_in_netns(fd, current_netns_id) == expected  # ...the worker lives on
+        stop_serving(fd)
+        # afterwards: a fresh thread per call, same result
+        assert await run_in_netns(fd, lambda: threading.current_thread().name) != names.pop()
+        assert await run_in_netns(fd, current_netns_id) == expected
+    finally:
+        stop_serving(fd)
+        close_netns(fd)
+    assert current_netns_id() == home
+
+
+def test_serving_a_non_netns_fd_is_refused() -> None:
+    import threading
+
+    before = threading.active_count()
+    with open("/dev/null") as f, pytest.raises(NetnsEnterError, match="setns"):
+        serve_netns(f.fileno())
+    assert threading.active_count() == before

@@ -33,6 +33,8 @@ from ketch.netns.enter import (
     ns_run,
     open_netns,
     run_in_netns,
+    serve_netns,
+    stop_serving,
 )
 from ketch.netns.errors import (
     CommandError,
@@ -91,5 +93,7 @@ __all__ = [
     "render_rules",
     "rules_installed",
     "run_in_netns",
+    "serve_netns",
     "socket_mark",
+    "stop_serving",
 ]

@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import queue
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -157,8 +158,88 @@ def in_netns(ref: NetnsRef, fn: Callable[..., T], *args: Any, **kwargs: Any) -> 
     return result  # type: ignore[return-value]
 
 
+Done = Callable[[Any, BaseException | None], None]
+
+
+class NetnsWorker:
+    """A long-lived thread that entered one netns once and runs short functions there for
+    the event loop. The node proxy keeps one per enrolled pod (`serve_netns`), so that a
+    socket made in the pod netns (every inbound delivery, passthrough and HBONE dial) costs
+    a queue hand-off instead of starting a thread (measured: ~97 µs per call with a fresh
+    thread). The caller's threads still never change namespace."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)  # ours: the caller may close or reuse its fd number
+        self._q: queue.SimpleQueue[
+            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Done] | None
+        ] = queue.SimpleQueue()
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self.closed = False
+        self._thread = threading.Thread(target=self._body, name=f"netns-worker:fd{fd}", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+
+    def _body(self) -> None:
+        try:
+            try:
+                _setns(self._fd)
+            except BaseException as exc:
+                self._error = exc
+                return
+            finally:
+                self._started.set()
+            while (item := self._q.get()) is not None:
+                fn, args, kwargs, done = item
+                result: Any = None
+                error: BaseException | None = None
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # handed to the caller, never swallowed
+                    error = exc
+                done(result, error)
+        finally:
+            close_netns(self._fd)
+
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], done: Done
+    ) -> None:
+        if self.closed:
+            raise NetnsEnterError("the netns worker is closed")
+        self._q.put((fn, args, kwargs, done))
+
+    def close(self) -> None:
+        """Finish what was submitted, then end the thread (and close its fd)."""
+        if not self.closed:
+            self.closed = True
+            self._q.put(None)
+
+
+_workers: dict[int, NetnsWorker] = {}
+
+
+def serve_netns(fd: int) -> NetnsWorker:
+    """Start (or return) the worker `run_in_netns(fd, ...)` uses from now on for this fd.
+    Raises NetnsEnterError if `fd` is not a netns we may enter."""
+    w = _workers.get(fd)
+    if w is None or w.closed:
+        w = _workers[fd] = NetnsWorker(fd)
+    return w
+
+
+def stop_serving(fd: int) -> None:
+    """Stop the worker of `fd` (before the fd is closed: its number may be reused)."""
+    w = _workers.pop(fd, None)
+    if w is not None:
+        w.close()
+
+
 async def run_in_netns(ref: NetnsRef, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Async `in_netns`: the event loop keeps running while the netns thread works.
+    """Async `in_netns`: the event loop keeps running while the netns thread works (the
+    fd's `NetnsWorker` if `serve_netns` started one, else a fresh thread).
 
     `fn` should be quick (create a socket, bind, set options); if the awaiting task is
     cancelled, the thread still finishes and its result is dropped, so do not return
@@ -180,7 +261,11 @@ async def run_in_netns(ref: NetnsRef, fn: Callable[..., T], *args: Any, **kwargs
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(settle, result, error)
 
-    _start_in_netns(ref, fn, args, kwargs, done)
+    worker = _workers.get(ref) if isinstance(ref, int) else None
+    if worker is not None and not worker.closed:
+        worker.submit(fn, args, kwargs, done)
+    else:
+        _start_in_netns(ref, fn, args, kwargs, done)
     return await fut
 
 

@@ -40,7 +40,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.netns import NetnsError, pod_listener_async, run_in_netns
+from ketch.netns import NetnsError, pod_listener_async, run_in_netns, serve_netns, stop_serving
 from ketch.util.tasks import spawn
 from ketch.ztunnel import inbound, inbound_passthrough, outbound
 from ketch.ztunnel.connections import ConnectionTracker, TrackedConn
@@ -255,6 +255,7 @@ class Ztunnel:
             await self.remove_pod(handle.uid)
         pod = PodRuntime(handle)
         try:
+            serve_netns(handle.netns_fd)  # sockets in this pod: a worker thread, not one each
             if not await run_in_netns(handle.netns_fd, _enable_listener_migration):
                 log.warning(
                     "pod %s/%s: cannot set net.ipv4.tcp_migrate_req (kernel < 5.14?): "
@@ -267,6 +268,7 @@ class Ztunnel:
         except NetnsError as e:
             for s in pod.listeners.values():
                 s.close()
+            stop_serving(handle.netns_fd)
             with contextlib.suppress(OSError):
                 os.close(handle.netns_fd)
             raise ProxyError(
@@ -401,6 +403,7 @@ class Ztunnel:
                 self.identities.forget(pod.identity)
         if pod.tasks:
             await asyncio.wait(pod.tasks, timeout=1.0)
+        stop_serving(pod.netns)
         with contextlib.suppress(OSError):
             os.close(pod.netns)
 
