@@ -336,6 +336,17 @@ def test_bad_config_and_flags_fail_clearly(cluster: Cluster, tmp_path: Path) -> 
     )
     assert r.returncode == 1
     assert "--admin-addr: expected HOST:PORT" in r.stderr
+    # a CA directory with half a root: clear refusal, no traceback
+    broken = tmp_path / "broken-ca"
+    broken.mkdir()
+    (broken / "root-cert.pem").write_text("x")
+    r = c.node1.run(
+        [KETCH, "ztunnel", "run", "--config", str(c.config), "--ca-dir", str(broken)],
+        check=False,
+    )
+    assert r.returncode == 1
+    assert "has only one of root-cert.pem/root-key.pem" in r.stderr
+    assert "Traceback" not in r.stderr
     # a pod whose netns does not exist (yet) is reported, retried, and keeps it not ready
     c.config.write_text(
         yaml.safe_dump(

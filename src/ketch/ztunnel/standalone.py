@@ -36,6 +36,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from ketch.identity.ca import CertificateAuthority
+from ketch.identity.errors import IdentityError
 from ketch.identity.local import InProcessCaClient
 from ketch.identity.manager import CertificateManager
 from ketch.util.tasks import spawn
@@ -128,7 +129,7 @@ class StandaloneProxy:
         self.node = opts.node or loaded.node
         try:
             ca = CertificateAuthority.create(loaded.trust_domain, state_dir=opts.ca_dir)
-        except (ZtunnelError, ValueError, OSError) as e:
+        except (IdentityError, ValueError, OSError) as e:
             raise StandaloneError(f"--ca-dir {opts.ca_dir}: {e}") from e
         self._manager = CertificateManager(InProcessCaClient(ca), ttl=opts.workload_ttl)
         await self._manager.start()
