@@ -10,11 +10,12 @@ method and results:
     envoy-mtls   a pair of Envoys doing plain mTLS TCP proxying (the sidecar path)
 
 Rounds are interleaved (A B C D A B C D ...). Per leg and round: netperf TCP_RR (1-byte
-request/response: p50/p90/p99 latency, transactions/s), iperf3 with one stream and with 64
+request/response: p50/p90/p99 latency, transactions/s), netperf TCP_CRR (the same with a new
+connection per transaction: p50, connections/s), iperf3 with one stream and with 64
 parallel streams (Gbit/s), the leg's proxy CPU seconds per GB over the single-stream run
 (utime+stime from /proc) and the proxies' peak RSS (VmHWM).
 
-    scripts/bench.sh                      # full run (~11.5 minutes on 2 cores)
+    scripts/bench.sh                      # full run (~15 minutes on 2 cores)
     scripts/bench.sh --quick              # smoke run (~1.5 minutes)
     uv run --frozen python bench/ambient.py --rounds 9 --seconds 15
 
@@ -138,6 +139,7 @@ def warm_up(leg: Leg, within: float = 60.0) -> None:
 def measure(leg: Leg, rnd: int, seconds: int, streams: int) -> LegRound:
     leg.check_alive()
     rr = tools.netperf_rr(leg.client, leg.target, seconds)
+    crr = tools.netperf_rr(leg.client, leg.target, seconds, test="TCP_CRR")
     pids = [p.pid for p in leg.proxies]
     cpu_before = procstat.total_cpu_times(pids)
     one = tools.iperf3(leg.client, leg.target, seconds)
@@ -151,6 +153,8 @@ def measure(leg: Leg, rnd: int, seconds: int, streams: int) -> LegRound:
         p90_us=rr.p90_us,
         p99_us=rr.p99_us,
         rr_tps=rr.transactions_per_s,
+        crr_p50_us=crr.p50_us,
+        crr_tps=crr.transactions_per_s,
         gbps_1=one.gbit_per_s,
         gbps_many=many.gbit_per_s,
         bytes_1=one.bytes,

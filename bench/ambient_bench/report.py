@@ -31,6 +31,8 @@ class LegRound:
     bytes_1: int  # received during the single-stream run
     cpu_1: CpuTimes | None  # proxy CPU during the single-stream run (None: no proxy)
     rss_bytes: dict[str, int] = field(default_factory=dict)  # side -> VmHWM after this leg
+    crr_p50_us: float | None = None  # TCP_CRR: a new connection per transaction
+    crr_tps: float | None = None
 
     def _per_gb(self, seconds: float | None) -> float | None:
         if seconds is None or self.bytes_1 <= 0:
@@ -57,6 +59,8 @@ METRICS: list[tuple[str, Getter, str]] = [
     ("p90 µs", lambda r: r.p90_us, "{:.0f}"),
     ("p99 µs", lambda r: r.p99_us, "{:.0f}"),
     ("RR trans/s", lambda r: r.rr_tps, "{:.0f}"),
+    ("CRR p50 µs", lambda r: r.crr_p50_us, "{:.0f}"),
+    ("CRR conn/s", lambda r: r.crr_tps, "{:.0f}"),
     ("1 stream Gbit/s", lambda r: r.gbps_1, "{:.2f}"),
     ("{streams} streams Gbit/s", lambda r: r.gbps_many, "{:.2f}"),
     ("proxy CPU s/GB", lambda r: r.cpu_s_per_gb, "{:.2f}"),
@@ -74,6 +78,7 @@ RATIO_METRICS: list[tuple[str, Getter]] = [
     ("p90 x", lambda r: r.p90_us),
     ("p99 x", lambda r: r.p99_us),
     ("RR trans/s x", lambda r: r.rr_tps),
+    ("CRR conn/s x", lambda r: r.crr_tps),
     ("1 stream x", lambda r: r.gbps_1),
     ("{streams} streams x", lambda r: r.gbps_many),
 ]
@@ -195,6 +200,7 @@ class Results:
             ("added p50 latency over direct", added_ratio),
             ("p50 latency", lambda o: self.ratios(leg, o, lambda r: r.p50_us)),
             ("RR trans/s", lambda o: self.ratios(leg, o, lambda r: r.rr_tps)),
+            ("new connections/s (CRR)", lambda o: self.ratios(leg, o, lambda r: r.crr_tps)),
             ("1 stream throughput", lambda o: self.ratios(leg, o, lambda r: r.gbps_1)),
             (
                 f"{self.streams} streams throughput",

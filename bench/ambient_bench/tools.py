@@ -49,12 +49,15 @@ def server_commands() -> list[list[str]]:
     ]
 
 
-def netperf_rr(client: Endpoint, target: str, seconds: float) -> RequestResponse:
-    """1-byte request / 1-byte response over one TCP connection for `seconds`."""
+def netperf_rr(
+    client: Endpoint, target: str, seconds: float, test: str = "TCP_RR"
+) -> RequestResponse:
+    """1-byte request / 1-byte response for `seconds`: over one TCP connection (TCP_RR), or
+    over a new connection per transaction (TCP_CRR: connection set-up included)."""
     argv = [
         "netperf",
         *("-P", "0", "-H", target, "-p", str(NETPERF_CONTROL_PORT)),
-        *("-t", "TCP_RR", "-l", str(int(seconds))),
+        *("-t", test, "-l", str(int(seconds))),
         "--",
         *("-r", "1,1", "-P", f",{NETPERF_DATA_PORT}", "-o", NETPERF_OUTPUT),
     ]
