@@ -212,13 +212,25 @@ def test_standalone_processes_serve_reload_and_drain(cluster: Cluster) -> None:
     assert 'connection_security_policy="mutual_tls"' in line
     assert line.endswith(" 1.0")
     assert c.http(c.node1, 15020, "/stats/prometheus")[0] == 200
+
     # the JSON access log line of the finished connection, on the destination side
-    deadline = time.monotonic() + 5
-    while '"direction": "inbound"' not in c.log(c.node2, "p2") and time.monotonic() < deadline:
+    def inbound_records() -> list[dict[str, Any]]:
+        marker = "ketch.ztunnel.access: "
+        recs = [
+            json.loads(ln.split(marker, 1)[1])
+            for ln in c.log(c.node2, "p2").splitlines()
+            if marker in ln
+        ]
+        return [r for r in recs if r.get("direction") == "inbound"]
+
+    deadline = time.monotonic() + 10
+    while not inbound_records():
+        assert time.monotonic() < deadline, c.log(c.node2, "p2")
         time.sleep(0.1)
-    assert any(
-        ln.startswith("{") or '"src.identity"' in ln for ln in c.log(c.node2, "p2").splitlines()
-    )
+    rec = inbound_records()[0]
+    assert rec["src.identity"] == f"spiffe://{TD}/ns/app/sa/a"
+    assert rec["dst.workload"] == "b"
+    assert rec["bytes_recv"] > 0
 
     # admin on localhost: config_dump with pods and certificates; logging; bad requests
     code, body = c.http(c.node1, 15000, "/config_dump")

@@ -354,7 +354,6 @@ class Ztunnel:
             self.identities.server_context(ident),
             ident.trust_domain,
             lambda inc: inbound.handle(self, pod, inc),
-            backlog=LISTEN_BACKLOG,
         )
         await pod.hbone.start()
         pod.phase = PodPhase.READY

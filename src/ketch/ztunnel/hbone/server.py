@@ -143,10 +143,9 @@ class HboneServer:
         decision_timeout: float = 10.0,
         ping_interval: float | None = 10.0,
         ping_timeout: float = 20.0,
-        backlog: int = 1024,
     ) -> None:
+        # `sock` is used as the caller listen()ed it (backlog included): we only accept on it
         self._sock = sock
-        self.backlog = backlog
         self._tls = tls
         self._trust_domain = trust_domain
         self._handler = handler
