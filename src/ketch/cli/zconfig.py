@@ -17,7 +17,8 @@ from typing import Any
 from ketch.cli.common import CliError
 
 Row = list[str]
-Section = tuple[list[str], Callable[[dict[str, Any]], list[Row]]]
+Cell = str | Callable[[dict[str, Any]], Any]  # a config_dump key, or a function of the item
+Column = tuple[str, Cell]
 
 
 def _s(v: Any) -> str:
@@ -28,119 +29,101 @@ def _s(v: Any) -> str:
     return str(v)
 
 
-def _workloads(d: dict[str, Any]) -> list[Row]:
-    return [
-        [
-            _s(w.get("namespace")),
-            _s(w.get("name")),
-            _s(w.get("addresses")),
-            _s(w.get("node")),
-            _s(w.get("protocol")),
-            _s(w.get("waypoint")),
-            _s(w.get("identity")),
-        ]
-        for w in d.get("workloads", [])
-    ]
+def _ports(svc: dict[str, Any]) -> list[str]:
+    return [f"{p['port']}->{p['targetPort']}" for p in svc.get("ports", [])]
 
 
-def _services(d: dict[str, Any]) -> list[Row]:
-    return [
-        [
-            _s(s.get("namespace")),
-            _s(s.get("name")),
-            _s(s.get("vips")),
-            _s([f"{p['port']}->{p['targetPort']}" for p in s.get("ports", [])]),
-            _s(s.get("waypoint")),
-        ]
-        for s in d.get("services", [])
-    ]
+def _action(p: dict[str, Any]) -> str:
+    return _s(p.get("action")) + (" (dry-run)" if p.get("dryRun") else "")
 
 
-def _policies(d: dict[str, Any]) -> list[Row]:
-    rows = [
-        [
-            _s(p.get("namespace")),
-            _s(p.get("name")),
-            "AuthorizationPolicy",
-            _s(p.get("scope")),
-            _s(p.get("action")) + (" (dry-run)" if p.get("dryRun") else ""),
-            _s(p.get("rules")),
-        ]
-        for p in d.get("policies", [])
-    ]
-    rows += [
-        [
-            _s(p.get("namespace")),
-            _s(p.get("name")),
-            "PeerAuthentication",
-            "-",
-            _s(p.get("mode")),
-            "-",
-        ]
-        for p in d.get("peerAuthentications", [])
-    ]
-    return rows
-
-
-def _certificates(d: dict[str, Any]) -> list[Row]:
-    return [
-        [
-            _s(c.get("identity")),
-            _s(c.get("state")),
-            _s(c.get("serial")),
-            _s(c.get("not_before")),
-            _s(c.get("not_after")),
-            _s(c.get("reason")),
-        ]
-        for c in d.get("certificates", [])
-    ]
-
-
-def _pods(d: dict[str, Any]) -> list[Row]:
-    return [
-        [
-            _s(p.get("namespace")),
-            _s(p.get("name")),
-            _s(p.get("addresses")),
-            _s(p.get("identity")),
-            _s(p.get("state")),
-            _s(p.get("error")),
-        ]
-        for p in d.get("pods", [])
-    ]
-
-
-def _connections(d: dict[str, Any]) -> list[Row]:
-    return [
-        [
-            _s(c.get("direction")),
-            _s(c.get("src")),
-            _s(c.get("src_identity")),
-            _s(c.get("dst")),
-            _s(c.get("dst_identity")),
-            _s(c.get("pod")),
-        ]
-        for c in d.get("connections", [])
-    ]
-
-
-SECTIONS: dict[str, Section] = {
+# section -> (config_dump list, columns); `policies` also lists the PeerAuthentications
+SECTIONS: dict[str, tuple[str, list[Column]]] = {
     "workloads": (
-        ["NAMESPACE", "NAME", "ADDRESSES", "NODE", "PROTOCOL", "WAYPOINT", "IDENTITY"],
-        _workloads,
+        "workloads",
+        [
+            ("NAMESPACE", "namespace"),
+            ("NAME", "name"),
+            ("ADDRESSES", "addresses"),
+            ("NODE", "node"),
+            ("PROTOCOL", "protocol"),
+            ("WAYPOINT", "waypoint"),
+            ("IDENTITY", "identity"),
+        ],
     ),
-    "services": (["NAMESPACE", "NAME", "VIPS", "PORTS", "WAYPOINT"], _services),
-    "policies": (["NAMESPACE", "NAME", "KIND", "SCOPE", "ACTION/MODE", "RULES"], _policies),
+    "services": (
+        "services",
+        [
+            ("NAMESPACE", "namespace"),
+            ("NAME", "name"),
+            ("VIPS", "vips"),
+            ("PORTS", _ports),
+            ("WAYPOINT", "waypoint"),
+        ],
+    ),
+    "policies": (
+        "policies",
+        [
+            ("NAMESPACE", "namespace"),
+            ("NAME", "name"),
+            ("KIND", lambda _: "AuthorizationPolicy"),
+            ("SCOPE", "scope"),
+            ("ACTION/MODE", _action),
+            ("RULES", "rules"),
+        ],
+    ),
     "certificates": (
-        ["IDENTITY", "STATE", "SERIAL", "NOT-BEFORE", "NOT-AFTER", "REASON"],
-        _certificates,
+        "certificates",
+        [
+            ("IDENTITY", "identity"),
+            ("STATE", "state"),
+            ("SERIAL", "serial"),
+            ("NOT-BEFORE", "not_before"),
+            ("NOT-AFTER", "not_after"),
+            ("REASON", "reason"),
+        ],
     ),
-    "pods": (["NAMESPACE", "NAME", "ADDRESSES", "IDENTITY", "STATE", "ERROR"], _pods),
+    "pods": (
+        "pods",
+        [
+            ("NAMESPACE", "namespace"),
+            ("NAME", "name"),
+            ("ADDRESSES", "addresses"),
+            ("IDENTITY", "identity"),
+            ("STATE", "state"),
+            ("ERROR", "error"),
+        ],
+    ),
     "connections": (
-        ["DIRECTION", "SRC", "SRC-IDENTITY", "DST", "DST-IDENTITY", "POD"],
-        _connections,
+        "connections",
+        [
+            ("DIRECTION", "direction"),
+            ("SRC", "src"),
+            ("SRC-IDENTITY", "src_identity"),
+            ("DST", "dst"),
+            ("DST-IDENTITY", "dst_identity"),
+            ("POD", "pod"),
+        ],
     ),
 }
+# PeerAuthentications share the policies table
+_PEER_AUTHN: list[Column] = [
+    ("NAMESPACE", "namespace"),
+    ("NAME", "name"),
+    ("KIND", lambda _: "PeerAuthentication"),
+    ("SCOPE", lambda _: None),
+    ("ACTION/MODE", "mode"),
+    ("RULES", lambda _: None),
+]
+
+
+def _rows(items: list[dict[str, Any]], columns: list[Column]) -> list[Row]:
+    return [
+        [_s(cell(item) if callable(cell) else item.get(cell)) for _, cell in columns]
+        for item in items
+    ]
+
+
 ALIASES = {s[:-1]: s for s in SECTIONS} | {"certs": "certificates", "cert": "certificates"}
 ALIASES |= {"policy": "policies", "conns": "connections", "connection": "connections"}
 
@@ -154,8 +137,11 @@ def resolve_section(name: str) -> str:
 
 
 def table_rows(section: str, dump: dict[str, Any]) -> tuple[list[str], list[Row]]:
-    head, rows = SECTIONS[section]
-    return head, rows(dump)
+    key, columns = SECTIONS[section]
+    rows = _rows(dump.get(key, []), columns)
+    if section == "policies":
+        rows += _rows(dump.get("peerAuthentications", []), _PEER_AUTHN)
+    return [h for h, _ in columns], rows
 
 
 def fetch_dump(
