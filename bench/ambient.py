@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import os
 import platform
-import secrets
 import shutil
 import signal
 import subprocess
@@ -45,7 +44,7 @@ from ambient_bench import procstat, tools
 from ambient_bench.report import LegRound, Results, rss_cell
 from ambient_bench.testbed import ENVOY, KETCH, LEGS, Leg, SetupError, Testbed
 
-from ketch.netns.fabric import Fabric, stale_namespaces
+from ketch.netns.fabric import Fabric, free_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -100,14 +99,6 @@ def _preflight() -> None:
     probe = subprocess.run([KETCH, "ztunnel", "run", "--help"], capture_output=True, check=False)
     if probe.returncode != 0:
         sys.exit(f"`ketch ztunnel run` is not available: {probe.stderr.decode().strip()[-300:]}")
-
-
-def _prefix() -> str:
-    for _ in range(100):
-        prefix = f"kb{secrets.token_hex(3)}"
-        if not stale_namespaces(prefix):
-            return prefix
-    raise SetupError("no free fabric prefix")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -266,7 +257,7 @@ def run(args: argparse.Namespace) -> tuple[str, datetime]:
     load_before = _loadavg()
     revision = _ketch_revision()  # now: the proxies run the code of the start
     t0 = time.monotonic()
-    prefix = _prefix()
+    prefix = free_prefix("kb")
     workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     fabric = Fabric(prefix)
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps that.

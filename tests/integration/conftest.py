@@ -15,16 +15,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from ketch.netns.fabric import Fabric, Node, Pod, stale_namespaces
+from ketch.netns.fabric import Fabric, Node, Pod, free_prefix
 
 
 def unique_prefix(tag: str = "") -> str:
     """A fabric prefix nobody else is using: 'kn' + tag + 6 random hex chars."""
-    for _ in range(100):
-        prefix = f"kn{tag}{secrets.token_hex(3)}"
-        if not stale_namespaces(prefix):
-            return prefix
-    raise RuntimeError("could not find a free fabric prefix")
+    return free_prefix(f"kn{tag}")
 
 
 def unique_name(base: str) -> str:

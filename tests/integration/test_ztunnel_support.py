@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import secrets
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -27,7 +26,7 @@ from ketch.identity.ca import CertificateAuthority
 from ketch.identity.client import InProcessCaClient
 from ketch.identity.manager import CertificateManager
 from ketch.netns import install_rules, run_in_netns
-from ketch.netns.fabric import Fabric, Node, Pod, stale_namespaces
+from ketch.netns.fabric import Fabric, Node, Pod, free_prefix
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.proxy import PodHandle, Ztunnel
 from ketch.ztunnel.rbac import convert_policies
@@ -44,14 +43,6 @@ from ketch.ztunnel.telemetry import AccessLogRecord
 
 TD = "cluster.local"
 NS = "app"
-
-
-def kz_prefix() -> str:
-    for _ in range(100):
-        prefix = f"kz{secrets.token_hex(3)}"
-        if not stale_namespaces(prefix):
-            return prefix
-    raise RuntimeError("no free kz fabric prefix")
 
 
 @dataclass
@@ -227,7 +218,7 @@ class Mesh:
 
 @pytest.fixture
 async def mesh() -> AsyncIterator[Mesh]:
-    fab = Fabric(kz_prefix())
+    fab = Fabric(free_prefix("kz"))
     m = Mesh(fab)
     try:
         yield m

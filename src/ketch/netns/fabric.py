@@ -39,6 +39,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets
 import socket
 import subprocess
 import threading
@@ -428,6 +429,16 @@ class Fabric:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def free_prefix(base: str) -> str:
+    """A fabric prefix no other fabric on this machine uses: `base` + 6 random hex chars
+    (tests, benchmarks and parallel runs each take their own)."""
+    for _ in range(100):
+        prefix = f"{base}{secrets.token_hex(3)}"
+        if not stale_namespaces(prefix):
+            return prefix
+    raise FabricError(f"no free fabric prefix starting with {base!r} after 100 tries")
 
 
 def stale_namespaces(prefix: str) -> list[str]:
