@@ -25,20 +25,20 @@ from prometheus_client import CollectorRegistry
 from ketch.identity.ca import CertificateAuthority
 from ketch.identity.client import InProcessCaClient
 from ketch.identity.manager import CertificateManager
-from ketch.netns import install_rules, run_in_netns
-from ketch.netns.fabric import Fabric, Node, Pod, free_prefix
-from ketch.ztunnel.metrics import ZtunnelMetrics
-from ketch.ztunnel.proxy import PodHandle, Ztunnel
-from ketch.ztunnel.rbac import convert_policies
-from ketch.ztunnel.state import (
+from ketch.mesh import (
     Authorization,
     PeerAuthentication,
-    ProxyState,
     Service,
     ServicePort,
     TunnelProtocol,
     Workload,
 )
+from ketch.netns import install_rules, run_in_netns
+from ketch.netns.fabric import Fabric, Node, Pod, free_prefix
+from ketch.ztunnel.metrics import ZtunnelMetrics
+from ketch.ztunnel.proxy import PodHandle, Ztunnel
+from ketch.ztunnel.rbac import convert_policies
+from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.telemetry import AccessLogRecord
 
 TD = "cluster.local"

@@ -48,25 +48,25 @@ from pydantic import (
 )
 
 from ketch.identity.spiffe import InvalidSpiffeId, SpiffeId
-from ketch.ztunnel import ZtunnelError
-from ketch.ztunnel.rbac import PolicyError, convert_policies
-from ketch.ztunnel.state import (
+from ketch.mesh import (
     DEFAULT_ROOT_NAMESPACE,
     DEFAULT_TRUST_DOMAIN,
     HBONE_PORT,
     AppProtocol,
     GatewayAddress,
     HealthStatus,
+    MeshError,
     NamespacedHostname,
-    ProxyState,
     Service,
     ServicePort,
-    StateError,
     TunnelProtocol,
     Workload,
     WorkloadType,
     selector_matches,
 )
+from ketch.ztunnel import ZtunnelError
+from ketch.ztunnel.rbac import PolicyError, convert_policies
+from ketch.ztunnel.state import ProxyState
 
 
 class ConfigError(ZtunnelError, ValueError):
@@ -329,7 +329,7 @@ class _Builder:
                     subject_alt_names=tuple(sans),
                     waypoint=self.gateway(f"{path}.waypoint", sc.waypoint, sc.namespace),
                 )
-            except (StateError, InvalidSpiffeId) as e:
+            except (MeshError, InvalidSpiffeId) as e:
                 self.err(path, str(e))
                 continue
             out.append((sc, svc))
@@ -400,7 +400,7 @@ class _Builder:
                         network=wc.network,
                     )
                 )
-            except (StateError, InvalidSpiffeId) as e:
+            except (MeshError, InvalidSpiffeId) as e:
                 self.err(path, str(e))
         return out
 
@@ -446,7 +446,7 @@ def parse_config(text: str, source: str = "<config>") -> LoadedConfig:
             conv.peer_authentications,
             root_namespace=cfg.root_namespace,
         )
-    except StateError as e:
+    except MeshError as e:
         raise ConfigError([f"{source}: {e}"]) from e
     pods = tuple(
         LocalPod(

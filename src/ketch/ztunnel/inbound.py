@@ -28,13 +28,12 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from ketch.mesh import SELF_PORTS, IpAddr, Service, Workload, format_authority
 from ketch.netns import NetnsError, pod_connect
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
 from ketch.ztunnel.rbac import ConnInfo, authorize
-from ketch.ztunnel.route import SELF_PORTS
-from ketch.ztunnel.state import IpAddr, Service, Workload, format_authority
 from ketch.ztunnel.telemetry import Direction as LogDirection
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
 

@@ -20,12 +20,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ketch.mesh import SELF_PORTS, format_authority
 from ketch.netns import NetnsError, NoOriginalDestination, original_dst
 from ketch.ztunnel.connections import Direction, Splice, reset_stream, start_splice
 from ketch.ztunnel.inbound import connect_app
 from ketch.ztunnel.rbac import ConnInfo, authorize
-from ketch.ztunnel.route import SELF_PORTS
-from ketch.ztunnel.state import format_authority
 from ketch.ztunnel.telemetry import Direction as LogDirection
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
 

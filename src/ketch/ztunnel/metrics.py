@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics import MetricWrapperBase
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel.state import Service, Workload
+from ketch.mesh import Service, Workload
 from ketch.ztunnel.telemetry import (
     TCP_CONNECTIONS_CLOSED,
     TCP_CONNECTIONS_FAILED,

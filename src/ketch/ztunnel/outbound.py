@@ -24,6 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ketch.mesh import IpAddr, Workload, format_authority
 from ketch.netns import NetnsError, NoOriginalDestination, original_dst, pod_connect
 from ketch.ztunnel.connections import (
     Direction,
@@ -36,7 +37,6 @@ from ketch.ztunnel.hbone import HboneError, PoolKey, RelayProgress, Tunnel, rela
 from ketch.ztunnel.hbone.headers import baggage, forwarded, traceparent
 from ketch.ztunnel.identity import IdentityUnavailable
 from ketch.ztunnel.route import Hbone, Passthrough, Refuse, route
-from ketch.ztunnel.state import IpAddr, Workload, format_authority
 from ketch.ztunnel.telemetry import (
     Direction as LogDirection,
 )

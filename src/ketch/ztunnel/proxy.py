@@ -40,6 +40,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ketch.identity.spiffe import SpiffeId
+from ketch.mesh import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, IpAddr, Workload
 from ketch.netns import NetnsError, pod_listener_async, run_in_netns, serve_netns, stop_serving
 from ketch.util.tasks import spawn
 from ketch.ztunnel import inbound, inbound_passthrough, outbound
@@ -49,8 +50,7 @@ from ketch.ztunnel.hbone import HboneClientPool, HboneServer, tune_malloc
 from ketch.ztunnel.identity import CertSource, IdentityContexts, IdentityUnavailable
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.rbac import recheck
-from ketch.ztunnel.route import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
-from ketch.ztunnel.state import IpAddr, ProxyState, Workload
+from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.telemetry import AccessLogRecord, format_json, format_text
 
 log = logging.getLogger("ketch.ztunnel")
@@ -263,7 +263,7 @@ class Ztunnel:
                     handle.namespace,
                     handle.name,
                 )
-            for port in (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT):
+            for port in (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT):
                 pod.listeners[port] = await pod_listener_async(handle.netns_fd, port)
         except NetnsError as e:
             for s in pod.listeners.values():
@@ -350,7 +350,7 @@ class Ztunnel:
             self.identities.client_context, connect_timeout=self.connect_timeout
         )
         pod.hbone = HboneServer(
-            pod.listeners[INBOUND_HBONE_PORT],
+            pod.listeners[HBONE_PORT],
             self.identities.server_context(ident),
             ident.trust_domain,
             lambda inc: inbound.handle(self, pod, inc),
@@ -390,7 +390,7 @@ class Ztunnel:
         for srv in pod.servers:
             srv.close()  # closes the 15001/15006 listening sockets
         if pod.hbone is None:
-            pod.listeners[INBOUND_HBONE_PORT].close()
+            pod.listeners[HBONE_PORT].close()
         self.tracker.close([c.id for c in self.tracker.for_pod(pod.uid)], reason)
         if pod.hbone is not None:
             await pod.hbone.close(drain_timeout=0.0)
@@ -513,7 +513,7 @@ class Ztunnel:
                 for srv in p.servers:
                     srv.close()  # closes the 15001/15006 listening sockets
                 if p.hbone is None:
-                    p.listeners[INBOUND_HBONE_PORT].close()
+                    p.listeners[HBONE_PORT].close()
 
         graceful = [p.hbone.close for p in pods if p.hbone is not None]
         forced = await drain_connections(

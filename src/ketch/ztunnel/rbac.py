@@ -28,8 +28,7 @@ from ipaddress import ip_network
 from typing import Any, Protocol, TypeVar
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel import ZtunnelError
-from ketch.ztunnel.state import (
+from ketch.mesh import (
     DEFAULT_ROOT_NAMESPACE,
     Action,
     Authorization,
@@ -37,16 +36,17 @@ from ketch.ztunnel.state import (
     IpAddr,
     IpNet,
     Match,
+    MeshError,
     MtlsMode,
     PeerAuthentication,
-    ProxyState,
     Rule,
     Scope,
     ServiceAccountMatch,
-    StateError,
     StringMatch,
     Workload,
 )
+from ketch.ztunnel import ZtunnelError
+from ketch.ztunnel.state import ProxyState
 
 K = TypeVar("K", bound=Hashable)
 
@@ -587,7 +587,7 @@ def _convert_authz(
             ),
             False,
         )
-    except StateError as e:
+    except MeshError as e:
         ctx.err("spec", str(e))
         return None, False
 
@@ -631,7 +631,7 @@ def _convert_peer_authn(doc: Mapping[str, Any], ctx: _Ctx) -> PeerAuthentication
         return None
     try:
         return PeerAuthentication(name, ns, mode, selector, ports)
-    except StateError as e:
+    except MeshError as e:
         ctx.err("spec", str(e))
         return None
 

@@ -19,24 +19,21 @@ HBONE?) -> unknown address (passthrough).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel.state import (
+from ketch.mesh import (
+    HBONE_PORT,
+    SELF_PORTS,
     IpAddr,
     NamespacedHostname,
-    ProxyState,
     Service,
     TunnelProtocol,
     Workload,
     format_authority,
 )
-
-OUTBOUND_PORT = 15001
-INBOUND_PLAINTEXT_PORT = 15006
-INBOUND_HBONE_PORT = 15008
-SELF_PORTS = (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT)
+from ketch.ztunnel.state import ProxyState
 
 Pick = Callable[[int], int]
 """Connection-level load balancing: given n candidates, the index (0..n-1) to use."""
@@ -137,7 +134,7 @@ def route(
     dst_ip: IpAddr,
     dst_port: int,
     *,
-    self_ports: Sequence[int] = SELF_PORTS,
+    self_ports: Collection[int] = SELF_PORTS,
     pick: Pick = random_pick,
 ) -> Plan:
     """Decide how `src`'s connection to `dst_ip:dst_port` leaves the node (module docstring)."""
@@ -161,7 +158,7 @@ def route(
             wp, w.waypoint.hbone_port, w.waypoint.identity, dst_ip, dst_port, None, w
         )
     return Hbone(
-        next_hop=(dst_ip, INBOUND_HBONE_PORT),
+        next_hop=(dst_ip, HBONE_PORT),
         authority=format_authority(dst_ip, dst_port),
         expected_identities=(w.identity,),
         dst_workload=w,
@@ -219,7 +216,7 @@ def _route_service(
     if ep.protocol is TunnelProtocol.NONE:
         return Passthrough((ep_ip, target), ep, svc)
     return Hbone(
-        next_hop=(ep_ip, INBOUND_HBONE_PORT),
+        next_hop=(ep_ip, HBONE_PORT),
         authority=format_authority(ep_ip, target),
         expected_identities=_dedupe((ep.identity, *svc.subject_alt_names)),
         dst_workload=ep,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel.state import IpAddr, Service, Workload, format_authority
+from ketch.mesh import IpAddr, Service, Workload, format_authority
 
 UNKNOWN = "unknown"
 

@@ -6,10 +6,7 @@ from pathlib import Path
 import pytest
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel.config import ConfigError, load_config, parse_config
-from ketch.ztunnel.rbac import ConnInfo, authorize
-from ketch.ztunnel.route import Hbone, route
-from ketch.ztunnel.state import (
+from ketch.mesh import (
     GatewayAddress,
     HealthStatus,
     MtlsMode,
@@ -17,6 +14,9 @@ from ketch.ztunnel.state import (
     Scope,
     TunnelProtocol,
 )
+from ketch.ztunnel.config import ConfigError, load_config, parse_config
+from ketch.ztunnel.rbac import ConnInfo, authorize
+from ketch.ztunnel.route import Hbone, route
 
 EXAMPLE = """
 trustDomain: example.org

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ketch.identity.spiffe import SpiffeId
+from ketch.mesh import Action, Authorization, Clause, Match, MtlsMode, Rule, Scope, Workload
 from ketch.ztunnel.rbac import (
     ConnInfo,
     PolicyError,
@@ -18,17 +19,7 @@ from ketch.ztunnel.rbac import (
     convert_policies,
     recheck,
 )
-from ketch.ztunnel.state import (
-    Action,
-    Authorization,
-    Clause,
-    Match,
-    MtlsMode,
-    ProxyState,
-    Rule,
-    Scope,
-    Workload,
-)
+from ketch.ztunnel.state import ProxyState
 
 SERVER = Workload(
     uid="srv",

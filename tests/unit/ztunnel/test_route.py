@@ -8,17 +8,17 @@ from ipaddress import ip_address
 import pytest
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel.route import Hbone, Passthrough, Plan, Refuse, first_pick, route
-from ketch.ztunnel.state import (
+from ketch.mesh import (
     GatewayAddress,
     HealthStatus,
     NamespacedHostname,
-    ProxyState,
     Service,
     ServicePort,
     TunnelProtocol,
     Workload,
 )
+from ketch.ztunnel.route import Hbone, Passthrough, Plan, Refuse, first_pick, route
+from ketch.ztunnel.state import ProxyState
 
 IP = ip_address
 WP_HOST = "waypoint.app.svc.cluster.local"

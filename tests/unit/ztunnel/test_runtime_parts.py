@@ -16,11 +16,11 @@ from prometheus_client import CollectorRegistry
 from ketch.identity.ca import CertificateAuthority
 from ketch.identity.manager import WorkloadCert as ManagerCert
 from ketch.identity.spiffe import SpiffeId
+from ketch.mesh import Workload
 from ketch.ztunnel.connections import ConnectionTracker, Direction, start_splice
 from ketch.ztunnel.identity import IdentityContexts, IdentityUnavailable, to_tls_cert
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.rbac import ConnInfo
-from ketch.ztunnel.state import Workload
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy
 
 TD = "cluster.local"

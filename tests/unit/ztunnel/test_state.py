@@ -5,24 +5,24 @@ from ipaddress import ip_address
 import pytest
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel.state import (
+from ketch.mesh import (
     Action,
     Authorization,
     GatewayAddress,
     HealthStatus,
     MatchKind,
+    MeshError,
     MtlsMode,
     NamespacedHostname,
     PeerAuthentication,
-    ProxyState,
     Scope,
     Service,
     ServicePort,
-    StateError,
     StringMatch,
     Workload,
     format_authority,
 )
+from ketch.ztunnel.state import ProxyState
 
 
 def wl(uid: str, ip: str, ns: str = "default", **kw: object) -> Workload:
@@ -65,14 +65,14 @@ def test_workload_identity_and_immutability() -> None:
 def test_invalid_workloads_rejected(kwargs: dict[str, object], message: str) -> None:
     base: dict[str, object] = {"uid": "u", "name": "n", "namespace": "ns"}
     base.update(kwargs)
-    with pytest.raises(StateError, match=message):
+    with pytest.raises(MeshError, match=message):
         Workload(**base)  # type: ignore[arg-type]
 
 
 def test_service_validation() -> None:
-    with pytest.raises(StateError, match="listed twice"):
+    with pytest.raises(MeshError, match="listed twice"):
         Service("s", "ns", "s.ns", ports=(ServicePort(80, 1), ServicePort(80, 2)))
-    with pytest.raises(StateError, match="port"):
+    with pytest.raises(MeshError, match="port"):
         ServicePort(70000, 1)
     assert ServicePort(80, 0).target_port == 0  # named port, resolved per endpoint
     s = svc("web", "10.96.0.1")
@@ -106,7 +106,7 @@ def test_format_authority() -> None:
 
 def test_namespaced_hostname_parse() -> None:
     assert NamespacedHostname.parse("ns/a.b") == NamespacedHostname("ns", "a.b")
-    with pytest.raises(StateError):
+    with pytest.raises(MeshError):
         NamespacedHostname.parse("nope")
 
 
@@ -127,13 +127,13 @@ def test_indexes_and_endpoints() -> None:
 
 
 def test_conflicts_rejected() -> None:
-    with pytest.raises(StateError, match="claimed by workloads"):
+    with pytest.raises(MeshError, match="claimed by workloads"):
         ProxyState.build([wl("a", "10.0.0.1"), wl("b", "10.0.0.1")])
-    with pytest.raises(StateError, match="appears twice"):
+    with pytest.raises(MeshError, match="appears twice"):
         ProxyState.build([wl("a", "10.0.0.1"), wl("a", "10.0.0.2")])
-    with pytest.raises(StateError, match="also the address of workload"):
+    with pytest.raises(MeshError, match="also the address of workload"):
         ProxyState.build([wl("a", "10.0.0.1")], [svc("web", "10.0.0.1")])
-    with pytest.raises(StateError, match=r"VIP 10\.96\.0\.1 is claimed"):
+    with pytest.raises(MeshError, match=r"VIP 10\.96\.0\.1 is claimed"):
         ProxyState.build([], [svc("web", "10.96.0.1"), svc("api", "10.96.0.1")])
 
 
@@ -153,7 +153,7 @@ def test_with_changes_is_a_new_snapshot() -> None:
     assert st3.workload_by_uid("a") is None
     assert st3.service_by_vip(ip_address("10.96.0.1")) is None
     # an inconsistent delta raises and leaves the snapshot usable
-    with pytest.raises(StateError):
+    with pytest.raises(MeshError):
         st2.with_changes(upsert_workloads=[wl("c", "10.0.0.1")])
 
 
@@ -192,7 +192,7 @@ def test_policies_for_scopes() -> None:
 
 
 def test_selector_requires_selector_scope() -> None:
-    with pytest.raises(StateError, match="WORKLOAD_SELECTOR"):
+    with pytest.raises(MeshError, match="WORKLOAD_SELECTOR"):
         _authz("x", "ns", Scope.NAMESPACE, selector={"a": "b"})
 
 
@@ -217,12 +217,12 @@ def test_mtls_mode_precedence() -> None:
     # selector policy UNSET (and port UNSET) inherits from the namespace policy
     assert st.mtls_mode(w, 80) == (MtlsMode.PERMISSIVE, "shop/ns")
     assert st.mtls_mode(w, 9091) == (MtlsMode.PERMISSIVE, "shop/ns")
-    with pytest.raises(StateError, match="selector"):
+    with pytest.raises(MeshError, match="selector"):
         PeerAuthentication("p", "ns", port_modes={80: MtlsMode.STRICT})
 
 
 def test_gateway_address() -> None:
     g = GatewayAddress(NamespacedHostname("ns", "wp.ns.svc.cluster.local"))
     assert g.hbone_port == 15008
-    with pytest.raises(StateError):
+    with pytest.raises(MeshError):
         GatewayAddress(ip_address("10.0.0.1"), hbone_port=0)

@@ -6,7 +6,7 @@ from ipaddress import ip_address
 import pytest
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.ztunnel.state import Service, ServicePort, Workload
+from ketch.mesh import Service, ServicePort, Workload
 from ketch.ztunnel.telemetry import (
     ACCESS_LOG_FIELDS,
     TCP_LABEL_NAMES,
