@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ketch.control.translate.policy import translate_policies
 from ketch.identity.ca import CertificateAuthority
 from ketch.identity.client import InProcessCaClient
 from ketch.identity.manager import CertificateManager
@@ -37,7 +38,6 @@ from ketch.netns import install_rules, run_in_netns
 from ketch.netns.fabric import Fabric, Node, Pod, free_prefix
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.proxy import PodHandle, Ztunnel
-from ketch.ztunnel.rbac import convert_policies
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.telemetry import AccessLogRecord
 
@@ -136,7 +136,7 @@ class Mesh:
         return s
 
     def set_policies(self, docs: Iterable[Mapping[str, Any]]) -> None:
-        conv = convert_policies(list(docs))
+        conv = translate_policies(list(docs))
         self.policies = list(conv.authorizations)
         self.peer_authns = list(conv.peer_authentications)
 

@@ -6,7 +6,6 @@ by the consumers; `ketch.api.semantics` warns about fields a given placement can
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PlainValidator, model_validator
@@ -21,6 +20,7 @@ from ketch.api.base import (
     describe,
     fail,
 )
+from ketch.util.strconv import parse_bool
 
 SECURITY_GROUP = "security.istio.io"
 SecurityApiVersion = Literal["security.istio.io/v1", "security.istio.io/v1beta1"]
@@ -104,42 +104,6 @@ class RuleTo(KetchModel):
     operation: Operation
 
 
-# Condition keys Istio accepts in `when` (security/v1 reference, "Authorization Policy
-# Conditions"); [..] keys take a name in brackets.
-L4_CONDITION_KEYS = frozenset(
-    {
-        "source.ip",
-        "remote.ip",
-        "source.namespace",
-        "source.principal",
-        "destination.ip",
-        "destination.port",
-        "connection.sni",
-    }
-)
-L7_CONDITION_KEYS = frozenset(
-    {"request.auth.principal", "request.auth.audiences", "request.auth.presenter"}
-)
-_BRACKET_KEY = re.compile(r"^(request\.headers|request\.auth\.claims)\[[^\]]+\](\[[^\]]+\])*$")
-
-
-def condition_key_problem(key: str) -> str | None:
-    if key in L4_CONDITION_KEYS or key in L7_CONDITION_KEYS or _BRACKET_KEY.match(key):
-        return None
-    if key.startswith("experimental.envoy.filters."):
-        return None
-    known = [
-        *sorted(L4_CONDITION_KEYS | L7_CONDITION_KEYS),
-        "request.headers[<name>]",
-        "request.auth.claims[<claim>]",
-    ]
-    return f"unknown condition key {key!r}; expected one of {', '.join(known)}"
-
-
-def is_l4_condition_key(key: str) -> bool:
-    return key in L4_CONDITION_KEYS
-
-
 class Condition(KetchModel):
     key: str
     values: list[str] | None = None
@@ -147,9 +111,8 @@ class Condition(KetchModel):
 
     @model_validator(mode="after")
     def _check(self) -> Condition:
-        problem = condition_key_problem(self.key)
-        if problem:
-            raise fail(problem, "key")
+        if not self.key.strip():
+            raise fail("condition key must not be empty", "key")
         if not self.values and not self.not_values:
             raise fail(f"condition {self.key!r} needs values or notValues")
         if self.key == "destination.port":
@@ -226,9 +189,10 @@ class AuthorizationPolicy(Resource):
 
 
 def is_dry_run(policy: Resource) -> bool:
-    """Istio's dry-run annotation `istio.io/dry-run: "true"`: evaluate and log only."""
+    """Istio's dry-run annotation `istio.io/dry-run`, read as istiod does (Go's ParseBool:
+    "true", "1", "t", ...): evaluate and log only, never enforce."""
     value = (policy.metadata.annotations or {}).get(wellknown.DRY_RUN, "")
-    return value.strip().lower() == "true"
+    return parse_bool(value) is True
 
 
 # --- PeerAuthentication ----------------------------------------------------------------------

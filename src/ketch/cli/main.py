@@ -19,6 +19,7 @@ from ketch import __version__
 from ketch.api import (
     KINDS,
     KindInfo,
+    Problem,
     ResourceError,
     apply_namespace_defaults,
     from_manifest,
@@ -31,6 +32,7 @@ from ketch.cli.common import CliError, err, fail, open_store, out, state
 from ketch.cli.node_cmd import cp_app, node_app
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
 from ketch.control import admission
+from ketch.control.translate.policy import policy_warnings
 from ketch.labels import SelectorError, parse_selector
 from ketch.store import ListResult, Manifest, NotFoundError, ObjectKey, StoreError
 
@@ -94,7 +96,12 @@ def _namespace_for(info: KindInfo, namespace: str | None) -> str:
 
 def _load(files: list[str], recursive: bool, namespace: str | None) -> list[Manifest]:
     result = load(files, recursive=recursive)
-    for warning in result.warnings:
+    warnings = [str(w) for w in result.warnings]
+    for obj in result.objects:  # what the node proxy will not enforce as written
+        warnings += [
+            str(Problem(obj.source, obj.doc, at, msg)) for at, msg in policy_warnings(obj.resource)
+        ]
+    for warning in warnings:
         err.print(f"Warning: {warning}")
     manifests = [to_manifest(obj) for obj in apply_namespace_defaults(result.objects, namespace)]
     if not manifests:

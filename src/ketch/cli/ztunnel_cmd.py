@@ -99,14 +99,14 @@ def run(
     ] = True,
 ) -> None:
     """Run the node proxy until SIGTERM/SIGINT, then drain and exit (exit code 0)."""
-    from ketch.ztunnel.admin import parse_levels
-    from ketch.ztunnel.config import ConfigError
-    from ketch.ztunnel.standalone import (
+    from ketch.standalone.config import ConfigError
+    from ketch.standalone.run import (
         StandaloneError,
         StandaloneOptions,
         StandaloneProxy,
         parse_address,
     )
+    from ketch.ztunnel.admin import parse_levels
 
     if log_format not in ("text", "json"):
         fail(f"--log-format: expected text or json, got {log_format!r}")
@@ -179,7 +179,7 @@ def ztunnel_config(
 
     from ketch.cli.common import out
     from ketch.cli.zconfig import SECTIONS, fetch_dump, resolve_section, table_rows
-    from ketch.ztunnel.standalone import StandaloneError, parse_address
+    from ketch.standalone.run import StandaloneError, parse_address
 
     key = resolve_section(section)
     if output not in ("table", "json", "yaml"):

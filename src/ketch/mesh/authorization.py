@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 
 from ketch.identity.spiffe import SpiffeId
@@ -185,6 +186,8 @@ class PeerAuthentication:
     mode: MtlsMode = MtlsMode.UNSET
     selector: Mapping[str, str] | None = None
     port_modes: Mapping[int, MtlsMode] = field(default_factory=dict)
+    #: creation time: of conflicting policies at one level the oldest wins (as istiod)
+    created: datetime | None = None
 
     def __post_init__(self) -> None:
         require("peer authentication name", self.name)

@@ -2,7 +2,7 @@
 config_dump) and the plain TCP <-> TCP splice used by passthrough paths.
 
 `ConnectionTracker` is pure bookkeeping: a listener `register()`s a connection with what it
-knows (direction, pod, addresses, the `rbac.ConnInfo` for inbound ones) and a `closer`
+knows (direction, pod, addresses, the `rbac.Connection` for inbound ones) and a `closer`
 callable that aborts the connection's I/O; `unregister()` when it ends. The proxy asks it
 for `inbound_infos()` (input of `rbac.recheck`), `for_pod(uid)`, and `close(ids)`; `wait_empty`
 lets drain wait for connections to finish on their own.
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
-from ketch.ztunnel.rbac import ConnInfo
+from ketch.ztunnel.rbac import Connection
 
 
 class Direction(enum.Enum):
@@ -43,7 +43,7 @@ class TrackedConn:
     src: str  # "ip:port"
     dst: str
     closer: Callable[[str], None] = field(repr=False)
-    info: ConnInfo | None = None  # inbound: what authorization decided on
+    info: Connection | None = None  # inbound: what authorization decided on
     src_identity: str = ""
     dst_identity: str = ""
     started: float = field(default_factory=time.time)
@@ -86,7 +86,7 @@ class ConnectionTracker:
         dst: str,
         closer: Callable[[str], None],
         *,
-        info: ConnInfo | None = None,
+        info: Connection | None = None,
         src_identity: str = "",
         dst_identity: str = "",
     ) -> TrackedConn:
@@ -110,7 +110,7 @@ class ConnectionTracker:
     def for_pod(self, uid: str) -> list[TrackedConn]:
         return [c for c in self._conns.values() if c.pod_uid == uid]
 
-    def inbound_infos(self) -> dict[int, ConnInfo]:
+    def inbound_infos(self) -> dict[int, Connection]:
         """Inbound connections with their authorization input, for `rbac.recheck`."""
         return {c.id: c.info for c in self._conns.values() if c.info is not None}
 

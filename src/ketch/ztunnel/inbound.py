@@ -9,14 +9,14 @@ malformed requests (not CONNECT, bad authority) with 400 itself. For every CONNE
 1. the `:authority` must be `<this pod's IP>:<port>`, and that IP must be the address the
    connection arrived on -> else 400 (the proxy does not serve that address);
 2. the target port must not be a proxy port (15001/15006/15008) -> else 400 (loop);
-3. `rbac.authorize(state, ConnInfo(peer ip, peer identity, pod, port))` -> 401 when denied;
+3. `rbac.authorize(state, Connection(peer ip, peer identity, pod, port))` -> 401 when denied;
 4. connect to the app inside the pod netns (`pod_connect`, mark 0x539, to the pod's own
    IP:port). With `spoof_source` the socket is IP_TRANSPARENT and bound to the client's
    IP, so the app sees the real client address (the pod's mangle/table-100 rules route the
    app's replies back over lo to the proxy); else the app sees the pod IP as the source.
    Refused / unreachable -> 503;
 5. answer 200 and relay; metrics with reporter=destination, connection_security_policy=
-   mutual_tls; the connection is tracked with its `ConnInfo` so a policy update re-checks it.
+   mutual_tls; the connection is tracked with its `Connection` so a policy update re-checks it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ketch.netns import NetnsError, pod_connect
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
-from ketch.ztunnel.rbac import ConnInfo, authorize
+from ketch.ztunnel.rbac import Connection, authorize
 from ketch.ztunnel.telemetry import Direction as LogDirection
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
 
@@ -107,7 +107,7 @@ async def handle(zt: Ztunnel, pod: PodRuntime, inc: IncomingConnect) -> None:
         inc.refuse(400)
         return
     st = zt.state
-    conn = ConnInfo(src[0], src[1], info.peer_identity, w, auth.ip, auth.port)
+    conn = Connection(src[0], src[1], info.peer_identity, w, auth.ip, auth.port)
     src_workload = st.workload_by_address(peer_ip)
     dst_service = _service_from_forwarded(zt, w, info.header("forwarded"))
     values = zt.metrics.label_values(

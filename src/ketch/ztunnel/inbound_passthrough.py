@@ -24,7 +24,7 @@ from ketch.mesh import SELF_PORTS, format_authority
 from ketch.netns import NetnsError, NoOriginalDestination, original_dst
 from ketch.ztunnel.connections import Direction, Splice, reset_stream, start_splice
 from ketch.ztunnel.inbound import connect_app
-from ketch.ztunnel.rbac import ConnInfo, authorize
+from ketch.ztunnel.rbac import Connection, authorize
 from ketch.ztunnel.telemetry import Direction as LogDirection
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
 
@@ -66,7 +66,7 @@ async def handle(
     src = (ipaddress.ip_address(peer[0]), int(peer[1]))
     dst = (ipaddress.ip_address(dst_s), dst_port)
     st = zt.state
-    conn = ConnInfo(src[0], src[1], None, w, dst[0], dst[1])
+    conn = Connection(src[0], src[1], None, w, dst[0], dst[1])
     src_workload = st.workload_by_address(src[0])
     values = zt.metrics.label_values(
         Reporter.DESTINATION,

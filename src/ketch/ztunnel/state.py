@@ -158,7 +158,7 @@ class ProxyState:
         )
         object.__setattr__(self, "_global_policies", tuple(global_policies))
         pa_by_ns: dict[str, list[PeerAuthentication]] = {}
-        for pa in sorted(self.peer_authentications.values(), key=lambda p: p.name):
+        for pa in sorted(self.peer_authentications.values(), key=_age):
             pa_by_ns.setdefault(pa.namespace, []).append(pa)
         object.__setattr__(
             self, "_peer_authn_by_ns", MappingProxyType({k: tuple(v) for k, v in pa_by_ns.items()})
@@ -225,7 +225,8 @@ class ProxyState:
         Precedence as Istio: a selecting policy in the workload's namespace, then the
         namespace-wide policy, then the mesh-wide one (root namespace, no selector). UNSET
         inherits from the next level; a port-level mode beats the policy's own mode. Several
-        candidates at one level: the first by name wins (Istio takes the oldest).
+        candidates at one level: the oldest (`created`) wins, as in Istio; without creation
+        times, the first by name.
         """
         local = self._peer_authn_by_ns.get(workload.namespace, ())
         root = self._peer_authn_by_ns.get(self.root_namespace, ())
@@ -298,3 +299,8 @@ def _unique(what: str, items: Iterable[tuple[str, _T]]) -> dict[str, _T]:
             raise StateError(f"{what} {k!r} appears twice")
         out[k] = v
     return out
+
+
+def _age(pa: PeerAuthentication) -> tuple[float, str]:
+    """Sort key: oldest first; policies without a creation time after those with one."""
+    return (pa.created.timestamp() if pa.created else float("inf"), pa.name)

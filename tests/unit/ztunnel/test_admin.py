@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ketch.standalone.run import StandaloneError, parse_address
 from ketch.ztunnel.admin import (
     HttpEndpoint,
     Request,
@@ -22,7 +23,6 @@ from ketch.ztunnel.admin import (
     respond,
 )
 from ketch.ztunnel.metrics import ZtunnelMetrics
-from ketch.ztunnel.standalone import StandaloneError, parse_address
 
 PODS: list[dict[str, Any]] = [
     {"uid": "u1", "name": "a", "namespace": "app", "state": "ready", "error": None},

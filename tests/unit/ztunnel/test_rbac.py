@@ -10,15 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ketch.control.translate.policy import translate_policies
 from ketch.identity.spiffe import SpiffeId
-from ketch.mesh import Action, Authorization, Clause, Match, MtlsMode, Rule, Scope, Workload
-from ketch.ztunnel.rbac import (
-    ConnInfo,
-    PolicyError,
-    authorize,
-    convert_policies,
-    recheck,
-)
+from ketch.mesh import Action, Authorization, Clause, Match, Rule, Scope, Workload
+from ketch.ztunnel.rbac import Connection, authorize, recheck
 from ketch.ztunnel.state import ProxyState
 
 SERVER = Workload(
@@ -39,8 +34,8 @@ def conn(
     dst_port: int = 8080,
     dst_ip: str = "10.0.0.2",
     dst: Workload = SERVER,
-) -> ConnInfo:
-    return ConnInfo(ip_address(src_ip), 40000, identity, dst, ip_address(dst_ip), dst_port)
+) -> Connection:
+    return Connection(ip_address(src_ip), 40000, identity, dst, ip_address(dst_ip), dst_port)
 
 
 def ap(
@@ -72,12 +67,17 @@ def ap(
     }
 
 
-def pa(mode: str, *, ns: str = "app", name: str = "pa", **spec: Any) -> dict[str, Any]:
+def pa(
+    mode: str, *, ns: str = "app", name: str = "pa", created: str | None = None, **spec: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {"mtls": {"mode": mode}, **spec}
+    meta: dict[str, Any] = {"name": name, "namespace": ns}
+    if created:
+        meta["creationTimestamp"] = created
     return {
         "apiVersion": "security.istio.io/v1beta1",
         "kind": "PeerAuthentication",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": meta,
         "spec": body,
     }
 
@@ -102,13 +102,13 @@ def when(
 
 
 def state(*docs: dict[str, Any], workloads: tuple[Workload, ...] = (SERVER,)) -> ProxyState:
-    conv = convert_policies(docs)
+    conv = translate_policies(docs)
     return ProxyState.build(workloads, (), conv.authorizations, conv.peer_authentications)
 
 
 ALLOW_CLIENT = ap([src(principals=["cluster.local/ns/client-ns/sa/client"])])
 
-CASES: list[tuple[str, list[dict[str, Any]], ConnInfo, bool]] = [
+CASES: list[tuple[str, list[dict[str, Any]], Connection, bool]] = [
     # --- defaults and overall evaluation order
     ("no policy allows", [], conn(), True),
     ("allow-nothing (empty spec) denies", [ap()], conn(), False),
@@ -226,7 +226,6 @@ CASES: list[tuple[str, list[dict[str, Any]], ConnInfo, bool]] = [
     ),
     # --- destination ports / IPs
     ("ports match (strings)", [ap([to(ports=["8080"])])], conn(), True),
-    ("ports match (ints)", [ap([to(ports=[8080])])], conn(), True),
     ("ports miss", [ap([to(ports=["9090"])])], conn(), False),
     ("notPorts excludes", [ap([to(notPorts=["8080"])])], conn(), False),
     ("notPorts others ok", [ap([to(notPorts=["9090"])])], conn(), True),
@@ -368,21 +367,96 @@ CASES: list[tuple[str, list[dict[str, Any]], ConnInfo, bool]] = [
         conn(),
         True,
     ),
+    # Istio ambient: the L7-only parts of a DENY become empty matches, which match nothing
+    # (istiod authorization.go; ztunnel rbac.rs skips empty matches)
     (
-        "DENY with only methods denies everything",
+        "DENY with only methods denies nothing",
         [ap([to(methods=["POST"])], action="DENY")],
         conn(),
-        False,
+        True,
     ),
     (
-        "DENY L7 when dropped, rest kept",
+        "DENY with an L7 when denies nothing",
         [
             ap(
-                [{**src(namespaces=["other"]), **when("request.auth.claims[iss]", ["x"])}],
+                [{**src(namespaces=["client-ns"]), **when("request.auth.claims[iss]", ["x"])}],
                 action="DENY",
             )
         ],
         conn(),
+        True,
+    ),
+    (
+        "DENY with only requestPrincipals denies nothing",
+        [ap([src(requestPrincipals=["*"])], action="DENY")],
+        conn(),
+        True,
+    ),
+    (
+        "DENY with only remoteIpBlocks denies nothing",
+        [ap([src(remoteIpBlocks=["10.0.0.0/8"])], action="DENY")],
+        conn(),
+        True,
+    ),
+    (
+        "DENY source mixing L4 and L7 keeps its L4 part",
+        [ap([src(namespaces=["client-ns"], requestPrincipals=["*"])], action="DENY")],
+        conn(),
+        False,
+    ),
+    (
+        "DENY: an L7-only from entry does not hide an L4 one",
+        [
+            ap(
+                [
+                    {
+                        "from": [
+                            {"source": {"requestPrincipals": ["*"]}},
+                            {"source": {"namespaces": ["client-ns"]}},
+                        ]
+                    }
+                ],
+                action="DENY",
+            )
+        ],
+        conn(),
+        False,
+    ),
+    (
+        "DENY with an unknown when key denies nothing (counted as L7)",
+        [ap([{**src(namespaces=["client-ns"]), **when("weird.key", ["x"])}], action="DENY")],
+        conn(),
+        True,
+    ),
+    (
+        "ALLOW with an unknown when key never matches",
+        [ap([when("weird.key", ["x"])])],
+        conn(),
+        False,
+    ),
+    (
+        "ALLOW with remoteIpBlocks never matches",
+        [ap([src(remoteIpBlocks=["10.0.0.0/8"])])],
+        conn(),
+        False,
+    ),
+    (
+        "ALLOW connection.sni is L7 in ambient",
+        [ap([when("connection.sni", ["x"])])],
+        conn(),
+        False,
+    ),
+    # a bare service account is in the policy's namespace (istiod)
+    (
+        "bare serviceAccounts means the policy namespace: other namespace",
+        [ap([src(serviceAccounts=["client"])])],
+        conn(),
+        False,
+    ),
+    (
+        "bare serviceAccounts means the policy namespace: same namespace",
+        [ap([src(serviceAccounts=["client"])])],
+        conn(SpiffeId("cluster.local", "app", "client")),
         True,
     ),
     (
@@ -445,6 +519,24 @@ CASES: list[tuple[str, list[dict[str, Any]], ConnInfo, bool]] = [
         conn(None),
         True,
     ),
+    (
+        "conflicting namespace PeerAuthentications: the oldest wins",
+        [
+            pa("STRICT", name="a-new", created="2024-06-01T00:00:00Z"),
+            pa("PERMISSIVE", name="z-old", created="2020-01-01T00:00:00Z"),
+        ],
+        conn(None),
+        True,
+    ),
+    (
+        "conflicting namespace PeerAuthentications: the oldest wins (STRICT)",
+        [
+            pa("STRICT", name="z-old", created="2020-01-01T00:00:00Z"),
+            pa("PERMISSIVE", name="a-new", created="2024-06-01T00:00:00Z"),
+        ],
+        conn(None),
+        False,
+    ),
     ("STRICT then allow policy still applies", [pa("STRICT"), ALLOW_CLIENT], conn(OTHER_ID), False),
 ]
 
@@ -453,7 +545,7 @@ CASES: list[tuple[str, list[dict[str, Any]], ConnInfo, bool]] = [
     ("policies", "connection", "allowed"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_authorize_table(
-    policies: list[dict[str, Any]], connection: ConnInfo, allowed: bool
+    policies: list[dict[str, Any]], connection: Connection, allowed: bool
 ) -> None:
     decision = authorize(state(*policies), connection)
     assert decision.allowed is allowed, decision.reason
@@ -525,149 +617,6 @@ def test_recheck_uses_current_labels() -> None:
     relabelled = replace(SERVER, labels={"tier": "frontend"})
     st2 = st.with_changes(upsert_workloads=[relabelled])
     assert recheck(st2, open_conns) == ["c"]
-
-
-# --- conversion
-
-
-def test_conversion_structure() -> None:
-    conv = convert_policies(
-        [
-            ap(
-                [
-                    {
-                        "from": [
-                            {"source": {"principals": ["spiffe://td/ns/a/sa/b"]}},
-                            {"source": {"ipBlocks": ["10.0.0.0/8"]}},
-                        ],
-                        "to": [{"operation": {"ports": ["80"]}}],
-                        "when": [{"key": "source.namespace", "values": ["a"]}],
-                    }
-                ],
-                ns="istio-system",
-            )
-        ]
-    )
-    (p,) = conv.authorizations
-    assert p.scope is Scope.GLOBAL
-    assert p.action is Action.ALLOW
-    (rule,) = p.rules
-    assert len(rule.clauses) == 3
-    assert len(rule.clauses[0].matches) == 2  # one match per `from` entry, ORed
-    assert str(rule.clauses[0].matches[0].principals[0]) == "td/ns/a/sa/b"
-    assert conv.warnings == ()
-
-
-def test_conversion_warnings_and_exclusions() -> None:
-    conv = convert_policies(
-        [
-            ap([to(methods=["GET"])], name="l7allow"),
-            ap([to(paths=["/x"], ports=["80"])], name="l7deny", action="DENY"),
-            ap([], name="wp", extra_spec={"targetRefs": [{"kind": "Gateway", "name": "waypoint"}]}),
-            ap([{}], name="audit", action="AUDIT"),
-        ]
-    )
-    text = "\n".join(conv.warnings)
-    assert "app/l7allow" in text
-    assert "never match" in text
-    assert "denies every connection" in text
-    assert "app/l7deny" in text
-    assert "more broadly" in text
-    assert "waypoint" in text
-    assert "AUDIT" in text
-    assert conv.excluded == ("AuthorizationPolicy app/wp", "AuthorizationPolicy app/audit")
-    deny = next(p for p in conv.authorizations if p.name == "l7deny")
-    assert deny.rules[0].clauses[0].matches[0].destination_ports == (80,)
-
-
-def test_dry_run_annotation_and_peer_authn_conversion() -> None:
-    conv = convert_policies(
-        [
-            ap([{}], dry_run=True),
-            pa(
-                "STRICT",
-                selector={"matchLabels": {"app": "x"}},
-                portLevelMtls={"9090": {"mode": "DISABLE"}},
-            ),
-        ]
-    )
-    assert conv.authorizations[0].dry_run
-    (peer,) = conv.peer_authentications
-    assert peer.mode is MtlsMode.STRICT
-    assert dict(peer.port_modes) == {9090: MtlsMode.DISABLE}
-    assert any("DISABLE" in w for w in conv.warnings)
-
-
-class _Model:
-    def to_manifest(self) -> dict[str, Any]:
-        return ALLOW_CLIENT
-
-
-def test_accepts_ketch_api_models() -> None:
-    from ketch.api.security import AuthorizationPolicy, PeerAuthentication
-
-    model = AuthorizationPolicy.model_validate(
-        ap(
-            [{**src(namespaces=["client-ns"]), **to(ports=["8080"], methods=["GET"])}],
-            action="DENY",
-        )
-    )
-    peer = PeerAuthentication.model_validate(pa("STRICT"))
-    conv = convert_policies([model, peer])
-    st = ProxyState.build([SERVER], (), conv.authorizations, conv.peer_authentications)
-    assert not authorize(st, conn()).allowed  # DENY kept minus the method: port 8080 denied
-    assert authorize(st, conn(OTHER_ID)).allowed
-    assert not authorize(st, conn(None)).allowed  # STRICT
-    assert any("L7-only" in w for w in conv.warnings)
-
-
-def test_accepts_objects_with_to_manifest() -> None:
-    (p,) = convert_policies([_Model()]).authorizations
-    assert p.key == "app/p"
-
-
-@pytest.mark.parametrize(
-    ("doc", "message"),
-    [
-        (
-            ap([src(ipBlocks=["10.0.0.300"])]),
-            r"spec.rules\[0\].from\[0\].source.ipBlocks\[0\]: '10.0.0.300' is not an IP",
-        ),
-        (
-            ap([to(ports=["http"])]),
-            r"spec.rules\[0\].to\[0\].operation.ports\[0\]: 'http' is not a port",
-        ),
-        (ap([to(ports=[70000])]), r"is not a port"),
-        (ap([{"from": [{"source": {}}]}]), r"from\[0\].source: must not be empty"),
-        (ap([{"to": [{"operation": {}}]}]), r"to\[0\].operation: must not be empty"),
-        (ap([src(serviceAccounts=["nons"])]), r"serviceAccounts\[0\]: 'nons' is not of the form"),
-        (ap([src(serviceAccounts=["a/b"], principals=["x"])]), "cannot be combined"),
-        (ap([src(bogus=["x"])]), r"unknown field\(s\) \['bogus'\]"),
-        (ap([{"when": [{"key": "source.ip"}]}]), "one of values or notValues"),
-        (ap([when("weird.key", ["x"])]), "unknown condition key 'weird.key'"),
-        (ap([{}], action="MAYBE"), r"spec.action: 'MAYBE' is not one of"),
-        (ap([{"form": []}]), r"unknown field\(s\) \['form'\]"),
-        (pa("STRICTEST"), r"spec.mtls.mode: 'STRICTEST'"),
-        (pa("STRICT", portLevelMtls={80: {"mode": "STRICT"}}), "needs spec.selector"),
-        (
-            {"kind": "Deployment", "metadata": {"name": "x"}},
-            "'Deployment' is not AuthorizationPolicy",
-        ),
-        ({"kind": "AuthorizationPolicy", "metadata": {}}, "metadata.name: is required"),
-    ],
-)
-def test_conversion_errors(doc: dict[str, Any], message: str) -> None:
-    with pytest.raises(PolicyError, match=message) as exc:
-        convert_policies([doc], source="mesh.yaml")
-    assert str(exc.value).startswith("mesh.yaml: policies[0]")
-
-
-def test_conversion_collects_all_errors_and_duplicates() -> None:
-    with pytest.raises(PolicyError) as exc:
-        convert_policies([ap([to(ports=["x"])], name="a"), ap([src(ipBlocks=["nope"])], name="b")])
-    assert len(exc.value.problems) == 2
-    with pytest.raises(PolicyError, match="defined twice"):
-        convert_policies([ap([{}]), ap([{}])])
 
 
 # --- properties

@@ -20,7 +20,7 @@ from ketch.mesh import Workload
 from ketch.ztunnel.connections import ConnectionTracker, Direction, start_splice
 from ketch.ztunnel.identity import IdentityContexts, IdentityUnavailable, to_tls_cert
 from ketch.ztunnel.metrics import ZtunnelMetrics
-from ketch.ztunnel.rbac import ConnInfo
+from ketch.ztunnel.rbac import Connection
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy
 
 TD = "cluster.local"
@@ -36,7 +36,7 @@ def _wl(name: str) -> Workload:
 async def test_tracker_register_close_and_wait_empty() -> None:
     t = ConnectionTracker()
     closed: list[tuple[int, str]] = []
-    info = ConnInfo(ip_address("10.0.0.9"), 1, None, _wl("w"), ip_address("10.0.0.1"), 80)
+    info = Connection(ip_address("10.0.0.9"), 1, None, _wl("w"), ip_address("10.0.0.1"), 80)
     c1 = t.register("p1", Direction.INBOUND, "a", "b", lambda r: closed.append((1, r)), info=info)
     c2 = t.register("p2", Direction.OUTBOUND, "a", "c", lambda r: closed.append((2, r)))
     assert len(t) == 2

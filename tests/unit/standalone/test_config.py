@@ -14,8 +14,8 @@ from ketch.mesh import (
     Scope,
     TunnelProtocol,
 )
-from ketch.ztunnel.config import ConfigError, load_config, parse_config
-from ketch.ztunnel.rbac import ConnInfo, authorize
+from ketch.standalone.config import ConfigError, load_config, parse_config
+from ketch.ztunnel.rbac import Connection, authorize
 from ketch.ztunnel.route import Hbone, route
 
 EXAMPLE = """
@@ -124,7 +124,7 @@ def test_example_config(tmp_path: Path) -> None:
     (policy,) = state.policies.values()
     assert policy.scope is Scope.WORKLOAD_SELECTOR
     assert len(policy.rules) == 1  # the GET rule is ignored at L4
-    assert any("L7-only" in w and "app/allow-shop" in w for w in warnings)
+    assert any("L7 fields" in w and "app/allow-shop" in w for w in warnings)
     assert state.mtls_mode(server, 8080) == (MtlsMode.STRICT, "istio-system/default")
 
     # the loaded state drives routing and authorization end to end
@@ -133,11 +133,11 @@ def test_example_config(tmp_path: Path) -> None:
     plan = route(state, client, ip_address("10.96.0.10"), 80, pick=lambda n: 0)
     assert isinstance(plan, Hbone)
     assert plan.authority == "10.0.2.1:8080"
-    conn = ConnInfo(
+    conn = Connection(
         ip_address("10.0.1.1"), 1234, client.identity, server, ip_address("10.0.2.1"), 8080
     )
     assert authorize(state, conn).allowed
-    plaintext = ConnInfo(ip_address("10.0.1.1"), 1234, None, server, ip_address("10.0.2.1"), 8080)
+    plaintext = Connection(ip_address("10.0.1.1"), 1234, None, server, ip_address("10.0.2.1"), 8080)
     assert not authorize(state, plaintext).allowed
 
 
@@ -197,7 +197,7 @@ services:
         ),
         (
             "policies: [{kind: AuthorizationPolicy, metadata: {name: p}, spec: {action: NOPE}}]",
-            r"policies\[0\] AuthorizationPolicy default/p: spec\.action",
+            r"policies\[0\].spec.action: expected 'ALLOW'",
         ),
         ("workloads: [a, b", "invalid YAML"),
         ("- just a list", "top level must be a mapping"),

@@ -1,5 +1,5 @@
 """Standalone node proxy: `ketch ztunnel run`, one process per node, with its whole view of
-the mesh from a YAML file (`ketch.ztunnel.config`) instead of a control plane.
+the mesh from a YAML file (`ketch.standalone.config`) instead of a control plane.
 
 What the process does:
 
@@ -39,10 +39,9 @@ from ketch.identity.ca import CertificateAuthority
 from ketch.identity.errors import IdentityError
 from ketch.identity.local import InProcessCaClient
 from ketch.identity.manager import CertificateManager
+from ketch.standalone.config import ConfigError, LoadedConfig, LocalPod, read_config
 from ketch.util.tasks import spawn
-from ketch.ztunnel import ZtunnelError
 from ketch.ztunnel.admin import HttpEndpoint, admin_routes, metrics_routes, readiness_routes
-from ketch.ztunnel.config import ConfigError, LoadedConfig, LocalPod, read_config
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.proxy import PodHandle, ProxyError, Ztunnel
 
@@ -52,7 +51,7 @@ Address = tuple[str, int]
 TAKE_OVER_INTERVAL = 0.2  # seconds between tries to bind a node port another proxy holds
 
 
-class StandaloneError(ZtunnelError):
+class StandaloneError(Exception):
     """The standalone proxy cannot start (bad flag, config, CA directory or port)."""
 
 

@@ -47,6 +47,7 @@ from pydantic import (
     model_validator,
 )
 
+from ketch.control.translate.policy import PolicyError, translate_policies
 from ketch.identity.spiffe import InvalidSpiffeId, SpiffeId
 from ketch.mesh import (
     DEFAULT_ROOT_NAMESPACE,
@@ -64,12 +65,10 @@ from ketch.mesh import (
     WorkloadType,
     selector_matches,
 )
-from ketch.ztunnel import ZtunnelError
-from ketch.ztunnel.rbac import PolicyError, convert_policies
 from ketch.ztunnel.state import ProxyState
 
 
-class ConfigError(ZtunnelError, ValueError):
+class ConfigError(ValueError):
     """The config file is unusable; `problems` lists every reason with its location."""
 
     def __init__(self, problems: Sequence[str]) -> None:
@@ -431,7 +430,7 @@ def parse_config(text: str, source: str = "<config>") -> LoadedConfig:
     services = b.services()
     workloads = b.workloads(services)
     try:
-        conv = convert_policies(cfg.policies, root_namespace=cfg.root_namespace, source=source)
+        conv = translate_policies(cfg.policies, root_namespace=cfg.root_namespace, source=source)
     except PolicyError as e:
         b.errors += e.problems
         conv = None
