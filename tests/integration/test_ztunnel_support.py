@@ -37,7 +37,8 @@ from ketch.mesh import (
 from ketch.netns import install_rules, run_in_netns
 from ketch.netns.fabric import Fabric, Node, Pod, free_prefix
 from ketch.ztunnel.metrics import ZtunnelMetrics
-from ketch.ztunnel.proxy import PodHandle, Ztunnel
+from ketch.ztunnel.pod import PodHandle
+from ketch.ztunnel.proxy import Ztunnel
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.telemetry import AccessLogRecord
 

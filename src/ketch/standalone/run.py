@@ -43,7 +43,8 @@ from ketch.standalone.config import ConfigError, LoadedConfig, LocalPod, read_co
 from ketch.util.tasks import spawn
 from ketch.ztunnel.admin import HttpEndpoint, admin_routes, metrics_routes, readiness_routes
 from ketch.ztunnel.metrics import ZtunnelMetrics
-from ketch.ztunnel.proxy import PodHandle, ProxyError, Ztunnel
+from ketch.ztunnel.pod import PodHandle
+from ketch.ztunnel.proxy import ProxyError, Ztunnel
 
 log = logging.getLogger("ketch.ztunnel.standalone")
 

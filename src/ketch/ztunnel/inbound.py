@@ -24,26 +24,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import time
-from typing import TYPE_CHECKING
 
-from ketch.mesh import SELF_PORTS, IpAddr, Service, Workload, format_authority
-from ketch.netns import NetnsError, pod_connect
+from ketch.mesh import SELF_PORTS, Service, Workload, format_authority
+from ketch.netns import NetnsError
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
+from ketch.ztunnel.pod import PodRuntime, ProxyContext, connect_app
 from ketch.ztunnel.rbac import Connection, authorize
 from ketch.ztunnel.telemetry import Direction as LogDirection
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
 
-if TYPE_CHECKING:
-    from ketch.ztunnel.proxy import PodRuntime, Ztunnel
-
 log = logging.getLogger("ketch.ztunnel.inbound")
 
 
-def _service_from_forwarded(zt: Ztunnel, w: Workload, value: str | None) -> Service | None:
+def _service_from_forwarded(zt: ProxyContext, w: Workload, value: str | None) -> Service | None:
     """The service the client addressed, from `forwarded: ...;host=<hostname>`."""
     if not value or "host=" not in value:
         return None
@@ -57,23 +53,7 @@ def _service_from_forwarded(zt: Ztunnel, w: Workload, value: str | None) -> Serv
     return None
 
 
-async def connect_app(
-    zt: Ztunnel, pod: PodRuntime, dst: tuple[IpAddr, int], client_ip: IpAddr
-) -> socket.socket:
-    """Connect to the app inside the pod netns, spoofing `client_ip` when enabled."""
-    addr = (str(dst[0]), dst[1])
-    if zt.spoof_source and client_ip.version == dst[0].version and client_ip != dst[0]:
-        return await pod_connect(
-            pod.netns,
-            addr,
-            connect_timeout=zt.connect_timeout,
-            transparent=True,
-            source=(str(client_ip), 0),
-        )
-    return await pod_connect(pod.netns, addr, connect_timeout=zt.connect_timeout)
-
-
-async def handle(zt: Ztunnel, pod: PodRuntime, inc: IncomingConnect) -> None:
+async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> None:
     """One CONNECT to `pod` (see the module docstring)."""
     started = time.monotonic()
     info = inc.info

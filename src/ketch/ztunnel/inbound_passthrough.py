@@ -18,24 +18,20 @@ import asyncio
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from ketch.mesh import SELF_PORTS, format_authority
 from ketch.netns import NetnsError, NoOriginalDestination, original_dst
 from ketch.ztunnel.connections import Direction, Splice, reset_stream, start_splice
-from ketch.ztunnel.inbound import connect_app
+from ketch.ztunnel.pod import PodRuntime, ProxyContext, connect_app
 from ketch.ztunnel.rbac import Connection, authorize
 from ketch.ztunnel.telemetry import Direction as LogDirection
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
-
-if TYPE_CHECKING:
-    from ketch.ztunnel.proxy import PodRuntime, Ztunnel
 
 log = logging.getLogger("ketch.ztunnel.inbound_passthrough")
 
 
 async def handle(
-    zt: Ztunnel, pod: PodRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    zt: ProxyContext, pod: PodRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """One plaintext inbound connection to `pod` (see the module docstring)."""
     started = time.monotonic()

@@ -22,7 +22,6 @@ import asyncio
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from ketch.mesh import IpAddr, Workload, format_authority
 from ketch.netns import NetnsError, NoOriginalDestination, original_dst, pod_connect
@@ -36,6 +35,7 @@ from ketch.ztunnel.connections import (
 from ketch.ztunnel.hbone import HboneError, PoolKey, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import baggage, forwarded, traceparent
 from ketch.ztunnel.identity import IdentityUnavailable
+from ketch.ztunnel.pod import PodRuntime, ProxyContext
 from ketch.ztunnel.route import Hbone, Passthrough, Refuse, route
 from ketch.ztunnel.telemetry import (
     Direction as LogDirection,
@@ -48,9 +48,6 @@ from ketch.ztunnel.telemetry import (
     canonical_service,
     workload_name,
 )
-
-if TYPE_CHECKING:
-    from ketch.ztunnel.proxy import PodRuntime, Ztunnel
 
 log = logging.getLogger("ketch.ztunnel.outbound")
 
@@ -100,7 +97,7 @@ class _Conn:
 
 
 async def handle(
-    zt: Ztunnel, pod: PodRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    zt: ProxyContext, pod: PodRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """One redirected outbound connection of `pod` (see the module docstring)."""
     started = time.monotonic()
@@ -156,7 +153,7 @@ async def handle(
 
 
 def _refused(
-    zt: Ztunnel,
+    zt: ProxyContext,
     pod: PodRuntime,
     plan: Refuse,
     src_addr: tuple[IpAddr, int],
@@ -189,7 +186,7 @@ def _refused(
 
 
 async def _hbone(
-    zt: Ztunnel,
+    zt: ProxyContext,
     pod: PodRuntime,
     c: _Conn,
     tc: TrackedConn,
@@ -291,7 +288,7 @@ async def _hbone(
 
 
 async def _passthrough(
-    zt: Ztunnel,
+    zt: ProxyContext,
     pod: PodRuntime,
     c: _Conn,
     tc: TrackedConn,

@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import ipaddress
 import logging
 import os
-import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -49,6 +46,7 @@ from ketch.ztunnel.drain import drain_connections
 from ketch.ztunnel.hbone import HboneClientPool, HboneServer, tune_malloc
 from ketch.ztunnel.identity import CertSource, IdentityContexts, IdentityUnavailable
 from ketch.ztunnel.metrics import ZtunnelMetrics
+from ketch.ztunnel.pod import PodHandle, PodPhase, PodRuntime
 from ketch.ztunnel.rbac import recheck
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.telemetry import AccessLogRecord, format_json, format_text
@@ -58,89 +56,10 @@ access_logger = logging.getLogger("ketch.ztunnel.access")
 
 # asyncio re-listen()s a passed socket with its own backlog (default 100): keep ours
 LISTEN_BACKLOG = 1024
-READY_WAIT = 15.0  # how long a connection waits for its pod's certificate/config
 
 
 class ProxyError(Exception):
     """The node proxy cannot serve a pod (listener, netns or identity problem)."""
-
-
-@dataclass(frozen=True)
-class PodHandle:
-    """A pod the node agent enrolled: identity fields and an open fd of its network
-    namespace (the proxy owns the fd from `add_pod` on)."""
-
-    uid: str
-    name: str
-    namespace: str
-    service_account: str
-    netns_fd: int
-
-
-class PodPhase(enum.Enum):
-    WAITING_CONFIG = "waiting_for_workload"  # no Workload in state matches the pod yet
-    WAITING_CERT = "waiting_for_certificate"
-    READY = "ready"
-    REMOVED = "removed"
-
-
-@dataclass(eq=False)
-class PodRuntime:
-    """Everything the proxy holds for one pod. Listeners read `workload` and `identity`."""
-
-    handle: PodHandle
-    listeners: dict[int, socket.socket] = field(default_factory=dict)
-    workload: Workload | None = None
-    identity: SpiffeId | None = None
-    phase: PodPhase = PodPhase.WAITING_CONFIG
-    error: str = ""
-    servers: list[asyncio.Server] = field(default_factory=list)
-    hbone: HboneServer | None = None
-    pool: HboneClientPool | None = None
-    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
-    config_event: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    accepting: bool = True
-
-    @property
-    def uid(self) -> str:
-        return self.handle.uid
-
-    @property
-    def netns(self) -> int:
-        return self.handle.netns_fd
-
-    @property
-    def ready(self) -> bool:
-        return self.phase is PodPhase.READY
-
-    def ip_for(self, family: int = 4) -> IpAddr | None:
-        return self.workload.address_for(family) if self.workload else None
-
-    async def wait_ready(self, within: float = READY_WAIT) -> bool:
-        if self.phase is PodPhase.READY:
-            return True
-        try:
-            async with asyncio.timeout(within):
-                await self.ready_event.wait()
-        except TimeoutError:
-            return False
-        return self.ready
-
-    def describe(self) -> dict[str, Any]:
-        h = self.handle
-        return {
-            "uid": h.uid,
-            "name": h.name,
-            "namespace": h.namespace,
-            "service_account": h.service_account,
-            "workload": self.workload.key if self.workload else None,
-            "addresses": [str(a) for a in self.workload.addresses] if self.workload else [],
-            "identity": self.identity.uri if self.identity else None,
-            "state": self.phase.value,
-            "error": self.error or None,
-            "listeners": sorted(self.listeners),
-        }
 
 
 def _enable_listener_migration() -> bool:
