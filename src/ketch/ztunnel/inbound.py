@@ -4,18 +4,19 @@ peer proxy opens to one of our pods.
 The `HboneServer` (one per pod, with the pod's own certificate) does TLS 1.3, verifies the
 client certificate chains to our roots and is in the pod's trust domain, and answers
 malformed requests (not CONNECT, bad authority) with 400 itself. For every CONNECT it calls
-`handle()`, which decides then acts:
+`handle()`, which decides (`decide()`, pure, table-tested) then acts:
 
-1. the `:authority` must be `<this pod's IP>:<port>`, and that IP must be the address the
+1. no workload for the pod yet, or the pod is leaving -> 503 (ztunnel answers 503 too);
+2. the `:authority` must be `<this pod's IP>:<port>`, and that IP must be the address the
    connection arrived on -> else 400 (the proxy does not serve that address);
-2. the target port must not be a proxy port (15001/15006/15008) -> else 400 (loop);
-3. `rbac.authorize(state, Connection(peer ip, peer identity, pod, port))` -> 401 when denied;
-4. connect to the app inside the pod netns (`pod_connect`, mark 0x539, to the pod's own
+3. the target port must not be a proxy port (15001/15006/15008) -> else 503 (self-call);
+4. `rbac.authorize(state, Connection(peer ip, peer identity, pod, port))` -> 401 when denied;
+5. connect to the app inside the pod netns (`pod_connect`, mark 0x539, to the pod's own
    IP:port). With `spoof_source` the socket is IP_TRANSPARENT and bound to the client's
    IP, so the app sees the real client address (the pod's mangle/table-100 rules route the
    app's replies back over lo to the proxy); else the app sees the pod IP as the source.
    Refused / unreachable -> 503;
-5. answer 200 and relay; metrics with reporter=destination, connection_security_policy=
+6. answer 200 and relay; metrics with reporter=destination, connection_security_policy=
    mutual_tls; the connection is tracked with its `Connection` so a policy update re-checks it.
 """
 
@@ -25,14 +26,17 @@ import asyncio
 import ipaddress
 import logging
 import time
+from dataclasses import dataclass
 
-from ketch.mesh import SELF_PORTS, Service, Workload, format_authority
+from ketch.identity.spiffe import SpiffeId
+from ketch.mesh import SELF_PORTS, IpAddr, Service, Workload, format_authority
 from ketch.netns import NetnsError
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
-from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
+from ketch.ztunnel.hbone.headers import Authority, InvalidAuthority, parse_authority
 from ketch.ztunnel.pod import PodRuntime, ProxyContext, connect_app
-from ketch.ztunnel.rbac import Connection, authorize
+from ketch.ztunnel.rbac import Connection, Decision, authorize
+from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.telemetry import Direction as LogDirection
 from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
 
@@ -53,41 +57,96 @@ def _service_from_forwarded(zt: ProxyContext, w: Workload, value: str | None) ->
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Answer the CONNECT with `status`; `reason` goes to the log. `policy` is set when an
+    authorization policy denied (then metrics and the access log record a DENY)."""
+
+    status: int
+    reason: str
+    denied_by_policy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Deliver to the app at `target`; `conn` is what policy re-checks see later."""
+
+    conn: Connection
+    decision: Decision
+
+
+def decide(
+    state: ProxyState,
+    workload: Workload | None,
+    *,
+    accepting: bool,
+    local_ip: IpAddr,
+    target: Authority,
+    peer: tuple[IpAddr, int],
+    peer_identity: SpiffeId,
+) -> Refusal | Admit:
+    """The inbound decision, without I/O, in ztunnel's order (proxy/inbound.rs):
+
+    1. no workload for this pod yet, or the pod is leaving -> 503;
+    2. the authority's IP is not the address the connection arrived on, or not one of the
+       pod's -> 400 (this proxy does not serve that address here);
+    3. the target port is a node-proxy port -> 503 (self-call);
+    4. authorization -> 401 when denied.
+    """
+    if workload is None:
+        return Refusal(503, "no workload is known for this pod yet")
+    if not accepting:
+        return Refusal(503, "the pod is leaving the mesh or the proxy is draining")
+    if target.ip != local_ip or target.ip not in workload.addresses:
+        return Refusal(
+            400, f"{target} is not an address this proxy serves here (arrived on {local_ip})"
+        )
+    if target.port in SELF_PORTS:
+        return Refusal(503, f"port {target.port} is a node-proxy port (self-call)")
+    conn = Connection(peer[0], peer[1], peer_identity, workload, target.ip, target.port)
+    decision = authorize(state, conn)
+    if not decision.allowed:
+        return Refusal(401, decision.reason, denied_by_policy=True)
+    return Admit(conn, decision)
+
+
 async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> None:
     """One CONNECT to `pod` (see the module docstring)."""
     started = time.monotonic()
     info = inc.info
-    w = pod.workload
     peer_ip = ipaddress.ip_address(info.peer_addr[0])
     src = (peer_ip, int(info.peer_addr[1]))
     try:
-        auth = parse_authority(info.authority)
-    except InvalidAuthority as e:
+        target = parse_authority(info.authority)
+    except InvalidAuthority as e:  # the HBONE layer already answers these; defensive
         log.info("pod %s: HBONE from %s: %s -> 400", pod.uid, info.peer_addr, e)
         inc.refuse(400)
         return
-    local_ip = ipaddress.ip_address(info.local_addr[0])
-    if w is None or auth.ip not in w.addresses or auth.ip != local_ip or not pod.accepting:
+    st = zt.state
+    w = pod.workload
+    verdict = decide(
+        st,
+        w,
+        accepting=pod.accepting,
+        local_ip=ipaddress.ip_address(info.local_addr[0]),
+        target=target,
+        peer=src,
+        peer_identity=info.peer_identity,
+    )
+    if isinstance(verdict, Refusal) and not verdict.denied_by_policy:
         log.info(
-            "pod %s: HBONE from %s (%s) for %s: not an address this proxy serves here -> 400",
+            "pod %s: HBONE from %s (%s) for %s: %s -> %d",
             pod.uid,
             info.peer_addr,
             info.peer_identity,
             info.authority,
+            verdict.reason,
+            verdict.status,
         )
-        inc.refuse(400)
+        inc.refuse(verdict.status)
         return
-    if auth.port in SELF_PORTS:
-        log.info(
-            "pod %s: HBONE from %s targets proxy port %s (loop) -> 400",
-            pod.uid,
-            info.peer_addr,
-            auth.port,
-        )
-        inc.refuse(400)
-        return
-    st = zt.state
-    conn = Connection(src[0], src[1], info.peer_identity, w, auth.ip, auth.port)
+    assert w is not None
+    local_ip = ipaddress.ip_address(info.local_addr[0])
     src_workload = st.workload_by_address(peer_ip)
     dst_service = _service_from_forwarded(zt, w, info.header("forwarded"))
     values = zt.metrics.label_values(
@@ -99,7 +158,7 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         security_policy=SecurityPolicy.MUTUAL_TLS,
         dst_identity=pod.identity,
     )
-    dst = (auth.ip, auth.port)
+    dst = (target.ip, target.port)
 
     def record(error: BaseException | str | None, sent: int = 0, recv: int = 0) -> None:
         zt.log_access(
@@ -120,19 +179,19 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
             )
         )
 
-    decision = authorize(st, conn)
-    if not decision.allowed:
+    if isinstance(verdict, Refusal):  # denied by policy
         log.info(
             "pod %s: HBONE %s from %s: %s -> 401",
             pod.uid,
             info.authority,
             info.peer_identity,
-            decision.reason,
+            verdict.reason,
         )
-        inc.refuse(401)
+        inc.refuse(verdict.status)
         zt.metrics.failed(values)
-        record(f"policy: {decision.reason}")
+        record(f"policy: {verdict.reason}")
         return
+    conn = verdict.conn
     try:
         sock = await connect_app(zt, pod, dst, peer_ip)
     except (OSError, NetnsError, TimeoutError) as e:

@@ -36,7 +36,7 @@ from ketch.ztunnel.hbone import HboneError, PoolKey, RelayProgress, Tunnel, rela
 from ketch.ztunnel.hbone.headers import baggage, forwarded, traceparent
 from ketch.ztunnel.identity import IdentityUnavailable
 from ketch.ztunnel.pod import PodRuntime, ProxyContext
-from ketch.ztunnel.route import Hbone, Passthrough, Refuse, route
+from ketch.ztunnel.route import Hbone, Passthrough, Refuse, is_self_call, route
 from ketch.ztunnel.telemetry import (
     Direction as LogDirection,
 )
@@ -113,6 +113,16 @@ async def handle(
         return
     src_addr = (ipaddress.ip_address(peer[0]), int(peer[1]))
     dst_ip = ipaddress.ip_address(dst_s)
+    if is_self_call(dst_ip, dst_port, pod.workload.addresses if pod.workload else ()):
+        # refused at once, before waiting for the pod: never forwarded into ourselves
+        log.info(
+            "pod %s: outbound %s -> %s refused: a node-proxy port of the pod itself (loop)",
+            pod.uid,
+            format_authority(*src_addr),
+            format_authority(dst_ip, dst_port),
+        )
+        reset_stream(writer)
+        return
     if not await pod.wait_ready() or not pod.accepting:
         log.warning(
             "pod %s: refusing outbound %s -> %s:%s: pod not ready (%s)",

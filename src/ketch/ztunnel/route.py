@@ -128,6 +128,19 @@ def _addr(w: Workload, family: int) -> IpAddr | None:
     return w.address_for(family)
 
 
+def is_self_call(
+    dst_ip: IpAddr,
+    dst_port: int,
+    own_addresses: Collection[IpAddr] = (),
+    self_ports: Collection[int] = SELF_PORTS,
+) -> bool:
+    """A pod dialling a node-proxy port on loopback or on its own address reaches the proxy's
+    listener directly (nat skips those destinations), so forwarding it would dial the
+    listener again: a loop. ztunnel refuses loopback on the proxy ports
+    (proxy/outbound.rs); Ketch also refuses the pod's own addresses."""
+    return dst_port in self_ports and (dst_ip.is_loopback or dst_ip in own_addresses)
+
+
 def route(
     state: ProxyState,
     src: Workload,
@@ -138,6 +151,11 @@ def route(
     pick: Pick = random_pick,
 ) -> Plan:
     """Decide how `src`'s connection to `dst_ip:dst_port` leaves the node (module docstring)."""
+    if is_self_call(dst_ip, dst_port, src.addresses, self_ports):
+        return Refuse(
+            503,
+            f"{format_authority(dst_ip, dst_port)} is this pod's own node-proxy port: refusing a self-call (loop)",
+        )
     svc = state.service_by_vip(dst_ip)
     if svc is not None:
         return _route_service(state, src, svc, dst_ip, dst_port, pick)

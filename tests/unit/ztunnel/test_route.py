@@ -268,6 +268,36 @@ CASES = [
         ),
     ),
     Case(
+        "self-call: loopback 15001 (would loop through the listener)",
+        "127.0.0.1",
+        15001,
+        Refuse(
+            503,
+            "127.0.0.1:15001 is this pod's own node-proxy port: refusing a self-call (loop)",
+        ),
+    ),
+    Case(
+        "self-call: IPv6 loopback 15008",
+        "::1",
+        15008,
+        Refuse(503, "[::1]:15008 is this pod's own node-proxy port: refusing a self-call (loop)"),
+    ),
+    Case(
+        "self-call: the pod's own address on 15006",
+        "10.0.1.1",
+        15006,
+        Refuse(
+            503,
+            "10.0.1.1:15006 is this pod's own node-proxy port: refusing a self-call (loop)",
+        ),
+    ),
+    Case(
+        "loopback on an app port is not a self-call",
+        "127.0.0.1",
+        8080,
+        Passthrough((IP("127.0.0.1"), 8080)),
+    ),
+    Case(
         "15008 to a non-mesh ip is passthrough",
         "192.0.2.7",
         15008,
