@@ -20,20 +20,45 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# netperf lives in Debian's non-free component; only the benchmark needs it.
-# The source entry we add must carry the same Signed-By as the system's entry for
-# deb.debian.org (apt refuses "conflicting values" otherwise), and "non-free-firmware"
-# (enabled on many bookworm hosts) does not count as non-free.
+# netperf lives in Debian's non-free component; only the benchmark needs it. We add that
+# component for the machine's own Debian mirror: the URI and Signed-By are copied from the
+# existing apt source of this release (deb822 or one-line format), never written here, and
+# apt refuses "conflicting values" unless Signed-By matches. "non-free-firmware" (enabled on
+# many bookworm hosts) does not count as non-free.
+debian_source_for() { # codename -> "URI<TAB>SIGNED-BY" of the source serving that suite
+  local codename=$1 f root=${APT_ROOT:-}
+  for f in "$root"/etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk -v suite="$codename" '
+      function flush() { if (ok && uri != "") { print uri "\t" sb; found = 1; exit } ok = 0; uri = ""; sb = "" }
+      /^[[:space:]]*$/ { flush(); next }
+      /^URIs:/ { uri = $2 }
+      /^Signed-By:/ { sb = $2 }
+      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) ok = 1 }
+      END { if (!found) flush() }' "$f" | head -n 1
+  done
+  for f in "$root"/etc/apt/sources.list "$root"/etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    sed -nE "s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+$codename[[:space:]].*/\2\t/p" "$f" | head -n 1
+  done
+}
 if [ "${KETCH_WITH_BENCH:-0}" = 1 ] && ! command -v netperf >/dev/null; then
   apt_dir=/etc/apt/sources.list.d
   rm -f "$apt_dir/ketch-non-free.list" # written by earlier versions of this script
   if ! grep -rqsE --include='*.list' --include='*.sources' --include=sources.list \
     '^[^#]*non-free([[:space:]]|$)' /etc/apt/sources.list "$apt_dir"; then
     codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
-    signed_by=$(grep -hsE '^Signed-By:' "$apt_dir"/*.sources | head -n 1 | awk '{print $2}')
+    source_line=$(debian_source_for "$codename" | head -n 1)
+    if [ -z "$source_line" ]; then
+      echo "ketch install: no apt source for Debian $codename found; enable the non-free" \
+        "component for it and install netperf (apt-get install netperf)" >&2
+      exit 1
+    fi
+    uri=${source_line%%$'\t'*}
+    signed_by=${source_line#*$'\t'}
     {
       echo "Types: deb"
-      echo "URIs: http://deb.debian.org/debian"
+      echo "URIs: $uri"
       echo "Suites: $codename"
       echo "Components: non-free"
       if [ -n "$signed_by" ]; then echo "Signed-By: $signed_by"; fi
