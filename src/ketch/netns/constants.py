@@ -29,6 +29,13 @@ MARK_MASK: Final = 0xFFF
 #: Policy routing table that sends connmarked replies back over loopback.
 ROUTE_TABLE: Final = 100
 
+#: TCP keepalive on every proxied pod socket, as ztunnel sets it (zt:src/socket.rs):
+#: first probe after 180 s idle, then every 180 s, give up after 9 unanswered probes.
+#: Dead peers (a node gone without a RST) are then noticed in 30 min instead of never.
+KEEPALIVE_IDLE: Final = 180
+KEEPALIVE_INTERVAL: Final = 180
+KEEPALIVE_COUNT: Final = 9
+
 #: The two chains we own in the mangle and nat tables of a pod netns.
 CHAIN_PREROUTING: Final = "ISTIO_PRERT"
 CHAIN_OUTPUT: Final = "ISTIO_OUTPUT"

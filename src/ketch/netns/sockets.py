@@ -29,7 +29,12 @@ import ipaddress
 import socket
 import struct
 
-from ketch.netns.constants import PROXY_MARK
+from ketch.netns.constants import (
+    KEEPALIVE_COUNT,
+    KEEPALIVE_IDLE,
+    KEEPALIVE_INTERVAL,
+    PROXY_MARK,
+)
 from ketch.netns.enter import NetnsRef, in_netns, run_in_netns
 from ketch.netns.errors import NetnsError, NoOriginalDestination
 
@@ -90,9 +95,15 @@ def _new_socket(family: socket.AddressFamily, mark: int, transparent: bool) -> s
     # proto=IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on transports whose socket
     # says IPPROTO_TCP (accepted sockets copy the listener's), and Nagle plus delayed ACKs
     # cost ~40 ms per hop on request/response traffic. We set it here as well.
+    # Keepalive as ztunnel: on a listener these options are copied into every accepted
+    # socket by the kernel (sk_clone), so only dialled sockets pay the four setsockopts.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
         if transparent:
             if family == socket.AF_INET6:
