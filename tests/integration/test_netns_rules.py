@@ -28,11 +28,12 @@ from ketch.netns import (
     rules_installed,
     socket_mark,
 )
-from ketch.netns.fabric import Pod
+from ketch.netns.fabric import Fabric, Pod
 from ketch.netns.iptables import LEGACY, NFT, IptablesBackend, saved_rules
 from ketch.netns.rules import JUMPS, chain_rules, count_policy_rules, our_rules
+from ketch.netns.sockets import canonical_ip
 
-from .conftest import TwoNodes
+from .conftest import TwoNodes, unique_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,8 @@ def _app_listener(pod: Pod, port: int = APP_PORT) -> socket.socket:
 
 def _workload_connect(pod: Pod, address: tuple[str, int], timeout: float = 3.0) -> socket.socket:
     """Connect like a workload inside the pod would: an unmarked socket made in the pod."""
-    sock = in_netns(pod.netns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = in_netns(pod.netns, socket.socket, family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(address)
@@ -75,6 +77,11 @@ def _accept(listener: socket.socket, timeout: float = 3.0) -> socket.socket:
     assert ready, "no connection arrived"
     conn, _ = listener.accept()
     return conn
+
+
+def _peer_ip(conn: socket.socket) -> str:
+    """The peer address of an accepted socket, unmapped (pod listeners are dual-stack)."""
+    return str(canonical_ip(conn.getpeername()[0]))
 
 
 def _nothing_pending(listener: socket.socket) -> bool:
@@ -174,7 +181,7 @@ def test_outbound_capture_reports_the_original_destination(two_nodes: TwoNodes) 
         conn = _accept(proxy)
         with _closing(client, conn):
             assert original_dst(conn) == (b.ip, APP_PORT)
-            assert conn.getpeername()[0] == a.ip
+            assert _peer_ip(conn) == a.ip
             assert socket_mark(conn) == PROXY_MARK
             client.sendall(b"hello")
             conn.setblocking(True)
@@ -196,7 +203,7 @@ def test_inbound_capture_and_fail_closed(two_nodes: TwoNodes) -> None:
             conn = _accept(proxy)
             with _closing(client, conn):
                 assert original_dst(conn) == (b.ip, APP_PORT)
-                assert conn.getpeername()[0] == a.ip
+                assert _peer_ip(conn) == a.ip
             assert _nothing_pending(app)
 
 
@@ -209,7 +216,8 @@ def test_hbone_port_is_never_redirected(two_nodes: TwoNodes) -> None:
         conn = _accept(hbone)
         with _closing(client, conn):
             # conntrack still knows the connection, but nothing rewrote its destination
-            assert original_dst(conn) == conn.getsockname() == (b.ip, HBONE_PORT)
+            local = (str(canonical_ip(conn.getsockname()[0])), conn.getsockname()[1])
+            assert original_dst(conn) == local == (b.ip, HBONE_PORT)
 
 
 def test_proxy_marked_outbound_connection_bypasses_the_redirect(two_nodes: TwoNodes) -> None:
@@ -241,3 +249,35 @@ def test_connmark_routes_replies_back_to_a_transparent_proxy(two_nodes: TwoNodes
             conn.setblocking(True)
             conn.sendall(b"reply")
             assert sock.recv(5) == b"reply"
+
+
+def test_dual_stack_listeners_capture_ipv4_and_ipv6() -> None:
+    """With IPv6 pods, the ip6tables REDIRECTs (to ::1) and the iptables ones (to 127.0.0.1)
+    both land on the proxy's one dual-stack listener per port, and `original_dst` reports
+    each connection's pre-REDIRECT destination in its own family, IPv4 never v4-mapped."""
+    with Fabric(unique_prefix(), ipv6=True) as fab:
+        a = fab.add_pod(fab.add_node("node1"), "a")
+        b = fab.add_pod(fab.add_node("node2"), "b")
+        assert a.ip6 is not None
+        assert b.ip6 is not None
+        install_rules(a.netns, ipv6=True)
+        install_rules(b.netns, ipv6=True)
+        outbound = pod_listener(a.netns, OUTBOUND_PORT)
+        inbound = pod_listener(b.netns, INBOUND_PLAINTEXT_PORT)
+        with _closing(outbound, inbound):
+            for dst, src in ((b.ip6, a.ip6), (b.ip, a.ip)):
+                client = _workload_connect(a, (dst, APP_PORT))
+                conn = _accept(outbound)
+                with _closing(client, conn):
+                    assert original_dst(conn) == (dst, APP_PORT)
+                    assert original_dst(conn, conn.getpeername()) == (dst, APP_PORT)
+                    assert _peer_ip(conn) == src
+                # from a proxy-marked socket (as the proxy sends), inbound to b's 15006
+                out = pod_connect_socket(a.netns, family=client.family)
+                with _closing(out):
+                    out.settimeout(3)
+                    out.connect((dst, APP_PORT))
+                    conn = _accept(inbound)
+                    with _closing(conn):
+                        assert original_dst(conn) == (dst, APP_PORT)
+                        assert _peer_ip(conn) == src

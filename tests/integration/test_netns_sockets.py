@@ -9,6 +9,7 @@ import pytest
 
 from ketch.netns import (
     PROXY_MARK,
+    canonical_ip,
     close_netns,
     in_netns,
     open_netns,
@@ -51,8 +52,11 @@ def test_pod_listener_is_reachable_from_another_pod_and_marked(two_nodes: TwoNod
                 # Nagle off (asyncio only sets it itself on IPPROTO_TCP sockets)
                 assert conn.proto == socket.IPPROTO_TCP
                 assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-                assert conn.getsockname() == (b.ip, 15008)
-                assert conn.getpeername()[0] == a.ip
+                # dual-stack by default: an IPv4 peer shows up v4-mapped
+                assert listener.family == socket.AF_INET6
+                assert listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+                assert conn.getsockname()[:2] == (f"::ffff:{b.ip}", 15008)
+                assert str(canonical_ip(conn.getpeername()[0])) == a.ip
 
 
 def test_reuseport_lets_a_second_proxy_bind_next_to_the_first(two_nodes: TwoNodes) -> None:

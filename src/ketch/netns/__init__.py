@@ -3,7 +3,8 @@
 * `enter`     — run code or processes inside a netns without moving the caller
                 (`in_netns`, `run_in_netns`, `open_netns`, `ns_run`, `ns_popen`).
 * `sockets`   — the node proxy's in-pod sockets: `pod_listener`, `pod_connect_socket`,
-                `original_dst` (SO_ORIGINAL_DST), all marked SO_MARK 0x539.
+                `original_dst` (SO_ORIGINAL_DST), all marked SO_MARK 0x539;
+                listeners are dual-stack, `canonical_ip` unmaps ::ffff:a.b.c.d.
 * `rules`     — the in-pod iptables rules as pure functions (`render_rules`, ...).
 * `iptables`  — apply/remove them inside a pod netns (`install_rules`, `remove_rules`).
 * `fabric`    — a local cluster of node and pod namespaces for tests, benchmarks and
@@ -48,6 +49,8 @@ from ketch.netns.errors import (
 from ketch.netns.iptables import detect_backend, install_rules, remove_rules, rules_installed
 from ketch.netns.rules import RedirectSpec, render_removal, render_rules
 from ketch.netns.sockets import (
+    DUAL_STACK,
+    canonical_ip,
     original_dst,
     pod_connect,
     pod_connect_socket,
@@ -58,6 +61,7 @@ from ketch.netns.sockets import (
 
 __all__ = [
     "CONNMARK",
+    "DUAL_STACK",
     "HBONE_PORT",
     "INBOUND_PLAINTEXT_PORT",
     "MARK_MASK",
@@ -73,6 +77,7 @@ __all__ = [
     "NetnsRef",
     "NoOriginalDestination",
     "RedirectSpec",
+    "canonical_ip",
     "close_netns",
     "current_netns_id",
     "detect_backend",

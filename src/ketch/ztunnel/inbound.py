@@ -22,13 +22,12 @@ malformed requests (not CONNECT, bad authority) with 400 itself. For every CONNE
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import time
 from typing import TYPE_CHECKING
 
-from ketch.netns import NetnsError, pod_connect
+from ketch.netns import NetnsError, canonical_ip, pod_connect
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
@@ -79,7 +78,7 @@ async def handle(zt: Ztunnel, pod: PodRuntime, inc: IncomingConnect) -> None:
     started = time.monotonic()
     info = inc.info
     w = pod.workload
-    peer_ip = ipaddress.ip_address(info.peer_addr[0])
+    peer_ip = canonical_ip(info.peer_addr[0])
     src = (peer_ip, int(info.peer_addr[1]))
     try:
         auth = parse_authority(info.authority)
@@ -87,7 +86,7 @@ async def handle(zt: Ztunnel, pod: PodRuntime, inc: IncomingConnect) -> None:
         log.info("pod %s: HBONE from %s: %s -> 400", pod.uid, info.peer_addr, e)
         inc.refuse(400)
         return
-    local_ip = ipaddress.ip_address(info.local_addr[0])
+    local_ip = canonical_ip(info.local_addr[0])
     if w is None or auth.ip not in w.addresses or auth.ip != local_ip or not pod.accepting:
         log.info(
             "pod %s: HBONE from %s (%s) for %s: not an address this proxy serves here -> 400",

@@ -20,7 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ketch.netns import NetnsError, NoOriginalDestination, original_dst
+from ketch.netns import NetnsError, NoOriginalDestination, canonical_ip, original_dst
 from ketch.ztunnel.connections import Direction, Splice, reset_stream, start_splice
 from ketch.ztunnel.inbound import connect_app
 from ketch.ztunnel.rbac import ConnInfo, authorize
@@ -43,7 +43,7 @@ async def handle(
     sock = writer.get_extra_info("socket")
     peer = writer.get_extra_info("peername")
     try:
-        dst_s, dst_port = original_dst(sock)
+        dst_s, dst_port = original_dst(sock, peer)
     except (NoOriginalDestination, OSError) as e:
         log.warning(
             "pod %s: inbound plaintext from %s without original destination: %s", pod.uid, peer, e
@@ -64,7 +64,7 @@ async def handle(
         return
     w = pod.workload
     assert w is not None
-    src = (ipaddress.ip_address(peer[0]), int(peer[1]))
+    src = (canonical_ip(peer[0]), int(peer[1]))
     dst = (ipaddress.ip_address(dst_s), dst_port)
     st = zt.state
     conn = ConnInfo(src[0], src[1], None, w, dst[0], dst[1])

@@ -11,6 +11,7 @@ from ketch.netns import (
     IptablesError,
     NetnsNotFound,
     NoOriginalDestination,
+    canonical_ip,
     detect_backend,
     netns_path,
     open_netns,
@@ -83,3 +84,17 @@ def test_backend_override_must_be_known(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("KETCH_IPTABLES_BACKEND", "bogus")
     with pytest.raises(IptablesError, match="not 'nft' or 'legacy'"):
         detect_backend("kn-never-used")
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("10.244.1.2", "10.244.1.2"),
+        ("::ffff:10.244.1.2", "10.244.1.2"),
+        ("fd00:10:244:1::2", "fd00:10:244:1::2"),
+        ("::1", "::1"),
+        ("::ffff:0:a00:1", "::ffff:0:a00:1"),  # IPv4-translated (RFC 2765), not mapped
+    ],
+)
+def test_canonical_ip_unmaps_v4_mapped_addresses(given: str, canonical: str) -> None:
+    assert str(canonical_ip(given)) == canonical
