@@ -6,7 +6,8 @@
                 `original_dst` (SO_ORIGINAL_DST), all marked SO_MARK 0x539;
                 listeners are dual-stack, `canonical_ip` unmaps ::ffff:a.b.c.d.
 * `rules`     — the in-pod iptables rules as pure functions (`render_rules`, ...).
-* `iptables`  — apply/remove them inside a pod netns (`install_rules`, `remove_rules`).
+* `iptables`  — apply/remove them inside a pod netns (`install_rules`, `remove_rules`),
+                and the probe SNAT in a node netns (`install_host_rules`, ...).
 * `fabric`    — a local cluster of node and pod namespaces for tests, benchmarks and
                 the local `ketch` cluster (`Fabric`, `Node`, `Pod`, `cleanup_stale`).
 * `constants` — ports 15001/15006/15008, marks 0x539/0x111, routing table 100.
@@ -20,6 +21,8 @@ from ketch.netns.constants import (
     INBOUND_PLAINTEXT_PORT,
     MARK_MASK,
     OUTBOUND_PORT,
+    PROBE_SNAT_IPV4,
+    PROBE_SNAT_IPV6,
     PROXY_MARK,
     ROUTE_TABLE,
 )
@@ -46,8 +49,23 @@ from ketch.netns.errors import (
     NetnsNotFound,
     NoOriginalDestination,
 )
-from ketch.netns.iptables import detect_backend, install_rules, remove_rules, rules_installed
-from ketch.netns.rules import RedirectSpec, render_removal, render_rules
+from ketch.netns.iptables import (
+    detect_backend,
+    host_rules_installed,
+    install_host_rules,
+    install_rules,
+    remove_host_rules,
+    remove_rules,
+    rules_installed,
+)
+from ketch.netns.rules import (
+    HostProbeSpec,
+    RedirectSpec,
+    render_host_removal,
+    render_host_rules,
+    render_removal,
+    render_rules,
+)
 from ketch.netns.sockets import (
     DUAL_STACK,
     canonical_ip,
@@ -66,10 +84,13 @@ __all__ = [
     "INBOUND_PLAINTEXT_PORT",
     "MARK_MASK",
     "OUTBOUND_PORT",
+    "PROBE_SNAT_IPV4",
+    "PROBE_SNAT_IPV6",
     "PROXY_MARK",
     "ROUTE_TABLE",
     "CommandError",
     "FabricError",
+    "HostProbeSpec",
     "IptablesError",
     "NetnsEnterError",
     "NetnsError",
@@ -81,7 +102,9 @@ __all__ = [
     "close_netns",
     "current_netns_id",
     "detect_backend",
+    "host_rules_installed",
     "in_netns",
+    "install_host_rules",
     "install_rules",
     "netns_fd",
     "netns_path",
@@ -93,7 +116,10 @@ __all__ = [
     "pod_connect_socket",
     "pod_listener",
     "pod_listener_async",
+    "remove_host_rules",
     "remove_rules",
+    "render_host_removal",
+    "render_host_rules",
     "render_removal",
     "render_rules",
     "rules_installed",
