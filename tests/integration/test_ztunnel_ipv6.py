@@ -193,3 +193,48 @@ async def test_ipv6_connection_goes_through_hbone_and_policy_applies(mesh6: Mesh
         == 1
     )
     assert any("denied" in rec.error for rec in n2.access)
+
+
+async def test_ipv6_plaintext_in_and_passthrough_out(mesh6: Mesh) -> None:
+    """The two non-HBONE paths over IPv6: a pod outside the mesh reaches an enrolled pod
+    through its 15006 (PERMISSIVE by default), and an enrolled pod reaches the outsider
+    through 15001's plain passthrough, dialled from inside the pod over IPv6."""
+    a = dual_stack_pod(mesh6, "node1", "a")
+    c = mesh6.pod("node2", "c", mesh=False)  # no rules, no proxy
+    assert a.pod.ip6 is not None
+    assert c.pod.ip6 is not None
+    await mesh6.start()
+    seen_a: list[str] = []
+    seen_c: list[str] = []
+    srv_a = await app_echo_server(a.pod, 9300, seen_a)
+    srv_c = await app_echo_server(c.pod, 9301, seen_c)
+    try:
+        r, w = await app_connect(c.pod, (a.pod.ip6, 9300))
+        assert await roundtrip(r, w, b"plaintext in") == b"plaintext in"
+        w.close()
+        r, w = await app_connect(a.pod, (c.pod.ip6, 9301))
+        assert await roundtrip(r, w, b"passthrough out") == b"passthrough out"
+        w.close()
+    finally:
+        srv_a.close()
+        srv_c.close()
+    assert seen_a == [c.pod.ip6]
+    assert seen_c == [a.pod.ip6]
+    n1 = mesh6.proxies["node1"]
+
+    def finished() -> list[AccessLogRecord]:
+        return [r for r in n1.access if not r.error]
+
+    await eventually(lambda: len(finished()) == 2)
+    by_direction = {r.direction.value: r for r in finished()}
+    assert by_direction["inbound"].src_addr.startswith(f"[{c.pod.ip6}]:")
+    assert by_direction["inbound"].dst_hbone_addr == ""  # plaintext, not HBONE
+    assert by_direction["outbound"].dst_addr == f"[{c.pod.ip6}]:9301"
+    assert (
+        n1.metric(
+            "istio_tcp_connections_opened_total",
+            reporter="destination",
+            connection_security_policy="unknown",
+        )
+        == 1
+    )

@@ -108,6 +108,12 @@ def canonical_ip(ip: str) -> IpAddress:
     return addr
 
 
+def _is_ipv4(host: str) -> bool:
+    """Is this socket-reported address IPv4, plain or v4-mapped? A string test, no parsing:
+    the kernel always prints mapped addresses as ``::ffff:a.b.c.d``."""
+    return ":" not in host or (host.startswith("::ffff:") and "." in host)
+
+
 def _family_of(ip: str) -> socket.AddressFamily:
     try:
         addr = ipaddress.ip_address(ip)
@@ -277,7 +283,7 @@ def original_dst(sock: socket.socket, peer: tuple[Any, ...] | None = None) -> tu
         attempts = (v4,)
     elif peer is None:
         attempts = (v6, v4)
-    elif canonical_ip(str(peer[0])).version == 4:
+    elif _is_ipv4(str(peer[0])):
         # An AF_INET6 socket carrying an IPv4 connection (v4-mapped): conntrack has it as v4
         attempts = (v4,)
     else:
