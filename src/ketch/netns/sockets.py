@@ -102,8 +102,10 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 def canonical_ip(ip: str) -> IpAddress:
     """`ip` parsed, with a v4-mapped IPv6 address (``::ffff:10.0.0.1``, how a dual-stack
     socket reports an IPv4 peer) turned into the plain IPv4 address."""
+    if ip.startswith("::ffff:") and "." in ip:  # how sockets print it: skip the v6 parse
+        return ipaddress.IPv4Address(ip[7:])
     addr = ipaddress.ip_address(ip)
-    if addr.version == 6 and addr.ipv4_mapped is not None:
+    if addr.version == 6 and addr.ipv4_mapped is not None:  # any other spelling
         return addr.ipv4_mapped
     return addr
 

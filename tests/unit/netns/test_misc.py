@@ -96,10 +96,17 @@ def test_backend_override_must_be_known(monkeypatch: pytest.MonkeyPatch) -> None
         ("fd00:10:244:1::2", "fd00:10:244:1::2"),
         ("::1", "::1"),
         ("::ffff:0:a00:1", "::ffff:0:a00:1"),  # IPv4-translated (RFC 2765), not mapped
+        ("::ffff:a00:1", "10.0.0.1"),  # mapped, in hex
+        ("0:0:0:0:0:ffff:10.0.0.1", "10.0.0.1"),
     ],
 )
 def test_canonical_ip_unmaps_v4_mapped_addresses(given: str, canonical: str) -> None:
     assert str(canonical_ip(given)) == canonical
+
+
+def test_canonical_ip_rejects_garbage() -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        canonical_ip("::ffff:10.0.0.300")
 
 
 class _FakeConntrackSocket:
