@@ -248,11 +248,8 @@ def install_host_rules(
     or gone) swaps the chain's rules in one commit. Returns the backend used."""
     chosen = backend or detect_backend(netns, host=True)
     by_family = split_destinations(destinations)
-    for family in _families(ipv6, chosen):
-        spec = HostProbeSpec(family, by_family[family], snat_ipv6 if family == 6 else snat_ipv4)
-        existing = saved_rules(netns, family=family, backend=chosen)
-        _restore(netns, chosen, family, render_host_rules(spec, existing=existing))
-    if by_family[6] and 6 not in _families(ipv6, chosen):
+    families = _families(ipv6, chosen)
+    if by_family[6] and 6 not in families:
         raise IptablesError(
             f"IPv6 probe destinations {list(by_family[6])} given, but IPv6 rules cannot be "
             f"installed ({chosen.restore(6)} missing, or ipv6=False)",
@@ -260,6 +257,10 @@ def install_host_rules(
             returncode=-1,
             stderr="",
         )
+    for family in families:
+        spec = HostProbeSpec(family, by_family[family], snat_ipv6 if family == 6 else snat_ipv4)
+        existing = saved_rules(netns, family=family, backend=chosen)
+        _restore(netns, chosen, family, render_host_rules(spec, existing=existing))
     return chosen
 
 

@@ -147,7 +147,10 @@ def _new_socket(family: socket.AddressFamily, mark: int, transparent: bool) -> s
     except OSError as exc:
         sock.close()
         hint = " (needs CAP_NET_ADMIN: run as root)" if exc.errno == errno.EPERM else ""
-        raise NetnsError(f"cannot set SO_MARK/transparent on a pod socket: {exc}{hint}") from exc
+        raise NetnsError(
+            f"cannot set the options of a pod socket (TCP_NODELAY, keepalive, SO_MARK, "
+            f"transparent): {exc}{hint}"
+        ) from exc
     return sock
 
 
@@ -299,7 +302,8 @@ def original_dst(sock: socket.socket, peer: tuple[Any, ...] | None = None) -> tu
             continue
         if layout is _SOCKADDR_IN6:
             port, _flow, addr, _scope = layout.unpack(raw[: layout.size])
-            return str(canonical_ip(str(ipaddress.IPv6Address(addr)))), port
+            addr6 = ipaddress.IPv6Address(addr)
+            return str(addr6.ipv4_mapped or addr6), port
         port, addr4 = layout.unpack(raw[: layout.size])
         return str(ipaddress.IPv4Address(addr4)), port
     try:
