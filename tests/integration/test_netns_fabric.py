@@ -161,3 +161,44 @@ def test_run_reports_failures_with_stderr(two_nodes: TwoNodes) -> None:
         two_nodes.a.run(["ip", "link", "show", "no-such-link"])
     result = two_nodes.a.run(["ip", "link", "show", "no-such-link"], check=False)
     assert result.returncode != 0
+
+
+def test_dual_stack_fabric_routes_ipv6_between_pods_and_nodes() -> None:
+    """`Fabric(ipv6=True)`: ULA addresses mirroring the IPv4 plan, usable at once (no DAD
+    wait), routed between nodes, to a pod on the same node, and from a node to its pod."""
+    before = _root_state()
+    with Fabric(unique_prefix(), ipv6=True) as fab:
+        n1, n2 = fab.add_node("node1"), fab.add_node("node2")
+        a = fab.add_pod(n1, "a")
+        c = fab.add_pod(n1, "c")
+        b = fab.add_pod(n2, "b")
+        assert (n1.ip6, str(n1.pod_cidr6), n1.gateway6) == (
+            "fd00:172:18::1",
+            "fd00:10:244:1::/64",
+            "fd00:10:244:1::1",
+        )
+        assert (a.ip6, c.ip6, b.ip6) == ("fd00:10:244:1::2", "fd00:10:244:1::3", "fd00:10:244:2::2")
+        assert b.ips == ("10.244.2.2", "fd00:10:244:2::2")
+        assert "tentative" not in b.run(["ip", "-6", "addr", "show", "dev", "eth0"]).stdout
+        _http_server(b, "::", 8080)
+        b.wait_for_tcp("::1", 8080)
+        for client in (a, c, n1, n2):
+            # the first try must work: a tentative address or a missing route fails at once
+            out = client.run(
+                ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://[{b.ip6}]:8080/"]
+            )
+            assert out.stdout == "200"
+        _http_server(c, "::", 8080)
+        c.wait_for_tcp("::1", 8080)
+        out = a.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://[{c.ip6}]:8080/"]
+        )
+        assert out.stdout == "200"
+        assert n1.run(["cat", "/proc/sys/net/ipv6/conf/all/forwarding"]).stdout.strip() == "1"
+        assert _root_state() == before
+
+
+def test_fabric_is_ipv4_only_by_default(two_nodes: TwoNodes) -> None:
+    assert two_nodes.a.ip6 is None
+    assert two_nodes.node1.pod_cidr6 is None
+    assert "fd00" not in two_nodes.a.run(["ip", "-6", "addr"]).stdout

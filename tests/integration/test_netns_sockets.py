@@ -9,6 +9,7 @@ import pytest
 
 from ketch.netns import (
     PROXY_MARK,
+    canonical_ip,
     close_netns,
     in_netns,
     open_netns,
@@ -51,8 +52,11 @@ def test_pod_listener_is_reachable_from_another_pod_and_marked(two_nodes: TwoNod
                 # Nagle off (asyncio only sets it itself on IPPROTO_TCP sockets)
                 assert conn.proto == socket.IPPROTO_TCP
                 assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-                assert conn.getsockname() == (b.ip, 15008)
-                assert conn.getpeername()[0] == a.ip
+                # dual-stack by default: an IPv4 peer shows up v4-mapped
+                assert listener.family == socket.AF_INET6
+                assert listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+                assert conn.getsockname()[:2] == (f"::ffff:{b.ip}", 15008)
+                assert str(canonical_ip(conn.getpeername()[0])) == a.ip
 
 
 def test_reuseport_lets_a_second_proxy_bind_next_to_the_first(two_nodes: TwoNodes) -> None:
@@ -102,3 +106,30 @@ async def test_async_listener_and_connect(two_nodes: TwoNodes) -> None:
         with sock:
             assert socket_mark(sock) == PROXY_MARK
             assert sock.getsockname()[0] == a.ip
+
+
+def _keepalive(sock: socket.socket) -> tuple[int, int, int, int]:
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    )
+
+
+async def test_pod_sockets_carry_ztunnels_tcp_keepalive(two_nodes: TwoNodes) -> None:
+    """ztunnel's keepalive (SO_KEEPALIVE, idle 180 s, interval 180 s, 9 probes) on both
+    sides of the proxy: the dialled socket sets it, the accepted one inherits it from the
+    listener (no syscall per accepted connection)."""
+    a, b = two_nodes.a, two_nodes.b
+    listener = await pod_listener_async(b.netns, 15006, ip=b.ip)
+    with listener:
+        assert _keepalive(listener) == (1, 180, 180, 9)
+        sock = await pod_connect(a.netns, (b.ip, 15006), connect_timeout=3)
+        with sock:
+            assert _keepalive(sock) == (1, 180, 180, 9)
+            listener.setblocking(True)
+            listener.settimeout(3)
+            conn, _ = listener.accept()
+            with conn:
+                assert _keepalive(conn) == (1, 180, 180, 9)

@@ -29,6 +29,13 @@ starting at 1)::
   even to a pod on the same node, crosses the node netns, where a node proxy can see it.
 * Traffic between nodes crosses br0 in the underlay netns: capture it there, e.g.
   ``nsenter --net=/run/netns/<prefix>-u tcpdump -ni br0``.
+* Dual stack, opt-in (``Fabric(prefix, ipv6=True)``): the same layout again in IPv6 ULA
+  space. Node n gets ``fd00:172:18::<n>/64`` on the underlay and the pod prefix
+  ``fd00:10:244:<n>::/64``; its gateway ``fd00:10:244:<n>::1`` sits on every pod veth and
+  pods get ``fd00:10:244:<n>::<k>/128`` (same k as the IPv4 address). Nodes forward IPv6
+  and route each other's pod prefixes. Duplicate address detection is off in every
+  fabric netns (``accept_dad=0`` and ``nodad``): the addresses are ours alone, and without
+  this they stay "tentative" for ~1-2 s and connections to them fail at first.
 * Processes started with `.exec` are tracked and stopped (SIGTERM, then SIGKILL) by
   `Fabric.close()`, which then deletes every netns the fabric made, even after a partial
   failure. `cleanup_stale(prefix)` removes the namespaces a crashed run left behind.
@@ -58,6 +65,8 @@ _PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 DEFAULT_UNDERLAY = "172.18.0.0/24"
 DEFAULT_POD_CIDR = "10.244.{n}.0/24"
+DEFAULT_UNDERLAY6 = "fd00:172:18::/64"
+DEFAULT_POD_CIDR6 = "fd00:10:244:{n}::/64"
 BRIDGE = "br0"
 
 
@@ -237,11 +246,19 @@ class Node(Endpoint):
 
     index: int
     pod_cidr: ipaddress.IPv4Network
+    #: IPv6 underlay address and pod prefix (dual-stack fabrics only).
+    ip6: str | None = None
+    pod_cidr6: ipaddress.IPv6Network | None = None
 
     @property
     def gateway(self) -> str:
         """The pods' default gateway: the first address of the pod CIDR."""
         return str(self.pod_cidr.network_address + 1)
+
+    @property
+    def gateway6(self) -> str | None:
+        """The pods' IPv6 default gateway: the first address of the pod prefix."""
+        return None if self.pod_cidr6 is None else str(self.pod_cidr6.network_address + 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -251,6 +268,13 @@ class Pod(Endpoint):
     node: str
     #: Name of the node-side veth of this pod (inside the node netns).
     host_veth: str
+    #: The pod's IPv6 address (dual-stack fabrics only).
+    ip6: str | None = None
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        """Every address of the pod: IPv4 first, then IPv6 if any."""
+        return (self.ip,) if self.ip6 is None else (self.ip, self.ip6)
 
 
 class Fabric:
@@ -262,6 +286,9 @@ class Fabric:
         *,
         underlay: str = DEFAULT_UNDERLAY,
         pod_cidr: str = DEFAULT_POD_CIDR,
+        ipv6: bool = False,
+        underlay6: str = DEFAULT_UNDERLAY6,
+        pod_cidr6: str = DEFAULT_POD_CIDR6,
     ) -> None:
         if not _PREFIX_RE.match(prefix):
             raise FabricError(
@@ -270,6 +297,9 @@ class Fabric:
         self.prefix = prefix
         self.underlay_cidr = ipaddress.IPv4Network(underlay)
         self._pod_cidr_template = pod_cidr
+        self.ipv6 = ipv6
+        self.underlay6_cidr = ipaddress.IPv6Network(underlay6)
+        self._pod_cidr6_template = pod_cidr6
         self.nodes: dict[str, Node] = {}
         self.pods: dict[str, Pod] = {}
         self._namespaces: list[str] = []
@@ -291,6 +321,10 @@ class Fabric:
             raise FabricError(f"fabric {self.prefix} is closed")
         _netns_add(name)
         self._namespaces.append(name)
+        if self.ipv6:
+            # Before any link exists, so every interface made here inherits "no DAD".
+            for conf in ("default", "all"):
+                _sysctl(name, f"net.ipv6.conf.{conf}.accept_dad", "0")
         _ip_batch(name, ["link set lo up"])
 
     def _ensure_underlay(self) -> None:
@@ -318,10 +352,24 @@ class Fabric:
             raise FabricError(f"no room for node #{index} in {self.underlay_cidr}")
         ip = self.underlay_cidr.network_address + index
         pod_cidr = ipaddress.IPv4Network(self._pod_cidr_template.format(n=index))
+        ip6: ipaddress.IPv6Address | None = None
+        pod_cidr6: ipaddress.IPv6Network | None = None
+        if self.ipv6:
+            ip6 = self.underlay6_cidr.network_address + index
+            pod_cidr6 = ipaddress.IPv6Network(self._pod_cidr6_template.format(n=index))
         netns = f"{self.prefix}-n-{name}"
         self._ensure_underlay()
         self._new_netns(netns)
-        node = Node(name, str(ip), netns, self._procs, index, pod_cidr)
+        node = Node(
+            name,
+            str(ip),
+            netns,
+            self._procs,
+            index,
+            pod_cidr,
+            None if ip6 is None else str(ip6),
+            pod_cidr6,
+        )
         uplink = f"n{index}"
         _ip_batch(
             self.underlay_netns,
@@ -332,17 +380,31 @@ class Fabric:
             ],
         )
         routes = [f"route add {other.pod_cidr} via {other.ip}" for other in self.nodes.values()]
+        v6: list[str] = []
+        if ip6 is not None:
+            v6.append(f"addr add {ip6}/{self.underlay6_cidr.prefixlen} dev eth0 nodad")
+            routes += [
+                f"route add {other.pod_cidr6} via {other.ip6}"
+                for other in self.nodes.values()
+                if other.pod_cidr6 is not None
+            ]
         _ip_batch(
             netns,
             [
                 f"addr add {ip}/{self.underlay_cidr.prefixlen} dev eth0",
+                *v6,
                 "link set eth0 up",
                 *routes,
             ],
         )
         _sysctl(netns, "net.ipv4.ip_forward", "1")
+        if ip6 is not None:
+            _sysctl(netns, "net.ipv6.conf.all.forwarding", "1")
         for other in self.nodes.values():
-            _ip_batch(other.netns, [f"route add {pod_cidr} via {ip}"])
+            back = [f"route add {pod_cidr} via {ip}"]
+            if pod_cidr6 is not None:
+                back.append(f"route add {pod_cidr6} via {ip6}")
+            _ip_batch(other.netns, back)
         self.nodes[name] = node
         return node
 
@@ -383,13 +445,29 @@ class Fabric:
         self._veths += 1
         veth = f"p{self._veths}"
         gw = node_obj.gateway
+        addr6: ipaddress.IPv6Address | None = None
+        gw6 = node_obj.gateway6
+        node_v6: list[str] = []
+        pod_v6: list[str] = []
+        if node_obj.pod_cidr6 is not None and gw6 is not None:
+            # the same host number as the IPv4 address: 10.244.1.7 <-> fd00:10:244:1::7
+            host = int(addr) - int(node_obj.pod_cidr.network_address)
+            addr6 = node_obj.pod_cidr6.network_address + host
+            node_v6 = [f"addr add {gw6}/128 dev {veth} nodad"]
+            pod_v6 = [
+                f"addr add {addr6}/128 dev eth0 nodad",
+                f"route add {gw6} dev eth0",
+                f"route add default via {gw6} dev eth0",
+            ]
         _ip_batch(
             node_obj.netns,
             [
                 f"link add {veth} type veth peer name eth0 netns {netns}",
                 f"addr add {gw}/32 dev {veth}",
+                *node_v6,
                 f"link set {veth} up",
                 f"route add {addr}/32 dev {veth}",
+                *([f"route add {addr6}/128 dev {veth}"] if addr6 is not None else []),
             ],
         )
         _ip_batch(
@@ -399,9 +477,18 @@ class Fabric:
                 "link set eth0 up",
                 f"route add {gw} dev eth0 scope link",
                 f"route add default via {gw} dev eth0",
+                *pod_v6,
             ],
         )
-        pod = Pod(name, str(addr), netns, self._procs, node_obj.name, veth)
+        pod = Pod(
+            name,
+            str(addr),
+            netns,
+            self._procs,
+            node_obj.name,
+            veth,
+            None if addr6 is None else str(addr6),
+        )
         self.pods[name] = pod
         return pod
 

@@ -23,14 +23,13 @@ malformed requests (not CONNECT, bad authority) with 400 itself. For every CONNE
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.mesh import SELF_PORTS, IpAddr, Service, Workload, format_authority
-from ketch.netns import NetnsError
+from ketch.netns import NetnsError, canonical_ip
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import Authority, InvalidAuthority, parse_authority
@@ -114,7 +113,7 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
     """One CONNECT to `pod` (see the module docstring)."""
     started = time.monotonic()
     info = inc.info
-    peer_ip = ipaddress.ip_address(info.peer_addr[0])
+    peer_ip = canonical_ip(info.peer_addr[0])
     src = (peer_ip, int(info.peer_addr[1]))
     try:
         target = parse_authority(info.authority)
@@ -124,11 +123,12 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         return
     st = zt.state
     w = pod.workload
+    local_ip = canonical_ip(info.local_addr[0])
     verdict = decide(
         st,
         w,
         accepting=pod.accepting,
-        local_ip=ipaddress.ip_address(info.local_addr[0]),
+        local_ip=local_ip,
         target=target,
         peer=src,
         peer_identity=info.peer_identity,
@@ -146,7 +146,6 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         inc.refuse(verdict.status)
         return
     assert w is not None
-    local_ip = ipaddress.ip_address(info.local_addr[0])
     src_workload = st.workload_by_address(peer_ip)
     dst_service = _service_from_forwarded(zt, w, info.header("forwarded"))
     values = zt.metrics.label_values(

@@ -20,7 +20,7 @@ import logging
 import time
 
 from ketch.mesh import SELF_PORTS, format_authority
-from ketch.netns import NetnsError, NoOriginalDestination, original_dst
+from ketch.netns import NetnsError, NoOriginalDestination, canonical_ip, original_dst
 from ketch.ztunnel.connections import Direction, Splice, reset_stream, start_splice
 from ketch.ztunnel.pod import PodRuntime, ProxyContext, connect_app
 from ketch.ztunnel.rbac import Connection, authorize
@@ -38,7 +38,7 @@ async def handle(
     sock = writer.get_extra_info("socket")
     peer = writer.get_extra_info("peername")
     try:
-        dst_s, dst_port = original_dst(sock)
+        dst_s, dst_port = original_dst(sock, peer)
     except (NoOriginalDestination, OSError) as e:
         log.warning(
             "pod %s: inbound plaintext from %s without original destination: %s", pod.uid, peer, e
@@ -59,7 +59,7 @@ async def handle(
         return
     w = pod.workload
     assert w is not None
-    src = (ipaddress.ip_address(peer[0]), int(peer[1]))
+    src = (canonical_ip(peer[0]), int(peer[1]))
     dst = (ipaddress.ip_address(dst_s), dst_port)
     st = zt.state
     conn = Connection(src[0], src[1], None, w, dst[0], dst[1])

@@ -24,7 +24,13 @@ import logging
 import time
 
 from ketch.mesh import IpAddr, Workload, format_authority
-from ketch.netns import NetnsError, NoOriginalDestination, original_dst, pod_connect
+from ketch.netns import (
+    NetnsError,
+    NoOriginalDestination,
+    canonical_ip,
+    original_dst,
+    pod_connect,
+)
 from ketch.ztunnel.connections import (
     Direction,
     Splice,
@@ -104,14 +110,14 @@ async def handle(
     sock = writer.get_extra_info("socket")
     peer = writer.get_extra_info("peername")
     try:
-        dst_s, dst_port = original_dst(sock)
+        dst_s, dst_port = original_dst(sock, peer)
     except (NoOriginalDestination, OSError) as e:
         log.warning(
             "pod %s: outbound connection from %s without original destination: %s", pod.uid, peer, e
         )
         reset_stream(writer)
         return
-    src_addr = (ipaddress.ip_address(peer[0]), int(peer[1]))
+    src_addr = (canonical_ip(peer[0]), int(peer[1]))
     dst_ip = ipaddress.ip_address(dst_s)
     if is_self_call(dst_ip, dst_port, pod.workload.addresses if pod.workload else ()):
         # refused at once, before waiting for the pod: never forwarded into ourselves

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import struct
 
 import pytest
 
@@ -11,6 +13,7 @@ from ketch.netns import (
     IptablesError,
     NetnsNotFound,
     NoOriginalDestination,
+    canonical_ip,
     detect_backend,
     netns_path,
     open_netns,
@@ -83,3 +86,81 @@ def test_backend_override_must_be_known(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("KETCH_IPTABLES_BACKEND", "bogus")
     with pytest.raises(IptablesError, match="not 'nft' or 'legacy'"):
         detect_backend("kn-never-used")
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("10.244.1.2", "10.244.1.2"),
+        ("::ffff:10.244.1.2", "10.244.1.2"),
+        ("fd00:10:244:1::2", "fd00:10:244:1::2"),
+        ("::1", "::1"),
+        ("::ffff:0:a00:1", "::ffff:0:a00:1"),  # IPv4-translated (RFC 2765), not mapped
+        ("::ffff:a00:1", "10.0.0.1"),  # mapped, in hex
+        ("0:0:0:0:0:ffff:10.0.0.1", "10.0.0.1"),
+    ],
+)
+def test_canonical_ip_unmaps_v4_mapped_addresses(given: str, canonical: str) -> None:
+    assert str(canonical_ip(given)) == canonical
+
+
+def test_canonical_ip_rejects_garbage() -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        canonical_ip("::ffff:10.0.0.300")
+
+
+class _FakeConntrackSocket:
+    """Stands in for an accepted AF_INET6 socket: answers one original-destination
+    lookup (level -> raw sockaddr) and records which ones were asked."""
+
+    family = socket.AF_INET6
+
+    def __init__(self, answers: dict[int, bytes]) -> None:
+        self.answers = answers
+        self.asked: list[int] = []
+
+    def getsockopt(self, level: int, opt: int, size: int) -> bytes:
+        assert opt == 80
+        self.asked.append(level)
+        if level not in self.answers:
+            raise OSError(2, "No such file or directory")
+        return self.answers[level]
+
+
+_V4_DST = struct.pack("!HH4s8x", socket.AF_INET, 8080, ipaddress.IPv4Address("10.244.2.2").packed)
+_V6_DST = struct.pack(
+    "!HHI16sI", socket.AF_INET6, 8080, 0, ipaddress.IPv6Address("fd00:10:244:2::2").packed, 0
+)
+_MAPPED_DST = struct.pack(
+    "!HHI16sI", socket.AF_INET6, 8080, 0, ipaddress.IPv6Address("::ffff:10.244.2.2").packed, 0
+)
+
+
+@pytest.mark.parametrize(
+    ("answers", "peer", "expected", "asked"),
+    [
+        # dual-stack listener, IPv6 connection: IP6T_SO_ORIGINAL_DST at SOL_IPV6
+        (
+            {socket.IPPROTO_IPV6: _V6_DST},
+            ("fd00:10:244:1::2", 4000, 0, 0),
+            "fd00:10:244:2::2",
+            [41],
+        ),
+        # IPv4 connection (v4-mapped peer): straight to SO_ORIGINAL_DST at SOL_IP
+        ({socket.SOL_IP: _V4_DST}, ("::ffff:10.244.1.2", 4000, 0, 0), "10.244.2.2", [0]),
+        # no peer given: IPv6 first, then IPv4
+        ({socket.SOL_IP: _V4_DST}, None, "10.244.2.2", [41, 0]),
+        ({socket.IPPROTO_IPV6: _V6_DST}, None, "fd00:10:244:2::2", [41]),
+        # a v4-mapped answer comes back as plain IPv4
+        ({socket.IPPROTO_IPV6: _MAPPED_DST}, None, "10.244.2.2", [41]),
+    ],
+)
+def test_original_dst_family_choice_and_canonical_result(
+    answers: dict[int, bytes],
+    peer: tuple[str, int, int, int] | None,
+    expected: str,
+    asked: list[int],
+) -> None:
+    sock = _FakeConntrackSocket(answers)
+    assert original_dst(sock, peer) == (expected, 8080)  # type: ignore[arg-type]
+    assert sock.asked == asked

@@ -1,0 +1,240 @@
+"""IPv6 through the node proxy, end to end: two dual-stack pods on two nodes, an IPv6 TCP
+connection from an app in pod a to an app in pod b.
+
+The in-pod ip6tables rules redirect the connection to the proxy's 15001 in a and, on the
+far side, HBONE arrives on b's 15008 at b's IPv6 address. That only works when the pod
+listeners are dual-stack (`::`, IPV6_V6ONLY=0), `original_dst` reads IP6T_SO_ORIGINAL_DST
+and the proxy dials v6 from inside the pod. The same listeners still carry IPv4, whose
+addresses must come out as plain IPv4 (not ::ffff:a.b.c.d) for routing, the HBONE
+authority check and policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from ipaddress import ip_address
+
+import pytest
+
+from ketch.netns import canonical_ip, run_in_netns
+from ketch.netns.fabric import Fabric, Pod, free_prefix
+from ketch.ztunnel.telemetry import AccessLogRecord
+from tests.integration.test_ztunnel_support import Mesh, MeshPod, eventually, roundtrip
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+async def mesh6() -> AsyncIterator[Mesh]:
+    """The `mesh` harness of test_ztunnel_support on a dual-stack fabric."""
+    fab = Fabric(free_prefix("kz"), ipv6=True)
+    m = Mesh(fab)
+    try:
+        yield m
+    finally:
+        try:
+            await m.close()
+        finally:
+            await asyncio.to_thread(fab.close)
+            for name in m.pods:
+                shutil.rmtree(f"/tmp/{fab.prefix}-{name}-www", ignore_errors=True)
+
+
+def dual_stack_pod(mesh: Mesh, node: str, name: str) -> MeshPod:
+    """A mesh pod whose workload lists both of its addresses, as Kubernetes' podIPs do."""
+    mp = mesh.pod(node, name)
+    assert mp.pod.ip6 is not None
+    mp.workload = dataclasses.replace(
+        mp.workload, addresses=tuple(ip_address(ip) for ip in mp.pod.ips)
+    )
+    return mp
+
+
+async def app_connect(
+    pod: Pod, addr: tuple[str, int], within: float = 10.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An app's TCP connection from inside `pod` (no mark: the pod's rules redirect it)."""
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+
+    def mk() -> socket.socket:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setblocking(False)
+        return s
+
+    sock = await run_in_netns(pod.netns, mk)
+    try:
+        async with asyncio.timeout(within):
+            await asyncio.get_running_loop().sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
+async def app_echo_server(pod: Pod, port: int, seen: list[str]) -> asyncio.Server:
+    """An app in `pod` echoing on [::]:port (both families); records each client address
+    (canonical: this app's own socket is dual-stack too)."""
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        seen.append(str(canonical_ip(w.get_extra_info("peername")[0])))
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except OSError:
+            pass
+        finally:
+            w.close()
+
+    def mk() -> socket.socket:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
+        s.listen(128)
+        s.setblocking(False)
+        return s
+
+    return await asyncio.start_server(echo, sock=await run_in_netns(pod.netns, mk))
+
+
+async def is_refused(pod: Pod, addr: tuple[str, int]) -> bool:
+    """Does an app connection from `pod` fail (refused, reset, or closed before echoing)?"""
+    try:
+        r, w = await app_connect(pod, addr, within=5)
+    except (ConnectionError, OSError, TimeoutError):
+        return True
+    try:
+        w.write(b"ping")
+        await w.drain()
+        async with asyncio.timeout(5):
+            data = await r.read(4)
+    except (ConnectionError, OSError):
+        return True
+    finally:
+        w.close()
+    return data == b""
+
+
+def deny_port(port: int) -> dict[str, object]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-port", "namespace": "app"},
+        "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"ports": [str(port)]}}]}]},
+    }
+
+
+async def test_ipv6_connection_goes_through_hbone_and_policy_applies(mesh6: Mesh) -> None:
+    a = dual_stack_pod(mesh6, "node1", "a")
+    b = dual_stack_pod(mesh6, "node2", "b")
+    assert a.pod.ip6 is not None
+    assert b.pod.ip6 is not None
+    mesh6.set_policies([deny_port(9201)])
+    await mesh6.start()
+    seen: list[str] = []
+    srv = await app_echo_server(b.pod, 9200, seen)
+    denied_srv = await app_echo_server(b.pod, 9201, seen)
+    try:
+        r, w = await app_connect(a.pod, (b.pod.ip6, 9200))
+        assert await roundtrip(r, w, b"hello over v6") == b"hello over v6"
+        w.close()
+        # the L4 DENY on the destination port applies to IPv6 as to IPv4
+        assert await is_refused(a.pod, (b.pod.ip6, 9201))
+        # IPv4 still works through the same (dual-stack) listeners
+        r4, w4 = await app_connect(a.pod, (b.ip, 9200))
+        assert await roundtrip(r4, w4, b"hello over v4") == b"hello over v4"
+        w4.close()
+    finally:
+        srv.close()
+        denied_srv.close()
+    # The app in b saw a's own addresses (the proxy delivers with a's source), never the
+    # v4-mapped form, and the denied connection never reached it.
+    assert seen == [a.pod.ip6, a.ip]
+    n1, n2 = mesh6.proxies["node1"], mesh6.proxies["node2"]
+    # HBONE, not plaintext: node2 accepted it on 15008 with a's mTLS identity ...
+    assert (
+        n2.metric(
+            "istio_tcp_connections_opened_total",
+            reporter="destination",
+            connection_security_policy="mutual_tls",
+            source_principal="spiffe://cluster.local/ns/app/sa/a",
+        )
+        == 2
+    )
+
+    def inbound() -> list[AccessLogRecord]:
+        return [r for r in n2.access if r.direction.value == "inbound" and not r.error]
+
+    await eventually(lambda: len(inbound()) == 2)  # written when the connection is done
+    assert sorted(rec.dst_hbone_addr for rec in inbound()) == sorted(
+        [f"[{b.pod.ip6}]:15008", f"{b.ip}:15008"]
+    )
+    assert sorted(rec.src_addr.rpartition(":")[0] for rec in inbound()) == sorted(
+        [f"[{a.pod.ip6}]", a.ip]
+    )
+    # ... and node1 sent it as HBONE to b's IPv6 address
+    assert any(
+        rec.dst_hbone_addr == f"[{b.pod.ip6}]:15008" and not rec.error
+        for rec in n1.access
+        if rec.direction.value == "outbound"
+    )
+    # the DENY was the destination's decision, recorded as such
+    assert (
+        n2.metric(
+            "istio_tcp_connections_failed_total",
+            reporter="destination",
+            source_principal="spiffe://cluster.local/ns/app/sa/a",
+        )
+        == 1
+    )
+    assert any("denied" in rec.error for rec in n2.access)
+
+
+async def test_ipv6_plaintext_in_and_passthrough_out(mesh6: Mesh) -> None:
+    """The two non-HBONE paths over IPv6: a pod outside the mesh reaches an enrolled pod
+    through its 15006 (PERMISSIVE by default), and an enrolled pod reaches the outsider
+    through 15001's plain passthrough, dialled from inside the pod over IPv6."""
+    a = dual_stack_pod(mesh6, "node1", "a")
+    c = mesh6.pod("node2", "c", mesh=False)  # no rules, no proxy
+    assert a.pod.ip6 is not None
+    assert c.pod.ip6 is not None
+    await mesh6.start()
+    seen_a: list[str] = []
+    seen_c: list[str] = []
+    srv_a = await app_echo_server(a.pod, 9300, seen_a)
+    srv_c = await app_echo_server(c.pod, 9301, seen_c)
+    try:
+        r, w = await app_connect(c.pod, (a.pod.ip6, 9300))
+        assert await roundtrip(r, w, b"plaintext in") == b"plaintext in"
+        w.close()
+        r, w = await app_connect(a.pod, (c.pod.ip6, 9301))
+        assert await roundtrip(r, w, b"passthrough out") == b"passthrough out"
+        w.close()
+    finally:
+        srv_a.close()
+        srv_c.close()
+    assert seen_a == [c.pod.ip6]
+    assert seen_c == [a.pod.ip6]
+    n1 = mesh6.proxies["node1"]
+
+    def finished() -> list[AccessLogRecord]:
+        return [r for r in n1.access if not r.error]
+
+    await eventually(lambda: len(finished()) == 2)
+    by_direction = {r.direction.value: r for r in finished()}
+    assert by_direction["inbound"].src_addr.startswith(f"[{c.pod.ip6}]:")
+    assert by_direction["inbound"].dst_hbone_addr == ""  # plaintext, not HBONE
+    assert by_direction["outbound"].dst_addr == f"[{c.pod.ip6}]:9301"
+    assert (
+        n1.metric(
+            "istio_tcp_connections_opened_total",
+            reporter="destination",
+            connection_security_policy="unknown",
+        )
+        == 1
+    )
