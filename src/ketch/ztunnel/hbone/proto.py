@@ -1,8 +1,13 @@
-"""Sans-IO HTTP/2 for HBONE: the subset of RFC 9113 that CONNECT tunnels use.
+"""Sans-IO HTTP/2 for HBONE: framing and the connection/stream state machines (RFC 9113).
 
 `HboneConnection` holds no sockets: feed it received bytes with `receive_data()`, act on the
 events it returns, and write `data_to_send()` to the transport. The same object serves the
-client role (opens CONNECT streams) and the server role (answers them).
+client role (opens CONNECT streams) and the server role (answers them). What a request or
+response *means* (is it a valid HBONE CONNECT? which status?) is decided by `connect`; this
+module only frames, tracks stream states and windows, and enforces connection limits.
+
+Where it sits: the bottom of the HBONE data path. `driver.H2Protocol` feeds it the bytes
+that TLS decrypted and writes what it queues; everything above works with its events.
 
 Why not the `h2` library: measured on this project's 2-core machine, a relay on h2's default
 path cost about twice Envoy's added latency per request, and h2 formats every received frame
@@ -34,13 +39,17 @@ from typing import Final, cast
 
 import hpack
 
+from ketch.ztunnel.hbone import connect
+from ketch.ztunnel.hbone.connect import ConnectRequest as ConnectRequest
+from ketch.ztunnel.hbone.connect import ConnectResponse as ConnectResponse
+from ketch.ztunnel.hbone.connect import Headers as Headers
+from ketch.ztunnel.hbone.connect import InvalidRequest as InvalidRequest
 from ketch.ztunnel.hbone.errors import (
     ConnectionClosedError,
     ErrorCode,
     ProtocolError,
     UsageError,
 )
-from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -89,11 +98,6 @@ _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
 _GOAWAY = struct.Struct(">LL")
 
-# RFC 9113 section 8.2.2: connection-specific header fields are malformed in HTTP/2.
-_CONNECTION_HEADERS: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-
 
 def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """Serialise one frame (used by the connection and by tests' frame factory)."""
@@ -109,34 +113,7 @@ def frame_header(ftype: int, flags: int, stream_id: int, length: int) -> bytes:
 # Events
 # ---------------------------------------------------------------------------------------
 
-Headers = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectRequest:
-    """Server side: a valid HBONE CONNECT arrived; answer with `respond()`."""
-
-    stream_id: int
-    authority: str
-    headers: Headers
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidRequest:
-    """Server side: a request that is not a valid HBONE CONNECT; answer `respond(sid, status)`."""
-
-    stream_id: int
-    status: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectResponse:
-    """Client side: the final response to our CONNECT (200 = tunnel open)."""
-
-    stream_id: int
-    status: int
-    headers: Headers
+# ConnectRequest, InvalidRequest and ConnectResponse come from `connect`.
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,9 +394,7 @@ class HboneConnection:
         self._next_sid += 2
         s = self._new_stream(sid)
         s.move(StreamInput.SEND_HEADERS)
-        block = [(b":method", b"CONNECT"), (b":authority", authority.encode("ascii"))]
-        block.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers)
-        self._send_headers(sid, block, end=False)
+        self._send_headers(sid, connect.request_block(authority, headers), end=False)
         return sid
 
     def respond(self, stream_id: int, status: int, headers: Iterable[tuple[str, str]] = ()) -> None:
@@ -429,11 +404,11 @@ class HboneConnection:
         s = self._live_stream(stream_id)
         if s.headers_done:
             raise UsageError(f"stream {stream_id}: response already sent")
-        if not 100 <= status <= 999 or 100 <= status < 200:
-            raise UsageError(f"stream {stream_id}: cannot respond with status {status}")
+        try:
+            block = connect.response_block(status, headers)
+        except UsageError as e:
+            raise UsageError(f"stream {stream_id}: {e}") from None
         s.headers_done = True
-        block = [(b":status", str(status).encode())]
-        block.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers)
         s.move(StreamInput.SEND_HEADERS)
         if 200 <= status < 300:
             s.tunnel_open = True
@@ -771,74 +746,26 @@ class HboneConnection:
     def _on_request(
         self, s: _Stream, fields: list[tuple[bytes, bytes]], end_stream: bool, events: list[Event]
     ) -> None:
-        method = authority = None
-        regular: list[tuple[str, str]] = []
-        reason = None
-        for name, value in fields:
-            if name[:1] == b":":
-                if regular:
-                    reason = "pseudo-header after regular header"
-                elif name == b":method" and method is None:
-                    method = value
-                elif name == b":authority" and authority is None:
-                    authority = value
-                elif name in (b":scheme", b":path", b":protocol"):
-                    reason = f"{name.decode('latin-1')} is not allowed in an HBONE CONNECT"
-                else:
-                    reason = f"unexpected pseudo-header {name.decode('latin-1')!r}"
-            elif name != name.lower() or name in _CONNECTION_HEADERS:
-                reason = f"malformed header name {name.decode('latin-1')!r}"
-            else:
-                regular.append((name.decode("latin-1"), value.decode("latin-1")))
-            if reason:
-                break
-        if reason is None:
-            if method != b"CONNECT":
-                m = method.decode("latin-1") if method is not None else "(none)"
-                reason = f"method {m} is not allowed: HBONE accepts only CONNECT"
-            elif authority is None:
-                reason = "CONNECT without :authority"
-            elif end_stream:
-                reason = "CONNECT with END_STREAM opens no tunnel"
-        if reason is None:
-            assert authority is not None
-            auth = authority.decode("latin-1")
-            try:
-                parse_authority(auth)
-            except InvalidAuthority as e:
-                reason = str(e)
-            else:
-                events.append(ConnectRequest(s.stream_id, auth, tuple(regular)))
-                return
-        if end_stream:
+        ev = connect.parse_request(s.stream_id, fields, end_stream)
+        if isinstance(ev, InvalidRequest) and end_stream:
             s.move(StreamInput.RECV_END)
-        events.append(InvalidRequest(s.stream_id, 400, reason))
+        events.append(ev)
 
     def _on_response(
         self, s: _Stream, fields: list[tuple[bytes, bytes]], end_stream: bool, events: list[Event]
     ) -> None:
-        status = None
-        regular: list[tuple[str, str]] = []
-        ok = True
-        for name, value in fields:
-            if name == b":status" and status is None and not regular:
-                status = value
-            elif name[:1] == b":" or name != name.lower():
-                ok = False
-                break
-            else:
-                regular.append((name.decode("latin-1"), value.decode("latin-1")))
-        if not ok or status is None or len(status) != 3 or not status.isdigit():
+        parsed = connect.parse_response(fields)
+        if parsed is None:
             self._stream_error(s.stream_id, ErrorCode.PROTOCOL_ERROR, events)
             return
-        code = int(status)
+        code, regular = parsed
         if code < 200:
             if end_stream:
                 self._stream_error(s.stream_id, ErrorCode.PROTOCOL_ERROR, events)
             return  # informational: wait for the final response
         s.headers_done = True
         s.tunnel_open = code < 300
-        events.append(ConnectResponse(s.stream_id, code, tuple(regular)))
+        events.append(ConnectResponse(s.stream_id, code, regular))
         if end_stream:
             self._recv_end(s, events)
         elif not s.tunnel_open:
