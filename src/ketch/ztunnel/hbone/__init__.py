@@ -1,9 +1,13 @@
 """HBONE: mTLS HTTP/2 CONNECT tunnels between node proxies (port 15008).
 
 Layers, bottom up:
-- `proto`: sans-IO HTTP/2 subset (`HboneConnection`), bytes in, events out;
+- `proto`: sans-IO HTTP/2 subset (`HboneConnection`): framing, stream states, windows,
+  limits; bytes in, events out;
+- `connect`: HBONE CONNECT request/response rules (pure functions over header lists);
 - `tls`: SSL contexts from workload certificates, SPIFFE peer checks;
-- `tunnel`: asyncio Protocol per connection, `Tunnel` byte streams, `relay()`;
+- `driver`: `H2Protocol`, the asyncio Protocol that runs one connection's core;
+- `tunnel`: `Tunnel`, one CONNECT stream as a byte stream with half-close;
+- `relay`: `relay()`, the tunnel <-> TCP copy (the hot loop of the data path);
 - `server`: `HboneServer` on a caller-made listening socket;
 - `pool`: `HboneClientPool` for outbound tunnels;
 - `headers`: authority parsing and the client's informational headers;
@@ -33,6 +37,7 @@ from ketch.ztunnel.hbone.headers import (
     traceparent,
 )
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey, UpstreamConnectError
+from ketch.ztunnel.hbone.relay import RelayProgress, RelayResult, relay
 from ketch.ztunnel.hbone.server import ConnectInfo, HboneServer, IncomingConnect
 from ketch.ztunnel.hbone.sysalloc import tune_malloc
 from ketch.ztunnel.hbone.tls import (
@@ -43,7 +48,7 @@ from ketch.ztunnel.hbone.tls import (
     verify_client,
     verify_server,
 )
-from ketch.ztunnel.hbone.tunnel import RelayProgress, RelayResult, Tunnel, relay
+from ketch.ztunnel.hbone.tunnel import Tunnel
 
 __all__ = [
     "Authority",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.util.tasks import spawn
+from ketch.ztunnel.hbone.driver import H2Protocol
 from ketch.ztunnel.hbone.errors import (
     ConnectionClosedError,
     ConnectRefused,
@@ -37,7 +38,7 @@ from ketch.ztunnel.hbone.errors import (
 )
 from ketch.ztunnel.hbone.proto import Role
 from ketch.ztunnel.hbone.tls import verify_server
-from ketch.ztunnel.hbone.tunnel import H2Protocol, Tunnel
+from ketch.ztunnel.hbone.tunnel import Tunnel
 
 log = logging.getLogger("ketch.ztunnel.hbone.pool")
 

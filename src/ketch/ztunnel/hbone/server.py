@@ -23,10 +23,11 @@ from typing import cast
 from ketch.identity.spiffe import SpiffeId
 from ketch.util.tasks import spawn
 from ketch.ztunnel.hbone import proto
+from ketch.ztunnel.hbone.driver import H2Protocol
 from ketch.ztunnel.hbone.errors import HboneError, TlsError, UsageError
 from ketch.ztunnel.hbone.proto import Role
 from ketch.ztunnel.hbone.tls import verify_client
-from ketch.ztunnel.hbone.tunnel import H2Protocol, Tunnel
+from ketch.ztunnel.hbone.tunnel import Tunnel
 
 log = logging.getLogger("ketch.ztunnel.hbone.server")
 
