@@ -143,6 +143,10 @@ class H2Protocol(asyncio.Protocol):
                 t._feed_eof()
                 self.check_finished(t)
         elif isinstance(ev, proto.ConnectRequest):
+            # Events are dispatched after the whole batch was parsed: a stream the peer
+            # already reset in the same batch (rapid reset) never reaches the handler.
+            if self.conn.stream_state(ev.stream_id) is StreamState.CLOSED:
+                return
             if self._on_request is not None:
                 self._on_request(self, ev)
             else:
@@ -151,7 +155,8 @@ class H2Protocol(asyncio.Protocol):
             log.info(
                 "HBONE request from %s rejected (%d): %s", self.peer_name(), ev.status, ev.reason
             )
-            self.conn.respond(ev.stream_id, ev.status)
+            if self.conn.stream_state(ev.stream_id) is not StreamState.CLOSED:
+                self.conn.respond(ev.stream_id, ev.status)
         elif isinstance(ev, proto.ConnectResponse):
             if (t := self.tunnels.get(ev.stream_id)) is not None:
                 t._on_response(ev.status, ev.headers)

@@ -93,6 +93,15 @@ MAX_HEADER_LIST_SIZE: Final = 64 * 1024
 # A header block (HEADERS + CONTINUATIONs) larger than this ends the connection.
 MAX_HEADER_BLOCK: Final = 64 * 1024
 
+# Rapid reset (CVE-2023-44487), Envoy's rule: once a peer has opened this many streams,
+# the connection is closed with GOAWAY(ENHANCE_YOUR_CALM) as soon as at least half of them
+# were reset by the peer "prematurely", i.e. before we answered the CONNECT (Envoy's
+# overload.premature_reset_total_stream_count = 500, 50%; Envoy calls a reset within 1 s
+# premature, we use "before the response", which needs no clock). The server also cancels
+# the pending decision of every such stream, so the streams before the GOAWAY cost no
+# upstream connection either.
+PREMATURE_RESET_MIN_STREAMS: Final = 500
+
 _HDR = struct.Struct(">HBBBL")  # length is 24 bits: 16 + 8
 _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
@@ -281,6 +290,7 @@ class HboneConnection:
         connection_window: int = CONNECTION_WINDOW,
         max_frame_size: int = MAX_FRAME_SIZE,
         max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        premature_reset_min_streams: int = PREMATURE_RESET_MIN_STREAMS,
     ) -> None:
         self.role = role
         self._client = role is Role.CLIENT
@@ -299,6 +309,10 @@ class HboneConnection:
         self.closed = False
         self.goaway_received: GoAway | None = None
         self.goaway_sent = False
+        # Abuse accounting (see the limits above).
+        self._premature_reset_min = premature_reset_min_streams
+        self.peer_streams = 0  # streams the peer opened (and we accepted into the table)
+        self.premature_resets = 0  # of those, reset by the peer before our response
 
         # Our settings (what the peer must respect).
         self.local_stream_window = stream_window
@@ -728,6 +742,7 @@ class HboneConnection:
                 return
             s = self._new_stream(sid)
             s.move(StreamInput.RECV_HEADERS)
+            self.peer_streams += 1
             self._on_request(s, fields, end_stream, events)
             return
         if s.state not in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
@@ -856,6 +871,17 @@ class HboneConnection:
         s.move(StreamInput.RECV_RST)
         self._close(s)
         events.append(StreamReset(sid, _U32.unpack_from(payload)[0], remote=True))
+        if not self._client and not s.headers_done:
+            self.premature_resets += 1
+            if (
+                self.peer_streams >= self._premature_reset_min
+                and 2 * self.premature_resets >= self.peer_streams
+            ):
+                self._fail(
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                    f"peer reset {self.premature_resets} of {self.peer_streams} streams before "
+                    "they were answered (rapid reset)",
+                )
 
     def _on_goaway(self, sid: int, payload: memoryview, events: list[Event]) -> None:
         if sid:

@@ -66,6 +66,16 @@ class IncomingConnect:
         proto_.add_tunnel(self._tunnel)
         self.tunnel: Tunnel | None = None
         self.status: int | None = None
+        # Set by the server: the handler task and the decision deadline, both dropped as
+        # soon as the CONNECT is answered or the client gave up on it.
+        self._task: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def _decided(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._task = None
 
     @property
     def decided(self) -> bool:
@@ -77,6 +87,7 @@ class IncomingConnect:
         if self.status is not None:
             raise UsageError(f"HBONE stream {self.stream_id} already answered {self.status}")
         self.status = 200
+        self._decided()
         t = self.tunnel = self._tunnel
         if not t.closed:
             self._p.conn.respond(self.stream_id, 200, headers)
@@ -91,6 +102,7 @@ class IncomingConnect:
         if self.status is not None:
             return
         self.status = status
+        self._decided()
         if not self._tunnel.closed:
             self._p.conn.respond(self.stream_id, status)
             self._p.flush()
@@ -265,9 +277,20 @@ class HboneServer:
         )
         inc = IncomingConnect(p, ev.stream_id, info)
         task = spawn(self._run(inc), name=f"hbone-in-{info.peer_addr}-{ev.stream_id}")
-        p.loop.call_later(self._decision_timeout, self._decision_overdue, inc)
+        inc._task = task
+        inc._deadline = p.loop.call_later(self._decision_timeout, self._decision_overdue, inc)
+        inc._tunnel.on_failed = lambda _exc: self._abandoned(inc)
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    def _abandoned(self, inc: IncomingConnect) -> None:
+        """The client reset the stream (or the connection died) before we answered: stop
+        deciding, so a reset CONNECT never costs an app connection (rapid reset)."""
+        task = inc._task
+        if inc.decided or task is None:
+            return
+        inc._decided()
+        task.cancel()
 
     def _decision_overdue(self, inc: IncomingConnect) -> None:
         if not inc.decided:

@@ -67,6 +67,8 @@ class Tunnel:
         self._eof_sent = False
         self._finished = False
         self.on_finished: Callable[[Tunnel], None] | None = None
+        # Called once if the stream fails (reset, connection lost) before it finished.
+        self.on_failed: Callable[[HboneError], None] | None = None
         self._sink: TunnelSink | None = None
 
     # ------------------------------------------------------------------ app side
@@ -218,6 +220,9 @@ class Tunnel:
     def _fail(self, exc: HboneError) -> None:
         if self._error is None:
             self._error = exc
+        cb, self.on_failed = self.on_failed, None
+        if cb is not None and not self._finished:
+            cb(exc)
         if not self._response.done():
             self._response.set_exception(exc)
             self._response.exception()  # retrieved: nobody may be waiting

@@ -1,0 +1,77 @@
+"""Sans-IO abuse limits of the HTTP/2 core: rapid reset, control-frame floods, CONTINUATION
+floods, and bounded per-connection state. Bytes in, GOAWAY codes and table sizes out."""
+
+from __future__ import annotations
+
+import struct
+
+import hpack
+import pytest
+
+from ketch.ztunnel.hbone import proto
+from ketch.ztunnel.hbone.errors import ErrorCode, ProtocolError
+from ketch.ztunnel.hbone.proto import HboneConnection, Role, frame
+
+_U32 = struct.Struct(">L")
+
+
+def server() -> HboneConnection:
+    s = HboneConnection(Role.SERVER)
+    s.receive_data(proto.PREFACE + frame(proto.SETTINGS, 0, 0))
+    s.data_to_send()
+    return s
+
+
+def goaway_code(out: bytes) -> int | None:
+    """The error code of the last GOAWAY in `out`, if any."""
+    pos, code = 0, None
+    while pos + 9 <= len(out):
+        n = int.from_bytes(out[pos : pos + 3], "big")
+        if out[pos + 3] == proto.GOAWAY:
+            code = int.from_bytes(out[pos + 13 : pos + 17], "big")
+        pos += 9 + n
+    return code
+
+
+def connect(enc: hpack.Encoder, sid: int) -> bytes:
+    block = enc.encode([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    return frame(proto.HEADERS, proto.FLAG_END_HEADERS, sid, block)
+
+
+def rst(sid: int, code: int = ErrorCode.CANCEL) -> bytes:
+    return frame(proto.RST_STREAM, 0, sid, _U32.pack(code))
+
+
+def test_rapid_reset_gets_enhance_your_calm_after_the_budget() -> None:
+    s, enc = server(), hpack.Encoder()
+    n = proto.PREMATURE_RESET_MIN_STREAMS
+    for i in range(n - 1):
+        s.receive_data(connect(enc, 2 * i + 1) + rst(2 * i + 1))
+    assert not s.closed
+    with pytest.raises(ProtocolError) as ei:
+        s.receive_data(connect(enc, 2 * n - 1) + rst(2 * n - 1))
+    assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
+    assert goaway_code(s.data_to_send()) == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_answered_then_cancelled_streams_are_not_premature_and_state_stays_bounded() -> None:
+    """A long-lived connection where a third of the streams are reset before the answer,
+    the rest answered and then cancelled, stays up; its tables do not grow."""
+    s, enc = server(), hpack.Encoder()
+    peak_streams = peak_reset = peak_out = 0
+    for i in range(3000):
+        sid = 2 * i + 1
+        s.receive_data(connect(enc, sid))
+        if i % 3:
+            s.respond(sid, 200)
+        s.receive_data(rst(sid))
+        peak_streams = max(peak_streams, s.open_streams)
+        peak_reset = max(peak_reset, len(s._reset_by_us))
+        peak_out = max(peak_out, len(s._out))
+        s.data_to_send()
+    assert not s.closed
+    assert s.premature_resets == 1000
+    assert peak_streams <= 1
+    assert peak_reset <= 1025
+    assert peak_out <= 4
+    assert not s._buf
