@@ -92,10 +92,19 @@ class H2Protocol(asyncio.Protocol):
             log.warning("HBONE connection from %s closed: %s", self.peer_name(), e)
             self.flush()
             self._shutdown(e)
+            if self.paused and self.transport is not None:
+                # The peer is not reading (our buffer is full): a graceful close would
+                # wait for it forever.
+                self.transport.abort()
             return
         for ev in events:
             self._dispatch(ev)
         self.flush()
+        if not self.paused:
+            # Our buffer is below its high-water mark, so the peer reads what we send and
+            # the ACKs/resets just queued are not piling up (see proto.MAX_UNSENT_CONTROL).
+            # Once per received batch, not per relayed chunk.
+            self.conn.control_written()
 
     def eof_received(self) -> bool | None:
         self._shutdown(
@@ -119,6 +128,7 @@ class H2Protocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.conn.control_written()
         for t in list(self.tunnels.values()):
             t._wake_writer()
 

@@ -102,6 +102,22 @@ MAX_HEADER_BLOCK: Final = 64 * 1024
 # upstream connection either.
 PREMATURE_RESET_MIN_STREAMS: Final = 500
 
+# Control-frame floods (CVE-2019-9512 PING flood, CVE-2019-9515 SETTINGS flood): every
+# PING, SETTINGS and many stream errors make us queue a reply. A peer that sends them but
+# never reads our replies would grow our output without bound; once this many control
+# frames are queued and not confirmed written (`control_written()`), the connection gets
+# GOAWAY(ENHANCE_YOUR_CALM). Envoy's max_outbound_control_frames default is 1000.
+MAX_UNSENT_CONTROL: Final = 1000
+# More entries than this in one SETTINGS frame is abuse (nghttp2's max_settings, 32).
+MAX_SETTINGS_ENTRIES: Final = 32
+# CONTINUATION flood (CVE-2024-27316 family): empty CONTINUATIONs add no bytes to a header
+# block, so the block size limit alone does not end it. nghttp2 allows 8 per block.
+MAX_CONTINUATIONS: Final = 8
+# Stream errors we answer with RST_STREAM (DATA on closed streams, refused streams, ...):
+# a peer provoking more than this over the connection's life gets ENHANCE_YOUR_CALM
+# (the h2 crate's max_local_error_reset_streams, 1024; RUSTSEC-2024-0003).
+MAX_LOCAL_ERROR_RESETS: Final = 1024
+
 _HDR = struct.Struct(">HBBBL")  # length is 24 bits: 16 + 8
 _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
@@ -291,6 +307,7 @@ class HboneConnection:
         max_frame_size: int = MAX_FRAME_SIZE,
         max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
         premature_reset_min_streams: int = PREMATURE_RESET_MIN_STREAMS,
+        max_unsent_control: int = MAX_UNSENT_CONTROL,
     ) -> None:
         self.role = role
         self._client = role is Role.CLIENT
@@ -313,6 +330,10 @@ class HboneConnection:
         self._premature_reset_min = premature_reset_min_streams
         self.peer_streams = 0  # streams the peer opened (and we accepted into the table)
         self.premature_resets = 0  # of those, reset by the peer before our response
+        self._max_unsent_control = max_unsent_control
+        self.unsent_control = 0  # control frames queued, not yet confirmed written
+        self.local_error_resets = 0  # RST_STREAMs we sent because the peer erred
+        self._cont_frames = 0  # CONTINUATIONs in the header block being received
 
         # Our settings (what the peer must respect).
         self.local_stream_window = stream_window
@@ -380,6 +401,13 @@ class HboneConnection:
             return s.state
         limit = self._next_sid if stream_id % 2 == self._next_sid % 2 else self._last_peer_sid + 1
         return StreamState.CLOSED if stream_id < limit else StreamState.IDLE
+
+    def control_written(self) -> None:
+        """The I/O layer confirms that what `data_to_send()` returned has left our buffers
+        (the transport is not backed up): queued control frames no longer count against
+        MAX_UNSENT_CONTROL. A driver that never calls this gets ENHANCE_YOUR_CALM after
+        that many PING/SETTINGS ACKs and RST_STREAMs."""
+        self.unsent_control = 0
 
     def pending_send(self, stream_id: int) -> int:
         """Bytes queued on the stream waiting for flow-control window."""
@@ -609,7 +637,7 @@ class HboneConnection:
             if flags & FLAG_ACK:
                 events.append(PingAck(bytes(payload)))
             else:
-                self._out.append(frame(PING, FLAG_ACK, 0, bytes(payload)))
+                self._control(frame(PING, FLAG_ACK, 0, bytes(payload)))
                 events.append(PingReceived(bytes(payload)))
         elif ftype == GOAWAY:
             self._on_goaway(sid, payload, events)
@@ -640,7 +668,7 @@ class HboneConnection:
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             self.ack_data(0, flen)
             if sid not in self._reset_by_us:
-                self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(ErrorCode.STREAM_CLOSED)))
+                self._error_reset(sid, ErrorCode.STREAM_CLOSED)
             return
         if s.state not in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
             self.ack_data(0, flen)
@@ -700,6 +728,7 @@ class HboneConnection:
             self._on_header_block(sid, flags, block, events)
         else:
             self._cont = (sid, flags, block)
+            self._cont_frames = 0
 
     def _on_continuation(
         self, sid: int, flags: int, payload: memoryview, events: list[Event]
@@ -709,6 +738,12 @@ class HboneConnection:
             return
         csid, hflags, block = self._cont
         block += payload
+        self._cont_frames += 1
+        if self._cont_frames > MAX_CONTINUATIONS:
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"header block split into more than {MAX_CONTINUATIONS} CONTINUATION frames",
+            )
         if len(block) > MAX_HEADER_BLOCK:
             self._fail(
                 ErrorCode.ENHANCE_YOUR_CALM, f"header block larger than {MAX_HEADER_BLOCK} bytes"
@@ -731,14 +766,14 @@ class HboneConnection:
                 if sid in self._reset_by_us:
                     return  # in flight when we reset it
                 if self.stream_state(sid) is StreamState.CLOSED:
-                    self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(ErrorCode.STREAM_CLOSED)))
+                    self._error_reset(sid, ErrorCode.STREAM_CLOSED)
                     return
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS on unexpected stream {sid}")
             self._last_peer_sid = sid
             if self.goaway_sent:
                 return  # draining: ignore new streams (RFC 9113 section 6.8)
             if len(self._streams) >= self.local_max_streams:
-                self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(ErrorCode.REFUSED_STREAM)))
+                self._error_reset(sid, ErrorCode.REFUSED_STREAM)
                 return
             s = self._new_stream(sid)
             s.move(StreamInput.RECV_HEADERS)
@@ -800,6 +835,11 @@ class HboneConnection:
             return
         if n % 6:
             self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+        if n // 6 > MAX_SETTINGS_ENTRIES:
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"SETTINGS with {n // 6} entries (more than {MAX_SETTINGS_ENTRIES})",
+            )
         changes = []
         for off in range(0, n, 6):
             key, value = _SETTING.unpack_from(payload, off)
@@ -823,7 +863,7 @@ class HboneConnection:
             elif key == SETTINGS_ENABLE_PUSH and (value > 1 or (self._client and value)):
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"invalid ENABLE_PUSH {value}")
             changes.append((key, value))
-        self._out.append(frame(SETTINGS, FLAG_ACK, 0))
+        self._control(frame(SETTINGS, FLAG_ACK, 0))
         events.append(SettingsChanged(tuple(changes)))
         if self._blocked:
             self._flush_blocked(events)
@@ -926,7 +966,7 @@ class HboneConnection:
     def _rst(self, s: _Stream, code: ErrorCode | int) -> None:
         if s.state is not StreamState.CLOSED:
             s.move(StreamInput.SEND_RST)
-        self._out.append(frame(RST_STREAM, 0, s.stream_id, _U32.pack(int(code))))
+        self._control(frame(RST_STREAM, 0, s.stream_id, _U32.pack(int(code))))
         self._close(s)
         if len(self._reset_by_us) > 1024:
             self._reset_by_us.clear()
@@ -935,10 +975,35 @@ class HboneConnection:
     def _stream_error(self, sid: int, code: ErrorCode, events: list[Event]) -> None:
         s = self._streams.get(sid)
         if s is None:
-            self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(int(code))))
+            self._error_reset(sid, code)
             return
+        self._count_error_reset()
         self._rst(s, code)
         events.append(StreamReset(sid, int(code), remote=False))
+
+    def _error_reset(self, sid: int, code: ErrorCode) -> None:
+        """RST_STREAM for a stream with no state left (closed, refused)."""
+        self._count_error_reset()
+        self._control(frame(RST_STREAM, 0, sid, _U32.pack(int(code))))
+
+    def _count_error_reset(self) -> None:
+        self.local_error_resets += 1
+        if self.local_error_resets > MAX_LOCAL_ERROR_RESETS:
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"peer caused more than {MAX_LOCAL_ERROR_RESETS} stream errors",
+            )
+
+    def _control(self, data: bytes) -> None:
+        """Queue a control frame (ACK or RST_STREAM), bounded while the peer is not reading."""
+        self._out.append(data)
+        self.unsent_control += 1
+        if self.unsent_control > self._max_unsent_control:
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"more than {self._max_unsent_control} control frames queued and the peer "
+                "is not reading them (PING/SETTINGS/reset flood)",
+            )
 
     def _send_headers(self, sid: int, block: list[tuple[bytes, bytes]], *, end: bool) -> None:
         encoded = self._encoder.encode(block)

@@ -15,12 +15,19 @@ import hpack
 import pytest
 
 from ketch.ztunnel.hbone import proto
-from ketch.ztunnel.hbone.errors import ErrorCode
+from ketch.ztunnel.hbone.errors import ErrorCode, ProtocolError
 from ketch.ztunnel.hbone.headers import parse_authority
 from ketch.ztunnel.hbone.pool import HboneClientPool
 from ketch.ztunnel.hbone.relay import relay
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
-from tests.unit.ztunnel.hbone.conftest import Mesh, ServerFactory, eventually, key_for
+from tests.unit.ztunnel.hbone.conftest import (
+    TD,
+    Mesh,
+    ServerFactory,
+    eventually,
+    key_for,
+    listening_socket,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,15 +123,27 @@ def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
     assert not bad, [r.getMessage() for r in bad]
 
 
-async def honest_client_works(mesh: Mesh, srv: HboneServer, authority: str) -> None:
+async def honest_client_works(mesh: Mesh, srv: HboneServer, up: Upstream | None = None) -> None:
+    """A well-behaved client on its own connection gets a working tunnel to `up`."""
+    own = up is None
+    app = Upstream() if up is None else up
+    assert app.server is not None or own
+    target = await app.start() if own else _addr(app)
     pool = HboneClientPool(mesh.client_ctx, connect_timeout=5.0)
     try:
-        t = await pool.open(key_for(mesh, srv), authority)
+        t = await pool.open(key_for(mesh, srv), target)
         await t.write(b"ping")
         assert await t.read() == b"ping"
         t.close()
     finally:
         await pool.close()
+        if own:
+            app.close()
+
+
+def _addr(up: Upstream) -> str:
+    assert up.server is not None
+    return f"127.0.0.1:{up.server.sockets[0].getsockname()[1]}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,7 +156,8 @@ async def test_rapid_reset_makes_no_upstream_connections_and_gets_enhance_your_c
 ) -> None:
     caplog.set_level(logging.INFO)
     attacked, spare = Upstream(), Upstream()
-    target, other = await attacked.start(), await spare.start()
+    target = await attacked.start()
+    await spare.start()
     srv = await make_server(dial_and_relay)
     peer = await RawPeer.connect(mesh, srv)
     try:
@@ -154,7 +174,7 @@ async def test_rapid_reset_makes_no_upstream_connections_and_gets_enhance_your_c
         assert ErrorCode.ENHANCE_YOUR_CALM in goaway_codes(frames)
         # Well before the 4000 streams were sent, the server hung up.
         assert sid < 4000
-        await honest_client_works(mesh, srv, other)
+        await honest_client_works(mesh, srv, spare)
         await asyncio.sleep(0.2)  # anything the attack started would have connected by now
         assert attacked.accepts <= 5, attacked.accepts
         assert spare.accepts == 1
@@ -215,6 +235,83 @@ async def test_occasional_resets_are_tolerated(
         assert len(srv.connections) == 1
     finally:
         up.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Control-frame floods
+# ---------------------------------------------------------------------------------------
+
+
+async def test_ping_flood_from_a_peer_that_never_reads_is_cut_off(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attacker sends PINGs and never reads the ACKs: the server's output is bounded
+    (MAX_UNSENT_CONTROL past its transport's high-water mark) and the connection dropped."""
+    caplog.set_level(logging.INFO)
+    lsock = listening_socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # fill up quickly
+    srv = HboneServer(lsock, mesh.server_ctx(), TD, echo_handler)
+    await srv.start()
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, srv.address)
+    ctx = mesh.client_ctx(mesh.client_id)
+    r, w = await asyncio.open_connection(sock=raw, ssl=ctx, server_hostname="")
+    peer = RawPeer(r, w)
+    try:
+        await peer.send(proto.PREFACE + proto.frame(proto.SETTINGS, 0, 0))
+        await eventually(lambda: len(srv.connections) == 1)
+        (conn,) = srv.connections
+        pings = b"".join(proto.frame(proto.PING, 0, 0, i.to_bytes(8, "big")) for i in range(2000))
+        for _ in range(2000):  # up to 68 MB; the server gives up long before
+            if conn.closed or not await peer.send(pings):
+                break
+        await eventually(lambda: conn.closed and not srv.connections, within=10)
+        assert isinstance(conn.close_reason, ProtocolError)
+        assert conn.close_reason.code == ErrorCode.ENHANCE_YOUR_CALM
+        assert "ENHANCE_YOUR_CALM" in caplog.text
+        await honest_client_works(mesh, srv)
+        assert_no_traceback(caplog)
+    finally:
+        peer.close()
+        await srv.close(drain_timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        pytest.param(
+            proto.frame(proto.SETTINGS, 0, 0, struct.pack(">HL", 3, 100) * 100),
+            id="settings-with-100-entries",
+        ),
+        pytest.param(
+            proto.frame(proto.HEADERS, 0, 1, b"\x82")
+            + proto.frame(proto.CONTINUATION, 0, 1) * 10_000,
+            id="empty-continuations",
+        ),
+        pytest.param(proto.frame(proto.SETTINGS, 0, 0) * 5000, id="settings-flood"),
+    ],
+)
+async def test_control_frame_abuse_gets_goaway_enhance_your_calm(
+    mesh: Mesh, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, attack: bytes
+) -> None:
+    caplog.set_level(logging.INFO)
+    srv = await make_server(echo_handler)
+    peer = await RawPeer.connect(mesh, srv)
+    try:
+        await peer.send(attack)
+        frames = await peer.frames_until_eof()
+        assert goaway_codes(frames)[-1:] == [ErrorCode.ENHANCE_YOUR_CALM]
+        await eventually(lambda: not srv.connections)
+        await honest_client_works(mesh, srv)
+        assert_no_traceback(caplog)
+    finally:
+        peer.close()
+
+
+async def echo_handler(inc: IncomingConnect) -> None:
+    await dial_and_relay(inc)
 
 
 def _sock_of(srv: HboneServer) -> socket.socket:

@@ -3,6 +3,7 @@ floods, and bounded per-connection state. Bytes in, GOAWAY codes and table sizes
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import hpack
@@ -19,6 +20,7 @@ def server() -> HboneConnection:
     s = HboneConnection(Role.SERVER)
     s.receive_data(proto.PREFACE + frame(proto.SETTINGS, 0, 0))
     s.data_to_send()
+    s.control_written()
     return s
 
 
@@ -75,3 +77,88 @@ def test_answered_then_cancelled_streams_are_not_premature_and_state_stays_bound
     assert peak_reset <= 1025
     assert peak_out <= 4
     assert not s._buf
+
+
+def ping(i: int) -> bytes:
+    return frame(proto.PING, 0, 0, i.to_bytes(8, "big"))
+
+
+def test_ping_flood_unread_gets_enhance_your_calm() -> None:
+    s = server()
+    flood = b"".join(ping(i) for i in range(proto.MAX_UNSENT_CONTROL))
+    s.receive_data(flood)  # exactly at the bound: still fine
+    assert not s.closed
+    with pytest.raises(ProtocolError) as ei:
+        s.receive_data(ping(0))
+    assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
+    assert goaway_code(s.data_to_send()) == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_pings_answered_and_written_are_not_a_flood() -> None:
+    s = server()
+    for _ in range(5):
+        s.receive_data(b"".join(ping(i) for i in range(900)))
+        s.data_to_send()
+        s.control_written()  # the driver: the transport is not backed up
+    assert not s.closed
+
+
+def test_settings_flood_unread_gets_enhance_your_calm() -> None:
+    s = server()
+    with pytest.raises(ProtocolError) as ei:
+        s.receive_data(frame(proto.SETTINGS, 0, 0) * (proto.MAX_UNSENT_CONTROL + 1))
+    assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_settings_with_too_many_entries_gets_enhance_your_calm() -> None:
+    s = server()
+    entries = struct.pack(">HL", proto.SETTINGS_MAX_CONCURRENT_STREAMS, 10)
+    s.receive_data(frame(proto.SETTINGS, 0, 0, entries * proto.MAX_SETTINGS_ENTRIES))
+    with pytest.raises(ProtocolError) as ei:
+        s.receive_data(frame(proto.SETTINGS, 0, 0, entries * (proto.MAX_SETTINGS_ENTRIES + 1)))
+    assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_empty_continuation_flood_gets_enhance_your_calm() -> None:
+    s, enc = server(), hpack.Encoder()
+    block = enc.encode([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    s.receive_data(frame(proto.HEADERS, 0, 1, block[:3]))
+    empty = frame(proto.CONTINUATION, 0, 1)
+    s.receive_data(empty * (proto.MAX_CONTINUATIONS - 1))
+    assert not s.closed
+    with pytest.raises(ProtocolError) as ei:
+        s.receive_data(empty * 2)
+    assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
+    assert not s._cont or len(s._cont[2]) < 100
+
+
+def test_continuations_within_the_bound_still_work() -> None:
+    s, enc = server(), hpack.Encoder()
+    block = enc.encode([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    n = proto.MAX_CONTINUATIONS + 1
+    cuts = [len(block) * i // n for i in range(n + 1)]
+    parts = [block[a:b] for a, b in itertools.pairwise(cuts)]
+    data = frame(proto.HEADERS, 0, 1, parts[0])
+    for i, p in enumerate(parts[1:], start=2):
+        data += frame(proto.CONTINUATION, proto.FLAG_END_HEADERS if i == len(parts) else 0, 1, p)
+    (ev,) = s.receive_data(data)
+    assert isinstance(ev, proto.ConnectRequest)
+
+
+def test_provoked_stream_errors_get_enhance_your_calm() -> None:
+    s, enc = server(), hpack.Encoder()
+    bad_update = struct.pack(">L", 0)  # WINDOW_UPDATE increment 0: a stream error
+
+    def provoke(sid: int) -> None:
+        s.receive_data(connect(enc, sid))
+        s.respond(sid, 200)
+        s.receive_data(frame(proto.WINDOW_UPDATE, 0, sid, bad_update))
+        s.data_to_send()
+        s.control_written()
+
+    for i in range(proto.MAX_LOCAL_ERROR_RESETS):
+        provoke(2 * i + 1)
+    with pytest.raises(ProtocolError) as ei:
+        provoke(2 * proto.MAX_LOCAL_ERROR_RESETS + 1)
+    assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
+    assert s.local_error_resets == proto.MAX_LOCAL_ERROR_RESETS + 1
