@@ -231,12 +231,12 @@ class H2Protocol(asyncio.Protocol):
             return
         now = self.loop.time()
         if not self._got_settings:
-            self._shutdown(
-                HboneTimeout(
-                    f"HBONE peer {self.peer_name()} sent no HTTP/2 SETTINGS within "
-                    f"{self._settings_timeout:g}s"
-                )
+            err = HboneTimeout(
+                f"HBONE peer {self.peer_name()} did not complete the HTTP/2 preface and "
+                f"SETTINGS in time ({self._settings_timeout:.3g}s after TLS)"
             )
+            log.warning("%s; closing", err)
+            self._shutdown(err)
             return
         if self._ping_interval is None:
             return

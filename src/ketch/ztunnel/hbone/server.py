@@ -117,7 +117,7 @@ class _ServerH2(H2Protocol):
     TLS completes, before any HTTP/2 byte is processed (H2Protocol holds early bytes until
     `connection_made`), so no request is ever dispatched for an unverified peer."""
 
-    def __init__(self, server: HboneServer) -> None:
+    def __init__(self, server: HboneServer, deadline: float) -> None:
         super().__init__(
             Role.SERVER,
             on_request=server._on_request,
@@ -126,6 +126,7 @@ class _ServerH2(H2Protocol):
             settings_timeout=server._handshake_timeout,
         )
         self._server = server
+        self._deadline = deadline  # loop time by which the client's SETTINGS must be in
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         srv = self._server
@@ -139,6 +140,8 @@ class _ServerH2(H2Protocol):
             return
         srv.connections.add(self)
         self.on_closed = srv.connections.discard
+        # TLS took part of the handshake deadline; the preface and SETTINGS get the rest.
+        self._settings_timeout = max(0.0, self._deadline - self.loop.time())
         super().connection_made(tr)
 
 
@@ -152,7 +155,7 @@ class HboneServer:
         trust_domain: str,
         handler: Handler,
         *,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,  # accept -> TLS + preface + SETTINGS, in total
         decision_timeout: float = 10.0,
         ping_interval: float | None = 10.0,
         ping_timeout: float = 20.0,
@@ -198,7 +201,8 @@ class HboneServer:
                     return
                 log.warning("HBONE accept on %s failed: %s", self.address, e)
                 continue
-            task = spawn(self._handshake(conn), name=f"hbone-handshake-{conn.fileno()}")
+            deadline = loop.time() + self._handshake_timeout
+            task = spawn(self._handshake(conn, deadline), name=f"hbone-handshake-{conn.fileno()}")
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
@@ -236,7 +240,10 @@ class HboneServer:
         if self._accepting is not None:
             await asyncio.wait([self._accepting], timeout=1.0)
 
-    async def _handshake(self, conn: socket.socket) -> None:
+    async def _handshake(self, conn: socket.socket, deadline: float) -> None:
+        """TLS, then (in `_ServerH2`) the client preface and SETTINGS, all before `deadline`:
+        a client that drips its ClientHello or preface byte by byte holds a socket and a
+        task for at most `handshake_timeout` (slowloris)."""
         loop = asyncio.get_running_loop()
         try:
             peer = conn.getpeername()
@@ -244,10 +251,10 @@ class HboneServer:
             peer = None
         try:
             await loop.connect_accepted_socket(
-                lambda: _ServerH2(self),
+                lambda: _ServerH2(self, deadline),
                 conn,
                 ssl=self._tls,
-                ssl_handshake_timeout=self._handshake_timeout,
+                ssl_handshake_timeout=max(0.001, deadline - loop.time()),
             )
         except asyncio.CancelledError:
             conn.close()

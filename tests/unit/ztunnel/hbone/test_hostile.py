@@ -7,6 +7,7 @@ connections are still served and that nothing is logged with a traceback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
@@ -14,6 +15,7 @@ import struct
 import hpack
 import pytest
 
+from ketch.util.tasks import spawn
 from ketch.ztunnel.hbone import proto
 from ketch.ztunnel.hbone.errors import ErrorCode, ProtocolError
 from ketch.ztunnel.hbone.headers import parse_authority
@@ -320,3 +322,42 @@ def _sock_of(srv: HboneServer) -> socket.socket:
     sock = p.transport.get_extra_info("socket")
     assert sock is not None
     return sock  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------
+# Slow preface
+# ---------------------------------------------------------------------------------------
+
+
+async def test_slow_tls_then_dripped_preface_is_closed_at_the_handshake_deadline(
+    mesh: Mesh, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One deadline covers TLS + preface + SETTINGS, counted from accept: a client that
+    takes most of it for TLS and then drips the preface byte by byte is cut off on time."""
+    caplog.set_level(logging.INFO)
+    deadline = 1.0
+    srv = await make_server(echo_handler, handshake_timeout=deadline)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reader, writer = await asyncio.open_connection(*srv.address)
+    await asyncio.sleep(0.6)  # slow to start TLS, but within the deadline
+    await writer.start_tls(mesh.client_ctx(mesh.client_id), server_hostname="")
+
+    async def drip() -> None:
+        for b in proto.PREFACE:
+            writer.write(bytes([b]))
+            await asyncio.sleep(0.05)
+
+    dripping = spawn(drip(), name="drip")
+    try:
+        async with asyncio.timeout(5):
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    pass  # the server's SETTINGS, then nothing until it hangs up
+        elapsed = loop.time() - started
+        assert deadline - 0.1 <= elapsed < deadline + 0.4, elapsed
+        assert not srv.connections
+        assert_no_traceback(caplog)
+    finally:
+        dripping.cancel()
+        writer.close()
