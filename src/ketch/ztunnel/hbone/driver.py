@@ -173,7 +173,12 @@ class H2Protocol(asyncio.Protocol):
                 self.check_finished(t)
         elif isinstance(ev, proto.StreamReset):
             if (t := self.tunnels.get(ev.stream_id)) is not None:
-                t._fail(StreamResetError(ev.stream_id, ev.error_code, remote=ev.remote))
+                exc = StreamResetError(ev.stream_id, ev.error_code, remote=ev.remote)
+                if ev.remote:
+                    t._reset_by_peer(exc)
+                    self.check_finished(t)
+                else:
+                    t._fail(exc)
         elif isinstance(ev, proto.PingAck):
             self._ping_sent_at = None
         elif isinstance(ev, proto.SettingsChanged):

@@ -1,7 +1,13 @@
 """`relay()`: copy bytes between a `Tunnel` and a plain TCP connection, both ways.
 
-The two directions run independently; TCP FIN <-> END_STREAM (half-close) and errors <->
-RST_STREAM / TCP RST; the byte counts come back in a `RelayResult`.
+The two directions run independently; the byte counts come back in a `RelayResult`.
+Endings map as ztunnel maps them:
+- TCP FIN <-> END_STREAM (half-close, each direction on its own);
+- peer RST_STREAM(NO_ERROR or CANCEL) on the open tunnel -> end of stream: FIN to the app
+  after the bytes before it, and the TCP -> tunnel direction ends (the peer reads no more);
+- app RST (ECONNRESET) -> END_STREAM (then CANCEL for what the peer still sends), not
+  RST_STREAM(CONNECT_ERROR);
+- any other error either way -> RST_STREAM(CONNECT_ERROR) and the TCP connection aborted.
 
 The fast path (`_TcpSplice`) takes the TCP transport over from its StreamReader/Writer and
 moves bytes in transport callbacks, so no task switch happens per chunk; this is the hot
@@ -93,7 +99,15 @@ class _TcpSplice(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not (self._up_done and self._down_done):
-            self._fail(exc or ConnectionResetError("TCP peer closed the connection early"))
+            if isinstance(exc, ConnectionResetError) and not self._up_done:
+                # The app reset its connection: like ztunnel (zt:src/copy.rs), read that as
+                # its EOF and end the stream cleanly (END_STREAM), not RST_STREAM
+                # (CONNECT_ERROR), which peers count as a failed connection. Nothing can
+                # reach the app any more; relay() then cancels what the peer still sends.
+                self._up_done = self._down_done = True
+                self.t.write_eof()
+            else:
+                self._fail(exc or ConnectionResetError("TCP peer closed the connection early"))
         self._finish()
 
     def pause_writing(self) -> None:
@@ -128,6 +142,13 @@ class _TcpSplice(asyncio.Protocol):
             except OSError as e:
                 self._fail(e)
                 return
+        if self.t.send_closed and not self._up_done:
+            # The peer ended the stream with RST_STREAM(NO_ERROR/CANCEL): it reads no more,
+            # so there is nothing left to copy from TCP; close once our writes are out.
+            self._up_done = True
+            if not self._reading_paused:
+                self._reading_paused = True
+                self.tr.pause_reading()
         self._check_done()
 
     def tunnel_writable(self) -> None:
@@ -161,6 +182,7 @@ class _TcpSplice(asyncio.Protocol):
         if self._unacked:
             n, self._unacked = self._unacked, 0
             self.t._ack(n)
+        self.t._detach()  # nothing more goes to this transport
         if not self.done.done():
             self.done.set_result(None)
 
@@ -178,7 +200,8 @@ async def relay(
     (for live metrics); it costs nothing per chunk.
 
     A failure in either direction resets the tunnel (CONNECT_ERROR) and aborts the TCP
-    connection (RST), which ends the other direction too. Never raises for network errors:
+    connection, which ends the other direction too; graceful peer resets and app RSTs are
+    ends of stream instead (see the module docstring). Never raises for network errors:
     they come back in `RelayResult.error`. Cancelling `relay` aborts both sides.
 
     Fast path: the TCP transport is taken over from the stream pair by a callback
@@ -239,15 +262,19 @@ async def _relay_streams(
     if on_start is not None:
         on_start(counts)
     first_error: BaseException | None = None
+    app_reset = False
 
     def fail(exc: BaseException) -> None:
         nonlocal first_error
+        if app_reset:
+            return  # the tunnel already ended cleanly (see upstream())
         if first_error is None:
             first_error = exc
         tunnel.abort(ErrorCode.CONNECT_ERROR)
         writer.transport.abort()
 
     async def upstream() -> None:  # TCP -> tunnel
+        nonlocal app_reset
         try:
             while True:
                 data = await reader.read(chunk_size)
@@ -256,6 +283,11 @@ async def _relay_streams(
                     return
                 counts.sent += len(data)
                 await tunnel.write(data)
+        except ConnectionResetError:
+            # App RST: END_STREAM, then stop the other direction (see _TcpSplice).
+            app_reset = True
+            tunnel.write_eof()
+            tunnel.abort(ErrorCode.CANCEL)
         except (HboneError, OSError) as e:
             fail(e)
 
@@ -266,6 +298,12 @@ async def _relay_streams(
                 if not data:
                     if writer.can_write_eof() and not writer.transport.is_closing():
                         writer.write_eof()
+                    if tunnel.send_closed:
+                        # Peer RST_STREAM(NO_ERROR/CANCEL): it reads no more, so end the
+                        # TCP -> tunnel copy too. Reading is paused first so the reader
+                        # gets no data after its EOF.
+                        cast(asyncio.Transport, writer.transport).pause_reading()
+                        reader.feed_eof()
                     return
                 counts.received += len(data)
                 writer.write(data)

@@ -30,6 +30,7 @@ from ketch.ztunnel.hbone.errors import (
     ErrorCode,
     HboneError,
     StreamResetError,
+    UsageError,
 )
 from ketch.ztunnel.hbone.proto import StreamState
 
@@ -38,6 +39,12 @@ if TYPE_CHECKING:
 
 # A writer waits once this much of its data is queued behind the peer's window.
 PENDING_HIGH_WATER = 256 * 1024
+
+# A peer RST_STREAM with one of these codes on an open tunnel means "I am done", not
+# "something broke": it reads as end of stream, as ztunnel's read half treats them
+# (zt:src/proxy/h2.rs). RFC 9113 section 8.1 has servers send NO_ERROR after a complete
+# response; h2-based peers send CANCEL when they drop a stream they finished with.
+GRACEFUL_RESET_CODES = frozenset({ErrorCode.NO_ERROR, ErrorCode.CANCEL})
 
 
 class TunnelSink(Protocol):
@@ -65,6 +72,7 @@ class Tunnel:
         self._write_waiter: asyncio.Future[None] | None = None
         self._response: asyncio.Future[None] = proto_.loop.create_future()
         self._eof_sent = False
+        self._send_closed = False  # the peer ended the stream gracefully: it reads no more
         self._finished = False
         self.on_finished: Callable[[Tunnel], None] | None = None
         # Called once if the stream fails (reset, connection lost) before it finished.
@@ -80,6 +88,12 @@ class Tunnel:
     @property
     def closed(self) -> bool:
         return self._finished
+
+    @property
+    def send_closed(self) -> bool:
+        """The peer ended the stream with RST_STREAM(NO_ERROR/CANCEL): reads end with b"",
+        and bytes written from now on are discarded (it will not read them)."""
+        return self._send_closed
 
     async def read(self) -> bytes:
         """The next chunk of tunnel bytes; b"" once the peer half-closed.
@@ -113,6 +127,12 @@ class Tunnel:
         p = self._p
         try:
             p.conn.send_data(self.stream_id, data)
+        except UsageError:
+            if self._send_closed:
+                return
+            raise self._error or ConnectionClosedError(
+                f"HBONE stream {self.stream_id} is closed"
+            ) from None
         except HboneError as e:
             raise self._error or e from None
         p.flush()
@@ -132,7 +152,12 @@ class Tunnel:
         if self._error is not None:
             raise self._error
         p = self._p
-        p.conn.send_data(self.stream_id, data)
+        try:  # no cost per chunk unless it raises
+            p.conn.send_data(self.stream_id, data)
+        except UsageError:
+            if self._send_closed:
+                return True  # discarded: the peer ended the stream gracefully
+            raise
         p.flush()
         return self.writable()
 
@@ -142,7 +167,7 @@ class Tunnel:
 
     def write_eof(self) -> None:
         """Half-close our direction (END_STREAM, after any queued bytes)."""
-        if self._eof_sent or self._error is not None or self._finished:
+        if self._eof_sent or self._error is not None or self._finished or self._send_closed:
             return
         self._eof_sent = True
         self._p.conn.end_stream(self.stream_id)
@@ -185,6 +210,18 @@ class Tunnel:
             self._sink.tunnel_eof()
             return
         self._wake_reader()
+
+    def _reset_by_peer(self, exc: StreamResetError) -> None:
+        """RST_STREAM from the peer: end of stream if graceful on an open tunnel, else failure."""
+        if exc.code in GRACEFUL_RESET_CODES and self.status is not None and self.status < 300:
+            self._send_closed = True
+            self._feed_eof()
+        else:
+            self._fail(exc)
+
+    def _detach(self) -> None:
+        """The sink is done (its relay ended): later bytes are buffered and acked on finish."""
+        self._sink = None
 
     def _ack(self, n: int) -> None:
         self._p.ack(self.stream_id, n)
