@@ -11,6 +11,7 @@ Layers, bottom up:
 - `server`: `HboneServer` on a caller-made listening socket;
 - `pool`: `HboneClientPool` for outbound tunnels;
 - `headers`: authority parsing and the client's informational headers;
+- `sockopts`: `set_keepalive()`, ztunnel's TCP keepalive, also for pod sockets;
 - `sysalloc`: `tune_malloc()` for the proxy's start-up.
 """
 
@@ -39,6 +40,7 @@ from ketch.ztunnel.hbone.headers import (
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey, UpstreamConnectError
 from ketch.ztunnel.hbone.relay import RelayProgress, RelayResult, relay
 from ketch.ztunnel.hbone.server import ConnectInfo, HboneServer, IncomingConnect
+from ketch.ztunnel.hbone.sockopts import set_keepalive
 from ketch.ztunnel.hbone.sysalloc import tune_malloc
 from ketch.ztunnel.hbone.tls import (
     WorkloadCert,
@@ -82,6 +84,7 @@ __all__ = [
     "peer_identity",
     "relay",
     "server_context",
+    "set_keepalive",
     "traceparent",
     "tune_malloc",
     "verify_client",

@@ -26,6 +26,7 @@ from ketch.ztunnel.hbone import proto
 from ketch.ztunnel.hbone.driver import H2Protocol
 from ketch.ztunnel.hbone.errors import HboneError, TlsError, UsageError
 from ketch.ztunnel.hbone.proto import Role
+from ketch.ztunnel.hbone.sockopts import set_keepalive
 from ketch.ztunnel.hbone.tls import verify_client
 from ketch.ztunnel.hbone.tunnel import Tunnel
 
@@ -247,7 +248,9 @@ class HboneServer:
         loop = asyncio.get_running_loop()
         try:
             peer = conn.getpeername()
-        except OSError:
+            set_keepalive(conn)
+        except OSError as e:  # the client is already gone; the handshake will say so
+            log.debug("HBONE accepted socket: %s", e)
             peer = None
         try:
             await loop.connect_accepted_socket(
