@@ -361,3 +361,42 @@ async def test_slow_tls_then_dripped_preface_is_closed_at_the_handshake_deadline
     finally:
         dripping.cancel()
         writer.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Memory held for an attacker stays bounded
+# ---------------------------------------------------------------------------------------
+
+
+async def test_reset_streams_leave_no_state_behind(mesh: Mesh, make_server: ServerFactory) -> None:
+    """Streams reset before an answer (below the rapid-reset budget) leave no tunnel, no
+    stream entry, no handler task and no pending decision timer on the server."""
+    loop = asyncio.get_running_loop()
+    scheduled = getattr(loop, "_scheduled", None)  # asyncio's timer heap (not on uvloop)
+    up = Upstream()
+    target = await up.start()
+    srv = await make_server(dial_and_relay, decision_timeout=30.0)
+    peer = await RawPeer.connect(mesh, srv)
+    try:
+        await eventually(lambda: len(srv.connections) == 1)
+        (conn,) = srv.connections
+        timers_before = len(scheduled) if scheduled is not None else 0
+        n = proto.PREMATURE_RESET_MIN_STREAMS - 50
+        batch = bytearray()
+        for i in range(n):
+            sid = 2 * i + 1
+            batch += peer.connect_frame(sid, target)
+            batch += proto.frame(proto.RST_STREAM, 0, sid, _RST.pack(ErrorCode.CANCEL))
+        assert await peer.send(bytes(batch))
+        await eventually(lambda: conn.conn.peer_streams == n)
+        await asyncio.sleep(0.1)
+        assert not conn.closed
+        assert conn.conn.open_streams == 0
+        assert not conn.tunnels
+        assert not srv._handlers
+        assert up.accepts == 0
+        if scheduled is not None:
+            assert len(scheduled) <= timers_before + 5
+    finally:
+        peer.close()
+        up.close()
