@@ -27,6 +27,13 @@ values) and only re-open a window when the application calls `ack_data()` for by
 actually consumed, which is how back-pressure reaches the remote sender. Outgoing DATA that
 does not fit the peer's windows is queued per stream and sent when WINDOW_UPDATEs arrive;
 `pending_send(stream_id)` tells the I/O layer how much is queued so it can stop reading.
+
+Abuse limits (each ends the connection with GOAWAY(ENHANCE_YOUR_CALM); constants below):
+rapid reset (Envoy's premature-reset rule), control frames queued while the peer does not
+read them (the I/O layer reports progress with `control_written()`), SETTINGS entries per
+frame, CONTINUATION frames per header block, and stream errors the peer provokes. Per
+connection, state is bounded by MAX_CONCURRENT_STREAMS streams, the 16 MiB receive window,
+one frame of MAX_FRAME_SIZE being reassembled, and MAX_HEADER_BLOCK for a header block.
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ client's SPIFFE identity is checked against our trust domain, and every valid CO
 handed to the `handler` coroutine as an `IncomingConnect`, which either `refuse()`s it with a
 status (401 denied, 503 unreachable, ...) or `accept()`s it and gets a `Tunnel`.
 Malformed requests (not CONNECT, bad authority) are answered 400 without calling the handler.
+
+Hostile clients: one deadline (`handshake_timeout`) covers TLS, the HTTP/2 preface and the
+client's first SETTINGS, counted from accept. A CONNECT the client resets before we answer
+it cancels its handler task (and with it any app connection still being made); streams
+reset in the same read never reach the handler at all. Connection-level abuse (rapid
+reset, control-frame floods) is detected by the HTTP/2 core (see `proto`).
 """
 
 from __future__ import annotations
