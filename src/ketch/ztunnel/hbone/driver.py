@@ -100,7 +100,7 @@ class H2Protocol(asyncio.Protocol):
         for ev in events:
             self._dispatch(ev)
         self.flush()
-        if not self.paused:
+        if self.conn.unsent_control and not self.paused:
             # Our buffer is below its high-water mark, so the peer reads what we send and
             # the ACKs/resets just queued are not piling up (see proto.MAX_UNSENT_CONTROL).
             # Once per received batch, not per relayed chunk.
