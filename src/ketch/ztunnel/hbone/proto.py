@@ -120,7 +120,8 @@ MAX_SETTINGS_ENTRIES: Final = 32
 # CONTINUATION flood (CVE-2024-27316 family): empty CONTINUATIONs add no bytes to a header
 # block, so the block size limit alone does not end it. nghttp2 allows 8 per block.
 MAX_CONTINUATIONS: Final = 8
-# Stream errors we answer with RST_STREAM (DATA on closed streams, refused streams, ...):
+# Stream errors we answer with RST_STREAM (window overruns, malformed frames on a stream,
+# streams over MAX_CONCURRENT_STREAMS, ...):
 # a peer provoking more than this over the connection's life gets ENHANCE_YOUR_CALM
 # (the h2 crate's max_local_error_reset_streams, 1024; RUSTSEC-2024-0003).
 MAX_LOCAL_ERROR_RESETS: Final = 1024
@@ -675,7 +676,7 @@ class HboneConnection:
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             self.ack_data(0, flen)
             if sid not in self._reset_by_us:
-                self._error_reset(sid, ErrorCode.STREAM_CLOSED)
+                self._late_frame_reset(sid)
             return
         if s.state not in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
             self.ack_data(0, flen)
@@ -773,7 +774,7 @@ class HboneConnection:
                 if sid in self._reset_by_us:
                     return  # in flight when we reset it
                 if self.stream_state(sid) is StreamState.CLOSED:
-                    self._error_reset(sid, ErrorCode.STREAM_CLOSED)
+                    self._late_frame_reset(sid)
                     return
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS on unexpected stream {sid}")
             self._last_peer_sid = sid
@@ -992,6 +993,13 @@ class HboneConnection:
         """RST_STREAM for a stream with no state left (closed, refused)."""
         self._count_error_reset()
         self._control(frame(RST_STREAM, 0, sid, _U32.pack(int(code))))
+
+    def _late_frame_reset(self, sid: int) -> None:
+        """RST_STREAM(STREAM_CLOSED) for a frame on a stream that is already closed. Not
+        counted against MAX_LOCAL_ERROR_RESETS: such frames can be honest races (sent
+        before our END_STREAM or reset arrived); a flood of them is bounded as control
+        frames are."""
+        self._control(frame(RST_STREAM, 0, sid, _U32.pack(ErrorCode.STREAM_CLOSED)))
 
     def _count_error_reset(self) -> None:
         self.local_error_resets += 1

@@ -83,6 +83,7 @@ class IncomingConnect:
             self._deadline.cancel()
             self._deadline = None
         self._task = None
+        self._tunnel.on_failed = None
 
     @property
     def decided(self) -> bool:

@@ -162,3 +162,19 @@ def test_provoked_stream_errors_get_enhance_your_calm() -> None:
         provoke(2 * proto.MAX_LOCAL_ERROR_RESETS + 1)
     assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
     assert s.local_error_resets == proto.MAX_LOCAL_ERROR_RESETS + 1
+
+
+def test_late_frames_on_closed_streams_do_not_use_up_the_stream_error_budget() -> None:
+    """DATA that crossed our END_STREAM on the wire is an honest race, however often."""
+    s, enc = server(), hpack.Encoder()
+    for i in range(proto.MAX_LOCAL_ERROR_RESETS + 10):
+        sid = 2 * i + 1
+        s.receive_data(connect(enc, sid))
+        s.respond(sid, 200)
+        s.end_stream(sid)
+        s.receive_data(frame(proto.DATA, proto.FLAG_END_STREAM, sid))  # stream now closed
+        s.receive_data(frame(proto.DATA, 0, sid, b"late"))  # -> RST_STREAM(STREAM_CLOSED)
+        s.data_to_send()
+        s.control_written()
+    assert not s.closed
+    assert s.local_error_resets == 0
