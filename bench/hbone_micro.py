@@ -35,10 +35,9 @@ from ketch.identity.ca import CertificateAuthority
 from ketch.identity.spiffe import SpiffeId
 from ketch.ztunnel.hbone import proto, tls
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey
-from ketch.ztunnel.hbone.relay import _relay_streams, relay
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
 from ketch.ztunnel.hbone.sysalloc import tune_malloc
-from ketch.ztunnel.hbone.tunnel import Tunnel
+from ketch.ztunnel.hbone.tunnel import Tunnel, _relay_streams, relay
 
 TD = "cluster.local"
 

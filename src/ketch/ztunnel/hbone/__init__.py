@@ -7,7 +7,7 @@ Layers, bottom up:
 - `tls`: SSL contexts from workload certificates, SPIFFE peer checks;
 - `driver`: `H2Protocol`, the asyncio Protocol that runs one connection's core;
 - `tunnel`: `Tunnel`, one CONNECT stream as a byte stream with half-close;
-- `relay`: `relay()`, the tunnel <-> TCP copy (the hot loop of the data path);
+- `tcp_relay`: `relay()`, the tunnel <-> TCP copy (the hot loop of the data path);
 - `server`: `HboneServer` on a caller-made listening socket;
 - `pool`: `HboneClientPool` for outbound tunnels;
 - `headers`: authority parsing and the client's informational headers;
@@ -38,10 +38,10 @@ from ketch.ztunnel.hbone.headers import (
     traceparent,
 )
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey, UpstreamConnectError
-from ketch.ztunnel.hbone.relay import RelayProgress, RelayResult, relay
 from ketch.ztunnel.hbone.server import ConnectInfo, HboneServer, IncomingConnect
 from ketch.ztunnel.hbone.sockopts import set_keepalive
 from ketch.ztunnel.hbone.sysalloc import tune_malloc
+from ketch.ztunnel.hbone.tcp_relay import RelayProgress, RelayResult, relay
 from ketch.ztunnel.hbone.tls import (
     WorkloadCert,
     client_context,

@@ -2,7 +2,7 @@
 
 A `Tunnel` belongs to the `driver.H2Protocol` of its HTTP/2 connection, which feeds it the
 stream's events (`_feed`, `_feed_eof`, `_fail`, `_on_response`). The application side
-either awaits `read()`/`write()`, or attaches a `TunnelSink` (the TCP splice of `relay`)
+either awaits `read()`/`write()`, or attaches a `TunnelSink` (the TCP splice of `tcp_relay`)
 that gets bytes by callback, with no task switch per chunk.
 
 Back-pressure, both ways:
@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.ztunnel.hbone.connect import Headers
@@ -281,3 +281,26 @@ class Tunnel:
             cb, self.on_finished = self.on_finished, None
             if cb is not None:
                 cb(self)
+
+
+# Compatibility: before the split, `relay()` and `H2Protocol` lived in this module. Old
+# imports (`from ketch.ztunnel.hbone.tunnel import relay`) keep working; new code imports
+# from `tcp_relay` / `driver` (or from the package).
+_MOVED = {
+    "relay": "tcp_relay",
+    "RelayProgress": "tcp_relay",
+    "RelayResult": "tcp_relay",
+    "_relay_streams": "tcp_relay",
+    "_TcpSplice": "tcp_relay",
+    "H2Protocol": "driver",
+    "TRANSPORT_HIGH_WATER": "driver",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"ketch.ztunnel.hbone.{module}"), name)

@@ -20,8 +20,8 @@ from ketch.ztunnel.hbone import proto
 from ketch.ztunnel.hbone.errors import ErrorCode, ProtocolError
 from ketch.ztunnel.hbone.headers import parse_authority
 from ketch.ztunnel.hbone.pool import HboneClientPool
-from ketch.ztunnel.hbone.relay import relay
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
+from ketch.ztunnel.hbone.tcp_relay import relay
 from tests.unit.ztunnel.hbone.conftest import (
     TD,
     Mesh,

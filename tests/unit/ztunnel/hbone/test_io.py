@@ -25,8 +25,8 @@ from ketch.ztunnel.hbone.errors import (
     TlsError,
 )
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey, UpstreamConnectError
-from ketch.ztunnel.hbone.relay import RelayResult, _relay_streams, _TcpSplice, relay
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
+from ketch.ztunnel.hbone.tcp_relay import RelayResult, _relay_streams, _TcpSplice, relay
 from ketch.ztunnel.hbone.tunnel import Tunnel
 from tests.unit.ztunnel.hbone.conftest import (
     TD,

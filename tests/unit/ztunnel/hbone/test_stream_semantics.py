@@ -19,8 +19,8 @@ import pytest
 
 from ketch.ztunnel.hbone.errors import ErrorCode, StreamResetError
 from ketch.ztunnel.hbone.pool import HboneClientPool
-from ketch.ztunnel.hbone.relay import RelayResult, _relay_streams, relay
 from ketch.ztunnel.hbone.server import IncomingConnect
+from ketch.ztunnel.hbone.tcp_relay import RelayResult, _relay_streams, relay
 from ketch.ztunnel.hbone.tunnel import Tunnel
 from tests.unit.ztunnel.hbone.conftest import Mesh, ServerFactory, eventually, key_for
 
