@@ -731,6 +731,12 @@ class HboneConnection:
             start += 5
         if stop < start:
             self._fail(ErrorCode.PROTOCOL_ERROR, "HEADERS padding/priority exceed the frame")
+        if stop - start > MAX_HEADER_BLOCK:
+            # Checked here too, not only on CONTINUATION: one HEADERS frame may be as large
+            # as our MAX_FRAME_SIZE (1 MiB), which we would otherwise copy and HPACK-decode.
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM, f"header block larger than {MAX_HEADER_BLOCK} bytes"
+            )
         block = bytearray(payload[start:stop])
         if flags & FLAG_END_HEADERS:
             self._on_header_block(sid, flags, block, events)

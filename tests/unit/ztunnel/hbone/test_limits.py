@@ -178,3 +178,11 @@ def test_late_frames_on_closed_streams_do_not_use_up_the_stream_error_budget() -
         s.control_written()
     assert not s.closed
     assert s.local_error_resets == 0
+
+
+def test_oversized_single_headers_frame_gets_enhance_your_calm() -> None:
+    s = server()
+    big = b"\x00" * (proto.MAX_HEADER_BLOCK + 1)  # fits a frame (1 MiB), not a header block
+    with pytest.raises(ProtocolError) as ei:
+        s.receive_data(frame(proto.HEADERS, proto.FLAG_END_HEADERS, 1, big))
+    assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
