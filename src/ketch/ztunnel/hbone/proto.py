@@ -978,9 +978,11 @@ class HboneConnection:
         s.pending_len = 0
 
     def _rst(self, s: _Stream, code: ErrorCode | int) -> None:
+        # Not counted as a control reply: this is also the application's own reset(), which
+        # must never raise; resets the peer provokes are counted by the callers.
         if s.state is not StreamState.CLOSED:
             s.move(StreamInput.SEND_RST)
-        self._control(frame(RST_STREAM, 0, s.stream_id, _U32.pack(int(code))))
+        self._out.append(frame(RST_STREAM, 0, s.stream_id, _U32.pack(int(code))))
         self._close(s)
         if len(self._reset_by_us) > 1024:
             self._reset_by_us.clear()
@@ -993,6 +995,7 @@ class HboneConnection:
             return
         self._count_error_reset()
         self._rst(s, code)
+        self._count_control()
         events.append(StreamReset(sid, int(code), remote=False))
 
     def _error_reset(self, sid: int, code: ErrorCode) -> None:
@@ -1016,8 +1019,13 @@ class HboneConnection:
             )
 
     def _control(self, data: bytes) -> None:
-        """Queue a control frame (ACK or RST_STREAM), bounded while the peer is not reading."""
+        """Queue a control frame the peer provoked (ACK or RST_STREAM); bounded while the
+        peer is not reading (only called while receiving, so the ProtocolError it may raise
+        goes to `receive_data()`'s caller)."""
         self._out.append(data)
+        self._count_control()
+
+    def _count_control(self) -> None:
         self.unsent_control += 1
         if self.unsent_control > self._max_unsent_control:
             self._fail(

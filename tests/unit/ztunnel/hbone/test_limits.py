@@ -186,3 +186,15 @@ def test_oversized_single_headers_frame_gets_enhance_your_calm() -> None:
     with pytest.raises(ProtocolError) as ei:
         s.receive_data(frame(proto.HEADERS, proto.FLAG_END_HEADERS, 1, big))
     assert ei.value.code == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_application_resets_never_raise_however_many() -> None:
+    """Our own resets (Tunnel.abort) are not peer-provoked control frames: no limit hits
+    the application, even while nothing is confirmed written."""
+    s, enc = server(), hpack.Encoder()
+    for i in range(proto.MAX_UNSENT_CONTROL + 10):
+        sid = 2 * i + 1
+        s.receive_data(connect(enc, sid))
+        s.respond(sid, 200)
+        s.reset(sid, ErrorCode.CONNECT_ERROR)
+    assert not s.closed
