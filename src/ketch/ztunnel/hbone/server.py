@@ -255,10 +255,12 @@ class HboneServer:
         loop = asyncio.get_running_loop()
         try:
             peer = conn.getpeername()
-            set_keepalive(conn)
-        except OSError as e:  # the client is already gone; the handshake will say so
-            log.debug("HBONE accepted socket: %s", e)
+        except OSError:
             peer = None
+        try:
+            set_keepalive(conn)
+        except OSError as e:  # not fatal; if the client is gone the handshake says so
+            log.debug("HBONE connection from %s: cannot set TCP keepalive: %s", peer, e)
         try:
             await loop.connect_accepted_socket(
                 lambda: _ServerH2(self, deadline),
