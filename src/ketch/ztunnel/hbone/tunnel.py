@@ -127,12 +127,10 @@ class Tunnel:
         p = self._p
         try:
             p.conn.send_data(self.stream_id, data)
-        except UsageError:
+        except UsageError as e:
             if self._send_closed:
-                return
-            raise self._error or ConnectionClosedError(
-                f"HBONE stream {self.stream_id} is closed"
-            ) from None
+                return  # discarded: the peer ended the stream gracefully
+            raise self._error or e from None
         except HboneError as e:
             raise self._error or e from None
         p.flush()
@@ -215,6 +213,9 @@ class Tunnel:
         """RST_STREAM from the peer: end of stream if graceful on an open tunnel, else failure."""
         if exc.code in GRACEFUL_RESET_CODES and self.status is not None and self.status < 300:
             self._send_closed = True
+            w = self._write_waiter  # a write() held by flow control returns (discarded)
+            if w is not None and not w.done():
+                w.set_result(None)
             self._feed_eof()
         else:
             self._fail(exc)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from ketch.util.tasks import spawn
 from ketch.ztunnel.hbone.errors import ErrorCode, StreamResetError
 from ketch.ztunnel.hbone.pool import HboneClientPool
 from ketch.ztunnel.hbone.server import IncomingConnect
@@ -151,3 +152,23 @@ async def test_app_reset_becomes_end_stream_not_connect_error(
         assert results[0].sent == len(b"partial")
     finally:
         be.close()
+
+
+async def test_writer_blocked_on_the_window_returns_when_the_peer_ends_gracefully(
+    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
+) -> None:
+    stop = asyncio.Event()
+
+    async def handler(inc: IncomingConnect) -> None:
+        t = inc.accept()
+        await stop.wait()  # never reads: the client's window runs out
+        t.abort(ErrorCode.NO_ERROR)
+
+    srv = await make_server(handler)
+    t = await pool.open(key_for(mesh, srv), "10.0.0.1:80")
+    writing = spawn(t.write(b"w" * 8_000_000), name="blocked-writer")
+    await asyncio.sleep(0.3)
+    assert not writing.done()  # held by flow control
+    stop.set()
+    await asyncio.wait_for(writing, 5)
+    assert await t.read() == b""
