@@ -130,18 +130,18 @@ class _TcpSplice(asyncio.Protocol):
             self.t._ack(len(data))
 
     def tunnel_eof(self) -> None:
-        if self._down_done:
-            return
-        self._down_done = True
-        # Called from the HBONE connection's data_received: must not raise, or the
-        # whole shared connection would be torn down. shutdown() fails with ENOTCONN
-        # when the TCP peer is already gone.
-        if self.tr.can_write_eof() and not self.tr.is_closing():
-            try:
-                self.tr.write_eof()
-            except OSError as e:
-                self._fail(e)
-                return
+        # Called for END_STREAM, and again if a graceful RST_STREAM follows it.
+        if not self._down_done:
+            self._down_done = True
+            # Called from the HBONE connection's data_received: must not raise, or the
+            # whole shared connection would be torn down. shutdown() fails with ENOTCONN
+            # when the TCP peer is already gone.
+            if self.tr.can_write_eof() and not self.tr.is_closing():
+                try:
+                    self.tr.write_eof()
+                except OSError as e:
+                    self._fail(e)
+                    return
         if self.t.send_closed and not self._up_done:
             # The peer ended the stream with RST_STREAM(NO_ERROR/CANCEL): it reads no more,
             # so there is nothing left to copy from TCP; close once our writes are out.

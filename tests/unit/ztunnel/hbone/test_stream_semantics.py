@@ -172,3 +172,35 @@ async def test_writer_blocked_on_the_window_returns_when_the_peer_ends_gracefull
     stop.set()
     await asyncio.wait_for(writing, 5)
     assert await t.read() == b""
+
+
+async def test_end_stream_then_graceful_reset_ends_the_relay_without_the_app_closing(
+    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
+) -> None:
+    """RFC 9113 section 8.1: a server may END_STREAM its response, then RST_STREAM
+    (NO_ERROR) the request side. The relay must finish even if the app keeps its side open."""
+
+    async def handler(inc: IncomingConnect) -> None:
+        t = inc.accept()
+        await t.write(b"done")
+        t.write_eof()
+        await asyncio.sleep(0.05)
+        t.abort(ErrorCode.NO_ERROR)
+
+    srv = await make_server(handler)
+    results: list[RelayResult] = []
+
+    async def front(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        t = await pool.open(key_for(mesh, srv), "10.0.0.1:80")
+        results.append(await relay(t, reader, writer))
+
+    fe = await asyncio.start_server(front, "127.0.0.1", 0)
+    try:
+        r, w = await asyncio.open_connection(*fe.sockets[0].getsockname())
+        got, how = await app_reads_until_end(r)
+        assert (got, how) == (b"done", "fin")
+        await eventually(lambda: bool(results), within=3)  # the app never closed its side
+        assert results[0].error is None
+        w.close()
+    finally:
+        fe.close()
