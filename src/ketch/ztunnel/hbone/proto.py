@@ -121,9 +121,9 @@ MAX_SETTINGS_ENTRIES: Final = 32
 # block, so the block size limit alone does not end it. nghttp2 allows 8 per block.
 MAX_CONTINUATIONS: Final = 8
 # Stream errors we answer with RST_STREAM (window overruns, malformed frames on a stream,
-# streams over MAX_CONCURRENT_STREAMS, ...):
-# a peer provoking more than this over the connection's life gets ENHANCE_YOUR_CALM
-# (the h2 crate's max_local_error_reset_streams, 1024; RUSTSEC-2024-0003).
+# streams over MAX_CONCURRENT_STREAMS, ...): a peer provoking more than this over the
+# connection's life gets ENHANCE_YOUR_CALM (the h2 crate's max_local_error_reset_streams,
+# 1024; RUSTSEC-2024-0003). Late frames on already closed streams are not counted.
 MAX_LOCAL_ERROR_RESETS: Final = 1024
 
 _HDR = struct.Struct(">HBBBL")  # length is 24 bits: 16 + 8
