@@ -298,12 +298,6 @@ async def _relay_streams(
                 if not data:
                     if writer.can_write_eof() and not writer.transport.is_closing():
                         writer.write_eof()
-                    if tunnel.send_closed:
-                        # Peer RST_STREAM(NO_ERROR/CANCEL): it reads no more, so end the
-                        # TCP -> tunnel copy too. Reading is paused first so the reader
-                        # gets no data after its EOF.
-                        cast(asyncio.Transport, writer.transport).pause_reading()
-                        reader.feed_eof()
                     return
                 counts.received += len(data)
                 writer.write(data)
@@ -311,6 +305,14 @@ async def _relay_streams(
         except (HboneError, OSError) as e:
             fail(e)
 
+    def stop_upstream() -> None:
+        # Peer RST_STREAM(NO_ERROR/CANCEL): it reads no more, so end the TCP -> tunnel
+        # copy as if the app had closed. Reading is paused first so the reader gets no
+        # data after its EOF.
+        cast(asyncio.Transport, writer.transport).pause_reading()
+        reader.feed_eof()
+
+    tunnel.on_send_closed = stop_upstream
     try:
         await asyncio.gather(upstream(), downstream())
     except BaseException:

@@ -77,6 +77,9 @@ class Tunnel:
         self.on_finished: Callable[[Tunnel], None] | None = None
         # Called once if the stream fails (reset, connection lost) before it finished.
         self.on_failed: Callable[[HboneError], None] | None = None
+        # Called once when the peer ends the stream gracefully (see `send_closed`), so a
+        # copy loop can stop reading what nobody will read.
+        self.on_send_closed: Callable[[], None] | None = None
         self._sink: TunnelSink | None = None
 
     # ------------------------------------------------------------------ app side
@@ -216,6 +219,9 @@ class Tunnel:
             w = self._write_waiter  # a write() held by flow control returns (discarded)
             if w is not None and not w.done():
                 w.set_result(None)
+            cb, self.on_send_closed = self.on_send_closed, None
+            if cb is not None:
+                cb()
             self._feed_eof()
         else:
             self._fail(exc)

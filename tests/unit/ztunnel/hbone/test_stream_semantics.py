@@ -174,8 +174,9 @@ async def test_writer_blocked_on_the_window_returns_when_the_peer_ends_gracefull
     assert await t.read() == b""
 
 
+@RELAYS
 async def test_end_stream_then_graceful_reset_ends_the_relay_without_the_app_closing(
-    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool
+    mesh: Mesh, make_server: ServerFactory, pool: HboneClientPool, copy: Relay
 ) -> None:
     """RFC 9113 section 8.1: a server may END_STREAM its response, then RST_STREAM
     (NO_ERROR) the request side. The relay must finish even if the app keeps its side open."""
@@ -192,7 +193,7 @@ async def test_end_stream_then_graceful_reset_ends_the_relay_without_the_app_clo
 
     async def front(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         t = await pool.open(key_for(mesh, srv), "10.0.0.1:80")
-        results.append(await relay(t, reader, writer))
+        results.append(await copy(t, reader, writer))
 
     fe = await asyncio.start_server(front, "127.0.0.1", 0)
     try:
