@@ -320,6 +320,7 @@ async def _relay_streams(
         writer.transport.abort()
         raise
     finally:
+        tunnel.on_send_closed = None
         tunnel.close()
         writer.close()
         with contextlib.suppress(OSError, HboneError):
