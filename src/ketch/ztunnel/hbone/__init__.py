@@ -1,12 +1,17 @@
 """HBONE: mTLS HTTP/2 CONNECT tunnels between node proxies (port 15008).
 
 Layers, bottom up:
-- `proto`: sans-IO HTTP/2 subset (`HboneConnection`), bytes in, events out;
+- `proto`: sans-IO HTTP/2 subset (`HboneConnection`): framing, stream states, windows,
+  limits; bytes in, events out;
+- `connect`: HBONE CONNECT request/response rules (pure functions over header lists);
 - `tls`: SSL contexts from workload certificates, SPIFFE peer checks;
-- `tunnel`: asyncio Protocol per connection, `Tunnel` byte streams, `relay()`;
+- `driver`: `H2Protocol`, the asyncio Protocol that runs one connection's core;
+- `tunnel`: `Tunnel`, one CONNECT stream as a byte stream with half-close;
+- `tcp_relay`: `relay()`, the tunnel <-> TCP copy (the hot loop of the data path);
 - `server`: `HboneServer` on a caller-made listening socket;
 - `pool`: `HboneClientPool` for outbound tunnels;
 - `headers`: authority parsing and the client's informational headers;
+- `sockopts`: `set_keepalive()`, ztunnel's TCP keepalive, also for pod sockets;
 - `sysalloc`: `tune_malloc()` for the proxy's start-up.
 """
 
@@ -34,7 +39,9 @@ from ketch.ztunnel.hbone.headers import (
 )
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey, UpstreamConnectError
 from ketch.ztunnel.hbone.server import ConnectInfo, HboneServer, IncomingConnect
+from ketch.ztunnel.hbone.sockopts import set_keepalive
 from ketch.ztunnel.hbone.sysalloc import tune_malloc
+from ketch.ztunnel.hbone.tcp_relay import RelayProgress, RelayResult, relay
 from ketch.ztunnel.hbone.tls import (
     WorkloadCert,
     client_context,
@@ -43,7 +50,7 @@ from ketch.ztunnel.hbone.tls import (
     verify_client,
     verify_server,
 )
-from ketch.ztunnel.hbone.tunnel import RelayProgress, RelayResult, Tunnel, relay
+from ketch.ztunnel.hbone.tunnel import Tunnel
 
 __all__ = [
     "Authority",
@@ -77,6 +84,7 @@ __all__ = [
     "peer_identity",
     "relay",
     "server_context",
+    "set_keepalive",
     "traceparent",
     "tune_malloc",
     "verify_client",

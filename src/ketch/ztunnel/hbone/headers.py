@@ -9,10 +9,11 @@ Pure functions, no I/O. The authority of an HBONE CONNECT is always `ip:port` (I
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
+from typing import Final
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -77,13 +78,32 @@ def forwarded(src_ip: IPAddress | str, src_port: int, host: str | None = None) -
     return value
 
 
-def baggage(attributes: Mapping[str, str]) -> str:
-    """W3C baggage: `k8s.cluster.name=c1,k8s.namespace.name=ns,...` (values percent-encoded).
+# Characters kept in a baggage value: W3C baggage-octet (printable ASCII without space,
+# '"', ',', ';', '\\') and also without '=': ztunnel splits entries on ',' and ';' and
+# key from value on '=' without any unquoting. Everything else is dropped, which also
+# keeps CR/LF/NUL and other bytes that are illegal in a header value out.
+_BAGGAGE_DROP: Final = re.compile(r"[^\x21\x23-\x2b\x2d-\x3a\x3c\x3e-\x5b\x5d-\x7e]+")
+# A baggage key is an RFC 9110 token.
+_BAGGAGE_KEY: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
-    Typical keys: k8s.cluster.name, k8s.namespace.name, k8s.<kind>.name, service.name,
-    service.version. Empty values are left out.
+
+def baggage(attributes: Mapping[str, str]) -> str:
+    """W3C baggage: `k8s.cluster.name=c1,k8s.namespace.name=ns,...`, values raw.
+
+    Values are not percent-encoded, because ztunnel's parser does not decode them
+    (zt:src/baggage.rs); characters that would break the header or the `k=v,k=v` syntax
+    are dropped instead (see `_BAGGAGE_DROP`). Entries whose value ends up empty are left
+    out. Typical keys: k8s.cluster.name, k8s.namespace.name, k8s.<kind>.name,
+    service.name, service.version; a key that is not a token raises ValueError.
     """
-    return ",".join(f"{k}={quote(v, safe='')}" for k, v in attributes.items() if v)
+    parts = []
+    for k, v in attributes.items():
+        if not _BAGGAGE_KEY.fullmatch(k):
+            raise ValueError(f"baggage key {k!r} is not an HTTP token")
+        value = _BAGGAGE_DROP.sub("", v)
+        if value:
+            parts.append(f"{k}={value}")
+    return ",".join(parts)
 
 
 def traceparent(trace_id: bytes | None = None, span_id: bytes | None = None) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.util.tasks import spawn
+from ketch.ztunnel.hbone.driver import H2Protocol
 from ketch.ztunnel.hbone.errors import (
     ConnectionClosedError,
     ConnectRefused,
@@ -36,8 +37,9 @@ from ketch.ztunnel.hbone.errors import (
     UsageError,
 )
 from ketch.ztunnel.hbone.proto import Role
+from ketch.ztunnel.hbone.sockopts import set_keepalive
 from ketch.ztunnel.hbone.tls import verify_server
-from ketch.ztunnel.hbone.tunnel import H2Protocol, Tunnel
+from ketch.ztunnel.hbone.tunnel import Tunnel
 
 log = logging.getLogger("ketch.ztunnel.hbone.pool")
 
@@ -210,6 +212,10 @@ class HboneClientPool:
                     raise UpstreamConnectError(
                         f"cannot reach HBONE peer {where}: {e}; is port 15008 blocked between nodes?"
                     ) from e
+                try:
+                    set_keepalive(sock)
+                except OSError as e:  # not fatal: the TLS handshake will tell
+                    log.debug("HBONE dial %s: cannot set TCP keepalive: %s", where, e)
                 try:
                     ctx = self._client_tls(key.src_identity)
                 except HboneError:

@@ -1,8 +1,13 @@
-"""Sans-IO HTTP/2 for HBONE: the subset of RFC 9113 that CONNECT tunnels use.
+"""Sans-IO HTTP/2 for HBONE: framing and the connection/stream state machines (RFC 9113).
 
 `HboneConnection` holds no sockets: feed it received bytes with `receive_data()`, act on the
 events it returns, and write `data_to_send()` to the transport. The same object serves the
-client role (opens CONNECT streams) and the server role (answers them).
+client role (opens CONNECT streams) and the server role (answers them). What a request or
+response *means* (is it a valid HBONE CONNECT? which status?) is decided by `connect`; this
+module only frames, tracks stream states and windows, and enforces connection limits.
+
+Where it sits: the bottom of the HBONE data path. `driver.H2Protocol` feeds it the bytes
+that TLS decrypted and writes what it queues; everything above works with its events.
 
 Why not the `h2` library: measured on this project's 2-core machine, a relay on h2's default
 path cost about twice Envoy's added latency per request, and h2 formats every received frame
@@ -22,6 +27,13 @@ values) and only re-open a window when the application calls `ack_data()` for by
 actually consumed, which is how back-pressure reaches the remote sender. Outgoing DATA that
 does not fit the peer's windows is queued per stream and sent when WINDOW_UPDATEs arrive;
 `pending_send(stream_id)` tells the I/O layer how much is queued so it can stop reading.
+
+Abuse limits (each ends the connection with GOAWAY(ENHANCE_YOUR_CALM); constants below):
+rapid reset (Envoy's premature-reset rule), control frames queued while the peer does not
+read them (the I/O layer reports progress with `control_written()`), SETTINGS entries per
+frame, CONTINUATION frames per header block, and stream errors the peer provokes. Per
+connection, state is bounded by MAX_CONCURRENT_STREAMS streams, the 16 MiB receive window,
+one frame of MAX_FRAME_SIZE being reassembled, and MAX_HEADER_BLOCK for a header block.
 """
 
 from __future__ import annotations
@@ -34,13 +46,17 @@ from typing import Final, cast
 
 import hpack
 
+from ketch.ztunnel.hbone import connect
+from ketch.ztunnel.hbone.connect import ConnectRequest as ConnectRequest
+from ketch.ztunnel.hbone.connect import ConnectResponse as ConnectResponse
+from ketch.ztunnel.hbone.connect import Headers as Headers
+from ketch.ztunnel.hbone.connect import InvalidRequest as InvalidRequest
 from ketch.ztunnel.hbone.errors import (
     ConnectionClosedError,
     ErrorCode,
     ProtocolError,
     UsageError,
 )
-from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -84,15 +100,36 @@ MAX_HEADER_LIST_SIZE: Final = 64 * 1024
 # A header block (HEADERS + CONTINUATIONs) larger than this ends the connection.
 MAX_HEADER_BLOCK: Final = 64 * 1024
 
+# Rapid reset (CVE-2023-44487), Envoy's rule: once a peer has opened this many streams,
+# the connection is closed with GOAWAY(ENHANCE_YOUR_CALM) as soon as at least half of them
+# were reset by the peer "prematurely", i.e. before we answered the CONNECT (Envoy's
+# overload.premature_reset_total_stream_count = 500, 50%; Envoy calls a reset within 1 s
+# premature, we use "before the response", which needs no clock). The server also cancels
+# the pending decision of every such stream, so the streams before the GOAWAY cost no
+# upstream connection either.
+PREMATURE_RESET_MIN_STREAMS: Final = 500
+
+# Control-frame floods (CVE-2019-9512 PING flood, CVE-2019-9515 SETTINGS flood): every
+# PING, SETTINGS and many stream errors make us queue a reply. A peer that sends them but
+# never reads our replies would grow our output without bound; once this many control
+# frames are queued and not confirmed written (`control_written()`), the connection gets
+# GOAWAY(ENHANCE_YOUR_CALM). Envoy's max_outbound_control_frames default is 1000.
+MAX_UNSENT_CONTROL: Final = 1000
+# More entries than this in one SETTINGS frame is abuse (nghttp2's max_settings, 32).
+MAX_SETTINGS_ENTRIES: Final = 32
+# CONTINUATION flood (CVE-2024-27316 family): empty CONTINUATIONs add no bytes to a header
+# block, so the block size limit alone does not end it. nghttp2 allows 8 per block.
+MAX_CONTINUATIONS: Final = 8
+# Stream errors we answer with RST_STREAM (window overruns, malformed frames on a stream,
+# streams over MAX_CONCURRENT_STREAMS, ...): a peer provoking more than this over the
+# connection's life gets ENHANCE_YOUR_CALM (the h2 crate's max_local_error_reset_streams,
+# 1024; RUSTSEC-2024-0003). Late frames on already closed streams are not counted.
+MAX_LOCAL_ERROR_RESETS: Final = 1024
+
 _HDR = struct.Struct(">HBBBL")  # length is 24 bits: 16 + 8
 _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
 _GOAWAY = struct.Struct(">LL")
-
-# RFC 9113 section 8.2.2: connection-specific header fields are malformed in HTTP/2.
-_CONNECTION_HEADERS: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
 
 
 def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -109,34 +146,7 @@ def frame_header(ftype: int, flags: int, stream_id: int, length: int) -> bytes:
 # Events
 # ---------------------------------------------------------------------------------------
 
-Headers = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectRequest:
-    """Server side: a valid HBONE CONNECT arrived; answer with `respond()`."""
-
-    stream_id: int
-    authority: str
-    headers: Headers
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidRequest:
-    """Server side: a request that is not a valid HBONE CONNECT; answer `respond(sid, status)`."""
-
-    stream_id: int
-    status: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectResponse:
-    """Client side: the final response to our CONNECT (200 = tunnel open)."""
-
-    stream_id: int
-    status: int
-    headers: Headers
+# ConnectRequest, InvalidRequest and ConnectResponse come from `connect`.
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +314,8 @@ class HboneConnection:
         connection_window: int = CONNECTION_WINDOW,
         max_frame_size: int = MAX_FRAME_SIZE,
         max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        premature_reset_min_streams: int = PREMATURE_RESET_MIN_STREAMS,
+        max_unsent_control: int = MAX_UNSENT_CONTROL,
     ) -> None:
         self.role = role
         self._client = role is Role.CLIENT
@@ -322,6 +334,14 @@ class HboneConnection:
         self.closed = False
         self.goaway_received: GoAway | None = None
         self.goaway_sent = False
+        # Abuse accounting (see the limits above).
+        self._premature_reset_min = premature_reset_min_streams
+        self.peer_streams = 0  # streams the peer opened (and we accepted into the table)
+        self.premature_resets = 0  # of those, reset by the peer before our response
+        self._max_unsent_control = max_unsent_control
+        self.unsent_control = 0  # control frames queued, not yet confirmed written
+        self.local_error_resets = 0  # RST_STREAMs we sent because the peer erred
+        self._cont_frames = 0  # CONTINUATIONs in the header block being received
 
         # Our settings (what the peer must respect).
         self.local_stream_window = stream_window
@@ -390,6 +410,13 @@ class HboneConnection:
         limit = self._next_sid if stream_id % 2 == self._next_sid % 2 else self._last_peer_sid + 1
         return StreamState.CLOSED if stream_id < limit else StreamState.IDLE
 
+    def control_written(self) -> None:
+        """The I/O layer confirms that what `data_to_send()` returned has left our buffers
+        (the transport is not backed up): queued control frames no longer count against
+        MAX_UNSENT_CONTROL. A driver that never calls this gets ENHANCE_YOUR_CALM after
+        that many PING/SETTINGS ACKs and RST_STREAMs."""
+        self.unsent_control = 0
+
     def pending_send(self, stream_id: int) -> int:
         """Bytes queued on the stream waiting for flow-control window."""
         s = self._streams.get(stream_id)
@@ -417,9 +444,7 @@ class HboneConnection:
         self._next_sid += 2
         s = self._new_stream(sid)
         s.move(StreamInput.SEND_HEADERS)
-        block = [(b":method", b"CONNECT"), (b":authority", authority.encode("ascii"))]
-        block.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers)
-        self._send_headers(sid, block, end=False)
+        self._send_headers(sid, connect.request_block(authority, headers), end=False)
         return sid
 
     def respond(self, stream_id: int, status: int, headers: Iterable[tuple[str, str]] = ()) -> None:
@@ -429,11 +454,11 @@ class HboneConnection:
         s = self._live_stream(stream_id)
         if s.headers_done:
             raise UsageError(f"stream {stream_id}: response already sent")
-        if not 100 <= status <= 999 or 100 <= status < 200:
-            raise UsageError(f"stream {stream_id}: cannot respond with status {status}")
+        try:
+            block = connect.response_block(status, headers)
+        except UsageError as e:
+            raise UsageError(f"stream {stream_id}: {e}") from None
         s.headers_done = True
-        block = [(b":status", str(status).encode())]
-        block.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers)
         s.move(StreamInput.SEND_HEADERS)
         if 200 <= status < 300:
             s.tunnel_open = True
@@ -620,7 +645,7 @@ class HboneConnection:
             if flags & FLAG_ACK:
                 events.append(PingAck(bytes(payload)))
             else:
-                self._out.append(frame(PING, FLAG_ACK, 0, bytes(payload)))
+                self._control(frame(PING, FLAG_ACK, 0, bytes(payload)))
                 events.append(PingReceived(bytes(payload)))
         elif ftype == GOAWAY:
             self._on_goaway(sid, payload, events)
@@ -651,7 +676,7 @@ class HboneConnection:
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             self.ack_data(0, flen)
             if sid not in self._reset_by_us:
-                self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(ErrorCode.STREAM_CLOSED)))
+                self._late_frame_reset(sid)
             return
         if s.state not in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
             self.ack_data(0, flen)
@@ -706,11 +731,18 @@ class HboneConnection:
             start += 5
         if stop < start:
             self._fail(ErrorCode.PROTOCOL_ERROR, "HEADERS padding/priority exceed the frame")
+        if stop - start > MAX_HEADER_BLOCK:
+            # Checked here too, not only on CONTINUATION: one HEADERS frame may be as large
+            # as our MAX_FRAME_SIZE (1 MiB), which we would otherwise copy and HPACK-decode.
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM, f"header block larger than {MAX_HEADER_BLOCK} bytes"
+            )
         block = bytearray(payload[start:stop])
         if flags & FLAG_END_HEADERS:
             self._on_header_block(sid, flags, block, events)
         else:
             self._cont = (sid, flags, block)
+            self._cont_frames = 0
 
     def _on_continuation(
         self, sid: int, flags: int, payload: memoryview, events: list[Event]
@@ -720,6 +752,12 @@ class HboneConnection:
             return
         csid, hflags, block = self._cont
         block += payload
+        self._cont_frames += 1
+        if self._cont_frames > MAX_CONTINUATIONS:
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"header block split into more than {MAX_CONTINUATIONS} CONTINUATION frames",
+            )
         if len(block) > MAX_HEADER_BLOCK:
             self._fail(
                 ErrorCode.ENHANCE_YOUR_CALM, f"header block larger than {MAX_HEADER_BLOCK} bytes"
@@ -742,17 +780,18 @@ class HboneConnection:
                 if sid in self._reset_by_us:
                     return  # in flight when we reset it
                 if self.stream_state(sid) is StreamState.CLOSED:
-                    self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(ErrorCode.STREAM_CLOSED)))
+                    self._late_frame_reset(sid)
                     return
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS on unexpected stream {sid}")
             self._last_peer_sid = sid
             if self.goaway_sent:
                 return  # draining: ignore new streams (RFC 9113 section 6.8)
             if len(self._streams) >= self.local_max_streams:
-                self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(ErrorCode.REFUSED_STREAM)))
+                self._error_reset(sid, ErrorCode.REFUSED_STREAM)
                 return
             s = self._new_stream(sid)
             s.move(StreamInput.RECV_HEADERS)
+            self.peer_streams += 1
             self._on_request(s, fields, end_stream, events)
             return
         if s.state not in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
@@ -771,74 +810,26 @@ class HboneConnection:
     def _on_request(
         self, s: _Stream, fields: list[tuple[bytes, bytes]], end_stream: bool, events: list[Event]
     ) -> None:
-        method = authority = None
-        regular: list[tuple[str, str]] = []
-        reason = None
-        for name, value in fields:
-            if name[:1] == b":":
-                if regular:
-                    reason = "pseudo-header after regular header"
-                elif name == b":method" and method is None:
-                    method = value
-                elif name == b":authority" and authority is None:
-                    authority = value
-                elif name in (b":scheme", b":path", b":protocol"):
-                    reason = f"{name.decode('latin-1')} is not allowed in an HBONE CONNECT"
-                else:
-                    reason = f"unexpected pseudo-header {name.decode('latin-1')!r}"
-            elif name != name.lower() or name in _CONNECTION_HEADERS:
-                reason = f"malformed header name {name.decode('latin-1')!r}"
-            else:
-                regular.append((name.decode("latin-1"), value.decode("latin-1")))
-            if reason:
-                break
-        if reason is None:
-            if method != b"CONNECT":
-                m = method.decode("latin-1") if method is not None else "(none)"
-                reason = f"method {m} is not allowed: HBONE accepts only CONNECT"
-            elif authority is None:
-                reason = "CONNECT without :authority"
-            elif end_stream:
-                reason = "CONNECT with END_STREAM opens no tunnel"
-        if reason is None:
-            assert authority is not None
-            auth = authority.decode("latin-1")
-            try:
-                parse_authority(auth)
-            except InvalidAuthority as e:
-                reason = str(e)
-            else:
-                events.append(ConnectRequest(s.stream_id, auth, tuple(regular)))
-                return
-        if end_stream:
+        ev = connect.parse_request(s.stream_id, fields, end_stream)
+        if isinstance(ev, InvalidRequest) and end_stream:
             s.move(StreamInput.RECV_END)
-        events.append(InvalidRequest(s.stream_id, 400, reason))
+        events.append(ev)
 
     def _on_response(
         self, s: _Stream, fields: list[tuple[bytes, bytes]], end_stream: bool, events: list[Event]
     ) -> None:
-        status = None
-        regular: list[tuple[str, str]] = []
-        ok = True
-        for name, value in fields:
-            if name == b":status" and status is None and not regular:
-                status = value
-            elif name[:1] == b":" or name != name.lower():
-                ok = False
-                break
-            else:
-                regular.append((name.decode("latin-1"), value.decode("latin-1")))
-        if not ok or status is None or len(status) != 3 or not status.isdigit():
+        parsed = connect.parse_response(fields)
+        if parsed is None:
             self._stream_error(s.stream_id, ErrorCode.PROTOCOL_ERROR, events)
             return
-        code = int(status)
+        code, regular = parsed
         if code < 200:
             if end_stream:
                 self._stream_error(s.stream_id, ErrorCode.PROTOCOL_ERROR, events)
             return  # informational: wait for the final response
         s.headers_done = True
         s.tunnel_open = code < 300
-        events.append(ConnectResponse(s.stream_id, code, tuple(regular)))
+        events.append(ConnectResponse(s.stream_id, code, regular))
         if end_stream:
             self._recv_end(s, events)
         elif not s.tunnel_open:
@@ -858,6 +849,11 @@ class HboneConnection:
             return
         if n % 6:
             self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+        if n // 6 > MAX_SETTINGS_ENTRIES:
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"SETTINGS with {n // 6} entries (more than {MAX_SETTINGS_ENTRIES})",
+            )
         changes = []
         for off in range(0, n, 6):
             key, value = _SETTING.unpack_from(payload, off)
@@ -881,7 +877,7 @@ class HboneConnection:
             elif key == SETTINGS_ENABLE_PUSH and (value > 1 or (self._client and value)):
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"invalid ENABLE_PUSH {value}")
             changes.append((key, value))
-        self._out.append(frame(SETTINGS, FLAG_ACK, 0))
+        self._control(frame(SETTINGS, FLAG_ACK, 0))
         events.append(SettingsChanged(tuple(changes)))
         if self._blocked:
             self._flush_blocked(events)
@@ -929,6 +925,17 @@ class HboneConnection:
         s.move(StreamInput.RECV_RST)
         self._close(s)
         events.append(StreamReset(sid, _U32.unpack_from(payload)[0], remote=True))
+        if not self._client and not s.headers_done:
+            self.premature_resets += 1
+            if (
+                self.peer_streams >= self._premature_reset_min
+                and 2 * self.premature_resets >= self.peer_streams
+            ):
+                self._fail(
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                    f"peer reset {self.premature_resets} of {self.peer_streams} streams before "
+                    "they were answered (rapid reset)",
+                )
 
     def _on_goaway(self, sid: int, payload: memoryview, events: list[Event]) -> None:
         if sid:
@@ -971,6 +978,8 @@ class HboneConnection:
         s.pending_len = 0
 
     def _rst(self, s: _Stream, code: ErrorCode | int) -> None:
+        # Not counted as a control reply: this is also the application's own reset(), which
+        # must never raise; resets the peer provokes are counted by the callers.
         if s.state is not StreamState.CLOSED:
             s.move(StreamInput.SEND_RST)
         self._out.append(frame(RST_STREAM, 0, s.stream_id, _U32.pack(int(code))))
@@ -982,10 +991,48 @@ class HboneConnection:
     def _stream_error(self, sid: int, code: ErrorCode, events: list[Event]) -> None:
         s = self._streams.get(sid)
         if s is None:
-            self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(int(code))))
+            self._error_reset(sid, code)
             return
+        self._count_error_reset()
         self._rst(s, code)
+        self._count_control()
         events.append(StreamReset(sid, int(code), remote=False))
+
+    def _error_reset(self, sid: int, code: ErrorCode) -> None:
+        """RST_STREAM for a stream with no state left (closed, refused)."""
+        self._count_error_reset()
+        self._control(frame(RST_STREAM, 0, sid, _U32.pack(int(code))))
+
+    def _late_frame_reset(self, sid: int) -> None:
+        """RST_STREAM(STREAM_CLOSED) for a frame on a stream that is already closed. Not
+        counted against MAX_LOCAL_ERROR_RESETS: such frames can be honest races (sent
+        before our END_STREAM or reset arrived); a flood of them is bounded as control
+        frames are."""
+        self._control(frame(RST_STREAM, 0, sid, _U32.pack(ErrorCode.STREAM_CLOSED)))
+
+    def _count_error_reset(self) -> None:
+        self.local_error_resets += 1
+        if self.local_error_resets > MAX_LOCAL_ERROR_RESETS:
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"peer caused more than {MAX_LOCAL_ERROR_RESETS} stream errors",
+            )
+
+    def _control(self, data: bytes) -> None:
+        """Queue a control frame the peer provoked (ACK or RST_STREAM); bounded while the
+        peer is not reading (only called while receiving, so the ProtocolError it may raise
+        goes to `receive_data()`'s caller)."""
+        self._out.append(data)
+        self._count_control()
+
+    def _count_control(self) -> None:
+        self.unsent_control += 1
+        if self.unsent_control > self._max_unsent_control:
+            self._fail(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"more than {self._max_unsent_control} control frames queued and the peer "
+                "is not reading them (PING/SETTINGS/reset flood)",
+            )
 
     def _send_headers(self, sid: int, block: list[tuple[bytes, bytes]], *, end: bool) -> None:
         encoded = self._encoder.encode(block)

@@ -7,6 +7,12 @@ client's SPIFFE identity is checked against our trust domain, and every valid CO
 handed to the `handler` coroutine as an `IncomingConnect`, which either `refuse()`s it with a
 status (401 denied, 503 unreachable, ...) or `accept()`s it and gets a `Tunnel`.
 Malformed requests (not CONNECT, bad authority) are answered 400 without calling the handler.
+
+Hostile clients: one deadline (`handshake_timeout`) covers TLS, the HTTP/2 preface and the
+client's first SETTINGS, counted from accept. A CONNECT the client resets before we answer
+it cancels its handler task (and with it any app connection still being made); streams
+reset in the same read never reach the handler at all. Connection-level abuse (rapid
+reset, control-frame floods) is detected by the HTTP/2 core (see `proto`).
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from typing import cast
 from ketch.identity.spiffe import SpiffeId
 from ketch.util.tasks import spawn
 from ketch.ztunnel.hbone import proto
+from ketch.ztunnel.hbone.driver import H2Protocol
 from ketch.ztunnel.hbone.errors import HboneError, TlsError, UsageError
 from ketch.ztunnel.hbone.proto import Role
+from ketch.ztunnel.hbone.sockopts import set_keepalive
 from ketch.ztunnel.hbone.tls import verify_client
-from ketch.ztunnel.hbone.tunnel import H2Protocol, Tunnel
+from ketch.ztunnel.hbone.tunnel import Tunnel
 
 log = logging.getLogger("ketch.ztunnel.hbone.server")
 
@@ -65,6 +73,17 @@ class IncomingConnect:
         proto_.add_tunnel(self._tunnel)
         self.tunnel: Tunnel | None = None
         self.status: int | None = None
+        # Set by the server: the handler task and the decision deadline, both dropped as
+        # soon as the CONNECT is answered or the client gave up on it.
+        self._task: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def _decided(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._task = None
+        self._tunnel.on_failed = None
 
     @property
     def decided(self) -> bool:
@@ -76,6 +95,7 @@ class IncomingConnect:
         if self.status is not None:
             raise UsageError(f"HBONE stream {self.stream_id} already answered {self.status}")
         self.status = 200
+        self._decided()
         t = self.tunnel = self._tunnel
         if not t.closed:
             self._p.conn.respond(self.stream_id, 200, headers)
@@ -90,6 +110,7 @@ class IncomingConnect:
         if self.status is not None:
             return
         self.status = status
+        self._decided()
         if not self._tunnel.closed:
             self._p.conn.respond(self.stream_id, status)
             self._p.flush()
@@ -104,7 +125,7 @@ class _ServerH2(H2Protocol):
     TLS completes, before any HTTP/2 byte is processed (H2Protocol holds early bytes until
     `connection_made`), so no request is ever dispatched for an unverified peer."""
 
-    def __init__(self, server: HboneServer) -> None:
+    def __init__(self, server: HboneServer, deadline: float) -> None:
         super().__init__(
             Role.SERVER,
             on_request=server._on_request,
@@ -113,6 +134,7 @@ class _ServerH2(H2Protocol):
             settings_timeout=server._handshake_timeout,
         )
         self._server = server
+        self._deadline = deadline  # loop time by which the client's SETTINGS must be in
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         srv = self._server
@@ -126,6 +148,8 @@ class _ServerH2(H2Protocol):
             return
         srv.connections.add(self)
         self.on_closed = srv.connections.discard
+        # TLS took part of the handshake deadline; the preface and SETTINGS get the rest.
+        self._settings_timeout = max(0.0, self._deadline - self.loop.time())
         super().connection_made(tr)
 
 
@@ -139,7 +163,7 @@ class HboneServer:
         trust_domain: str,
         handler: Handler,
         *,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,  # accept -> TLS + preface + SETTINGS, in total
         decision_timeout: float = 10.0,
         ping_interval: float | None = 10.0,
         ping_timeout: float = 20.0,
@@ -185,7 +209,8 @@ class HboneServer:
                     return
                 log.warning("HBONE accept on %s failed: %s", self.address, e)
                 continue
-            task = spawn(self._handshake(conn), name=f"hbone-handshake-{conn.fileno()}")
+            deadline = loop.time() + self._handshake_timeout
+            task = spawn(self._handshake(conn, deadline), name=f"hbone-handshake-{conn.fileno()}")
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
@@ -223,18 +248,25 @@ class HboneServer:
         if self._accepting is not None:
             await asyncio.wait([self._accepting], timeout=1.0)
 
-    async def _handshake(self, conn: socket.socket) -> None:
+    async def _handshake(self, conn: socket.socket, deadline: float) -> None:
+        """TLS, then (in `_ServerH2`) the client preface and SETTINGS, all before `deadline`:
+        a client that drips its ClientHello or preface byte by byte holds a socket and a
+        task for at most `handshake_timeout` (slowloris)."""
         loop = asyncio.get_running_loop()
         try:
             peer = conn.getpeername()
         except OSError:
             peer = None
         try:
+            set_keepalive(conn)
+        except OSError as e:  # not fatal; if the client is gone the handshake says so
+            log.debug("HBONE connection from %s: cannot set TCP keepalive: %s", peer, e)
+        try:
             await loop.connect_accepted_socket(
-                lambda: _ServerH2(self),
+                lambda: _ServerH2(self, deadline),
                 conn,
                 ssl=self._tls,
-                ssl_handshake_timeout=self._handshake_timeout,
+                ssl_handshake_timeout=max(0.001, deadline - loop.time()),
             )
         except asyncio.CancelledError:
             conn.close()
@@ -264,9 +296,20 @@ class HboneServer:
         )
         inc = IncomingConnect(p, ev.stream_id, info)
         task = spawn(self._run(inc), name=f"hbone-in-{info.peer_addr}-{ev.stream_id}")
-        p.loop.call_later(self._decision_timeout, self._decision_overdue, inc)
+        inc._task = task
+        inc._deadline = p.loop.call_later(self._decision_timeout, self._decision_overdue, inc)
+        inc._tunnel.on_failed = lambda _exc: self._abandoned(inc)
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    def _abandoned(self, inc: IncomingConnect) -> None:
+        """The client reset the stream (or the connection died) before we answered: stop
+        deciding, so a reset CONNECT never costs an app connection (rapid reset)."""
+        task = inc._task
+        if inc.decided or task is None:
+            return
+        inc._decided()
+        task.cancel()
 
     def _decision_overdue(self, inc: IncomingConnect) -> None:
         if not inc.decided:

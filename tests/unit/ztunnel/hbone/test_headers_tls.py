@@ -53,6 +53,39 @@ def test_parse_authority_rejects(text: str) -> None:
         headers.parse_authority(text)
 
 
+def test_baggage_values_are_raw_not_percent_encoded() -> None:
+    # ztunnel's baggage parser does not percent-decode (zt:src/baggage.rs), so values go raw.
+    assert (
+        headers.baggage({"k8s.deployment.name": "web%20v2", "service.version": "1.0~rc:1"})
+        == "k8s.deployment.name=web%20v2,service.version=1.0~rc:1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        ("a,k8s.namespace.name=kube-system", "ak8s.namespace.namekube-system"),  # injection
+        ("x;prop=1", "xprop1"),
+        ("line\r\nx-evil: 1", "linex-evil:1"),  # header injection / illegal in a value
+        ("nul\x00del\x7f", "nuldel"),
+        ("sp ace\ttab", "spacetab"),
+        ('q"uote\\', "quote"),
+        ("caf\u00e9", "caf"),
+        (",;= \r\n", None),  # nothing left: the entry is left out
+    ],
+)
+def test_baggage_drops_characters_that_break_the_header_or_its_syntax(
+    value: str, sent: str | None
+) -> None:
+    out = headers.baggage({"k8s.cluster.name": "c1", "service.name": value})
+    assert out == "k8s.cluster.name=c1" + (f",service.name={sent}" if sent is not None else "")
+
+
+def test_baggage_rejects_a_bad_key() -> None:
+    with pytest.raises(ValueError, match="baggage key"):
+        headers.baggage({"bad key": "v"})
+
+
 def test_client_headers() -> None:
     assert headers.forwarded("10.0.0.1", 5555) == 'for="10.0.0.1:5555"'
     assert (
@@ -60,8 +93,8 @@ def test_client_headers() -> None:
         == 'for="[fd00::2]:1";host=svc.ns.svc.cluster.local'
     )
     assert (
-        headers.baggage({"k8s.namespace.name": "default", "service.name": "a b", "x": ""})
-        == "k8s.namespace.name=default,service.name=a%20b"
+        headers.baggage({"k8s.namespace.name": "default", "service.version": "v1/b+2", "x": ""})
+        == "k8s.namespace.name=default,service.version=v1/b+2"
     )
     tp = headers.traceparent(b"\x01" * 16, b"\x02" * 8)
     assert tp == "00-" + "01" * 16 + "-" + "02" * 8 + "-00"

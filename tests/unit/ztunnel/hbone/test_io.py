@@ -26,7 +26,8 @@ from ketch.ztunnel.hbone.errors import (
 )
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey, UpstreamConnectError
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
-from ketch.ztunnel.hbone.tunnel import RelayResult, Tunnel, _relay_streams, _TcpSplice, relay
+from ketch.ztunnel.hbone.tcp_relay import RelayResult, _relay_streams, _TcpSplice, relay
+from ketch.ztunnel.hbone.tunnel import Tunnel
 from tests.unit.ztunnel.hbone.conftest import (
     TD,
     Mesh,
