@@ -37,7 +37,8 @@ from ketch.ztunnel.hbone import proto, tls
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
 from ketch.ztunnel.hbone.sysalloc import tune_malloc
-from ketch.ztunnel.hbone.tunnel import Tunnel, _relay_streams, relay
+from ketch.ztunnel.hbone.tcp_relay import _relay_streams, relay
+from ketch.ztunnel.hbone.tunnel import Tunnel
 
 TD = "cluster.local"
 

@@ -32,7 +32,7 @@ from ketch.mesh import SELF_PORTS, IpAddr, Service, Workload, format_authority
 from ketch.netns import NetnsError, canonical_ip
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
-from ketch.ztunnel.hbone.headers import Authority, InvalidAuthority, parse_authority
+from ketch.ztunnel.hbone.headers import Authority
 from ketch.ztunnel.pod import PodRuntime, ProxyContext, connect_app
 from ketch.ztunnel.rbac import Connection, Decision, authorize
 from ketch.ztunnel.state import ProxyState
@@ -115,12 +115,7 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
     info = inc.info
     peer_ip = canonical_ip(info.peer_addr[0])
     src = (peer_ip, int(info.peer_addr[1]))
-    try:
-        target = parse_authority(info.authority)
-    except InvalidAuthority as e:  # the HBONE layer already answers these; defensive
-        log.info("pod %s: HBONE from %s: %s -> 400", pod.uid, info.peer_addr, e)
-        inc.refuse(400)
-        return
+    target = info.target
     st = zt.state
     w = pod.workload
     local_ip = canonical_ip(info.local_addr[0])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ketch.ztunnel.hbone.errors import UsageError
-from ketch.ztunnel.hbone.headers import InvalidAuthority, parse_authority
+from ketch.ztunnel.hbone.headers import Authority, InvalidAuthority, parse_authority
 
 Headers = tuple[tuple[str, str], ...]
 HeaderBlock = list[tuple[bytes, bytes]]
@@ -40,6 +40,7 @@ class ConnectRequest:
     stream_id: int
     authority: str
     headers: Headers
+    target: Authority  # `authority`, parsed once here
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +114,11 @@ def parse_request(
         assert authority is not None
         auth = authority.decode("latin-1")
         try:
-            parse_authority(auth)
+            target = parse_authority(auth)
         except InvalidAuthority as e:
             reason = str(e)
         else:
-            return ConnectRequest(stream_id, auth, tuple(regular))
+            return ConnectRequest(stream_id, auth, tuple(regular), target)
     return InvalidRequest(stream_id, 400, reason)
 
 

@@ -31,6 +31,7 @@ from ketch.util.tasks import spawn
 from ketch.ztunnel.hbone import proto
 from ketch.ztunnel.hbone.driver import H2Protocol
 from ketch.ztunnel.hbone.errors import HboneError, TlsError, UsageError
+from ketch.ztunnel.hbone.headers import Authority
 from ketch.ztunnel.hbone.proto import Role
 from ketch.ztunnel.hbone.sockopts import set_keepalive
 from ketch.ztunnel.hbone.tls import verify_client
@@ -50,6 +51,7 @@ class ConnectInfo:
     peer_identity: SpiffeId
     local_addr: SockAddr
     peer_addr: SockAddr
+    target: Authority  # the authority, parsed (and validated) once by the CONNECT rules
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -293,6 +295,7 @@ class HboneServer:
             p.peer_identity,
             (local[0], local[1]),
             (peer[0], peer[1]),
+            ev.target,
         )
         inc = IncomingConnect(p, ev.stream_id, info)
         task = spawn(self._run(inc), name=f"hbone-in-{info.peer_addr}-{ev.stream_id}")

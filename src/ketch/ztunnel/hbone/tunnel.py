@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 from ketch.identity.spiffe import SpiffeId
 from ketch.ztunnel.hbone.connect import Headers
@@ -32,10 +32,23 @@ from ketch.ztunnel.hbone.errors import (
     StreamResetError,
     UsageError,
 )
-from ketch.ztunnel.hbone.proto import StreamState
+from ketch.ztunnel.hbone.proto import HboneConnection, StreamState
 
-if TYPE_CHECKING:
-    from ketch.ztunnel.hbone.driver import H2Protocol
+
+class Connection(Protocol):
+    """What a tunnel needs of the connection driver it belongs to (`driver.H2Protocol`)."""
+
+    loop: asyncio.AbstractEventLoop
+    conn: HboneConnection
+    peer_identity: SpiffeId | None
+    paused: bool  # the transport asked us to stop writing
+
+    def flush(self) -> None: ...
+
+    def ack(self, stream_id: int, n: int) -> None: ...
+
+    def check_finished(self, t: Tunnel) -> None: ...
+
 
 # A writer waits once this much of its data is queued behind the peer's window.
 PENDING_HIGH_WATER = 256 * 1024
@@ -59,7 +72,7 @@ class TunnelSink(Protocol):
 class Tunnel:
     """A bidirectional byte stream over one HBONE CONNECT stream, with half-close."""
 
-    def __init__(self, proto_: H2Protocol, stream_id: int, authority: str) -> None:
+    def __init__(self, proto_: Connection, stream_id: int, authority: str) -> None:
         self._p = proto_
         self.stream_id = stream_id
         self.authority = authority
@@ -288,26 +301,3 @@ class Tunnel:
             cb, self.on_finished = self.on_finished, None
             if cb is not None:
                 cb(self)
-
-
-# Compatibility: before the split, `relay()` and `H2Protocol` lived in this module. Old
-# imports (`from ketch.ztunnel.hbone.tunnel import relay`) keep working; new code imports
-# from `tcp_relay` / `driver` (or from the package).
-_MOVED = {
-    "relay": "tcp_relay",
-    "RelayProgress": "tcp_relay",
-    "RelayResult": "tcp_relay",
-    "_relay_streams": "tcp_relay",
-    "_TcpSplice": "tcp_relay",
-    "H2Protocol": "driver",
-    "TRANSPORT_HIGH_WATER": "driver",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"ketch.ztunnel.hbone.{module}"), name)

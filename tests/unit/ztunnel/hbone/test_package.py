@@ -24,12 +24,13 @@ def test_imports_only_spiffe_util_and_itself() -> None:
                     assert name.startswith(ALLOWED), f"{path.name} imports {name}"
 
 
-def test_names_callers_use_still_import() -> None:
+def test_names_callers_use_are_exported() -> None:
     # ztunnel/inbound.py, outbound.py, proxy.py and the benchmark import these.
     for name in ("HboneClientPool", "HboneServer", "IncomingConnect", "Tunnel", "relay"):
         assert name in hbone.__all__
-    from ketch.ztunnel.hbone.tunnel import H2Protocol, RelayResult, _relay_streams, relay
+    from ketch.ztunnel.hbone.driver import H2Protocol
+    from ketch.ztunnel.hbone.tcp_relay import RelayResult, relay
 
     assert relay is hbone.relay
     assert H2Protocol.__module__ == "ketch.ztunnel.hbone.driver"
-    assert RelayResult.__module__ == _relay_streams.__module__ == "ketch.ztunnel.hbone.tcp_relay"
+    assert RelayResult.__module__ == "ketch.ztunnel.hbone.tcp_relay"

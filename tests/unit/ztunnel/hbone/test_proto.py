@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from ketch.ztunnel.hbone import proto
 from ketch.ztunnel.hbone.errors import ConnectionClosedError, ErrorCode, HboneError, ProtocolError
+from ketch.ztunnel.hbone.headers import parse_authority
 from ketch.ztunnel.hbone.proto import (
     ConnectRequest,
     ConnectResponse,
@@ -62,7 +63,9 @@ def open_tunnel(c: HboneConnection, s: HboneConnection, authority: str = "10.0.0
     sid = c.connect(authority, [("baggage", "k8s.namespace.name=a")])
     _, ev = pump(c, s)
     (req,) = of(ev, ConnectRequest)
-    assert req == ConnectRequest(sid, authority, (("baggage", "k8s.namespace.name=a"),))
+    assert req == ConnectRequest(
+        sid, authority, (("baggage", "k8s.namespace.name=a"),), parse_authority(authority)
+    )
     s.respond(sid, 200)
     ec, _ = pump(c, s)
     assert of(ec, ConnectResponse) == [ConnectResponse(sid, 200, ())]
@@ -154,7 +157,9 @@ def test_invalid_requests_become_400(fields: list[tuple[str, str]], reason: str)
     # The server still accepts a good request on the same connection.
     good = enc.encode([(":method", "CONNECT"), (":authority", "[fd00::1]:8080")])
     evs = s.receive_data(frame(proto.HEADERS, proto.FLAG_END_HEADERS, 3, good))
-    assert of(evs, ConnectRequest) == [ConnectRequest(3, "[fd00::1]:8080", ())]
+    assert of(evs, ConnectRequest) == [
+        ConnectRequest(3, "[fd00::1]:8080", (), parse_authority("[fd00::1]:8080"))
+    ]
 
 
 def test_error_response_ends_stream_and_client_sees_status(
@@ -233,7 +238,7 @@ def test_headers_split_over_continuation() -> None:
     wire += frame(proto.CONTINUATION, 0, 1, blk[10:20])
     wire += frame(proto.CONTINUATION, proto.FLAG_END_HEADERS, 1, blk[20:])
     assert of(s.receive_data(wire), ConnectRequest) == [
-        ConnectRequest(1, "1.2.3.4:5", (("baggage", "v" * 100),))
+        ConnectRequest(1, "1.2.3.4:5", (("baggage", "v" * 100),), parse_authority("1.2.3.4:5"))
     ]
 
 
@@ -441,7 +446,9 @@ def test_h2_client_against_our_server() -> None:
     cli.receive_data(srv.data_to_send())
     cli.send_headers(1, [(":method", "CONNECT"), (":authority", "10.1.2.3:8080")])
     events = srv.receive_data(cli.data_to_send())
-    assert of(events, ConnectRequest) == [ConnectRequest(1, "10.1.2.3:8080", ())]
+    assert of(events, ConnectRequest) == [
+        ConnectRequest(1, "10.1.2.3:8080", (), parse_authority("10.1.2.3:8080"))
+    ]
     srv.respond(1, 200)
     srv.send_data(1, b"hello from ketch" * 10000)
     h2ev = cli.receive_data(srv.data_to_send())
