@@ -19,4 +19,5 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     # fixture error (e.g. EPERM from `ip netns add`).
     if item.get_closest_marker("integration") is not None:
         prereq.require_root()
+        prereq.require_netns()
     prereq.check_marks(item)

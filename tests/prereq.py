@@ -8,7 +8,7 @@ runs `CI=true bash .ci/run`) or `KETCH_REQUIRE_ALL=1`.
 The decision is the pure function `decide(env, available)`; everything else gathers the facts
 and acts on it:
 
-- `require_root(what)`, `require_tool(name, path=...)`, `require(available, need, hint)`:
+- `require_root(what)`, `require_netns(what)`, `require_tool(name, path=...)`, `require(available, need, hint)`:
   call inside a test (or a fixture or hook); skip or fail when the prerequisite is missing.
 - `have(available, need, hint)`: for an optional *part* of a test (e.g. the IPv6 half): True
   when available; locally False when missing (the part is left out); in CI a failure.
@@ -19,9 +19,11 @@ and acts on it:
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -99,6 +101,24 @@ def tool_path(name: str, path: str | os.PathLike[str] | None = None) -> str | No
     return shutil.which(name)
 
 
+@functools.cache
+def netns_problem() -> str | None:
+    """Why a network namespace cannot be created here (None: it can). Probed once, by
+    `unshare --net true` (creates and drops an anonymous one; touches nothing)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "unshare (util-linux) is not installed to try"
+    try:
+        out = subprocess.run(
+            [unshare, "--net", "true"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare --net: {exc}"
+    if out.returncode != 0:
+        return f"unshare --net: {out.stderr.strip() or f'exit status {out.returncode}'}"
+    return None
+
+
 def ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
@@ -116,6 +136,15 @@ def require_root(what: str = "integration test") -> None:
         is_root(),
         f"{what} needs root (network namespaces, veth, iptables)",
         "run as root",
+    )
+
+
+def require_netns(what: str = "integration test") -> None:
+    problem = netns_problem()
+    require(
+        problem is None,
+        f"{what} needs network namespaces ({problem})",
+        "run on a host or VM, or in a privileged container",
     )
 
 

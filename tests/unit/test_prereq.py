@@ -96,7 +96,12 @@ CONFTEST = """
 from tests import prereq
 from tests.conftest import pytest_runtest_setup
 
-prereq.is_root = lambda: False  # as an unprivileged user
+import os
+if os.environ["FAKE"] == "noroot":
+    prereq.is_root = lambda: False  # as an unprivileged user
+else:
+    prereq.is_root = lambda: True  # root in a container that may not create namespaces
+    prereq.netns_problem = lambda: "unshare failed: Operation not permitted"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: x")
@@ -104,11 +109,13 @@ def pytest_configure(config):
 """
 
 
-def _run_suite(tmp_path: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+def _run_suite(
+    tmp_path: Path, fake: str = "noroot", **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_suite.py").write_text(SUITE)
     (tmp_path / "conftest.py").write_text(CONFTEST)
     env = {k: v for k, v in os.environ.items() if k not in prereq.STRICT_VARS}
-    env.update(extra_env, PYTHONPATH=str(REPO))
+    env.update(extra_env, PYTHONPATH=str(REPO), FAKE=fake)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-q", str(tmp_path)],
         cwd=tmp_path,
@@ -138,3 +145,15 @@ def test_in_ci_missing_prerequisites_fail(tmp_path: Path, var: dict[str, str]) -
         in out.stdout
     )
     assert "needs the ketch-no-such-tool-here binary on PATH: install" in out.stdout
+
+
+@pytest.mark.parametrize(("env", "outcome"), [({}, "2 skipped"), ({"CI": "true"}, "2 errors")])
+def test_root_without_network_namespaces_is_a_missing_prerequisite(
+    tmp_path: Path, env: dict[str, str], outcome: str
+) -> None:
+    out = _run_suite(tmp_path, fake="nonetns", **env)
+    assert f"1 passed, {outcome}" in out.stdout, out.stdout + out.stderr
+    assert (
+        "integration test needs network namespaces (unshare failed: Operation not permitted)"
+        in out.stdout
+    )
