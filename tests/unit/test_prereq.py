@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,56 @@ def test_require_and_have_act_on_the_decision() -> None:
     assert prereq.have(False, "needs x", "get x", env={}) is False
     with pytest.raises(pytest.fail.Exception, match="KETCH_REQUIRE_ALL=1 is set"):
         prereq.have(False, "needs x", "get x", env={"KETCH_REQUIRE_ALL": "1"})
+
+
+CASES = [
+    ({}, True, Action.RUN),
+    ({}, False, Action.SKIP),
+    ({"CI": "true"}, True, Action.RUN),
+    ({"CI": "true"}, False, Action.FAIL),
+    ({"KETCH_REQUIRE_ALL": "1"}, False, Action.FAIL),
+]
+
+
+def _outcome(check: Callable[[], object]) -> Action:
+    try:
+        check()
+    except pytest.skip.Exception:
+        return Action.SKIP
+    except pytest.fail.Exception:
+        return Action.FAIL
+    return Action.RUN
+
+
+@pytest.mark.parametrize(("env", "is_root", "action"), CASES)
+def test_require_root(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], is_root: bool, action: Action
+) -> None:
+    for var in prereq.STRICT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(prereq, "is_root", lambda: is_root)
+    assert _outcome(prereq.require_root) is action
+
+
+@pytest.mark.parametrize(("env", "tool_found", "action"), CASES)
+def test_require_tool(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    env: dict[str, str],
+    tool_found: bool,
+    action: Action,
+) -> None:
+    for var in prereq.STRICT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    tool = tmp_path / "envoy"
+    if tool_found:
+        tool.write_text("#!/bin/sh\n")
+        tool.chmod(0o755)
+    assert _outcome(lambda: prereq.require_tool("envoy", tool)) is action
 
 
 def test_tool_path(tmp_path: Path) -> None:
