@@ -1,4 +1,8 @@
-"""Shared integration fixtures: the netns fabric.
+"""Shared integration fixtures: the netns fabric; and every test here is `integration`.
+
+Every test collected under tests/integration gets the `integration` marker here (so
+`-m "not integration"` never runs one, and the root conftest requires root for each: skip
+locally, fail in CI). tests/unit/test_markers.py checks it.
 
 `fabric` gives each test its own `ketch.netns.fabric.Fabric` with a unique name prefix
 (`kn` + random hex), always closed afterwards (processes stopped, namespaces deleted), even
@@ -12,10 +16,18 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from ketch.netns.fabric import Fabric, Node, Pod, free_prefix
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if item.path.resolve().is_relative_to(_HERE):
+        item.add_marker(pytest.mark.integration)
 
 
 def unique_prefix(tag: str = "") -> str:

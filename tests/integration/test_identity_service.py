@@ -32,6 +32,7 @@ from ketch.identity.server import RunningCa, serve_ca
 from ketch.identity.spiffe import NodeId, SpiffeId
 from ketch.identity.tokens import TokenStore
 from ketch.proto.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from tests.prereq import needs_tool
 
 TD = "cluster.local"
 POD_A = SpiffeId(TD, "shop", "cart")
@@ -139,6 +140,7 @@ def _request(csr: bytes | str, identity: str | None, **meta: str) -> ca_pb2.Isti
     return ca_pb2.IstioCertificateRequest(csr=text, validity_duration=600, metadata=metadata)
 
 
+@needs_tool("openssl")  # _openssl_verify
 async def test_node_gets_cert_for_its_own_pod(env: Env) -> None:
     creds = await env.join("node-a")
     assert creds.trust_bundle == env.ca.trust_bundle

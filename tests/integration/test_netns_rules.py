@@ -47,6 +47,7 @@ from ketch.netns.rules import (
     policy_rule_priorities,
 )
 from ketch.netns.sockets import canonical_ip
+from tests import prereq
 
 from .conftest import TwoNodes, unique_prefix
 
@@ -125,7 +126,7 @@ def test_install_puts_exactly_our_rules_and_routing_in_the_pod(two_nodes: TwoNod
     assert sorted(ours["nat"]) == _expected("nat")
     assert count_policy_rules(_ip(pod, "-4", "-j", "rule", "show")) == 1
     assert "local default dev lo" in _ip(pod, "-4", "route", "show", "table", "100")
-    if backend.available(6):
+    if prereq.have(backend.available(6), f"needs {backend.restore(6)}", "install ip6tables"):
         v6 = our_rules(saved_rules(pod.netns, family=6, backend=backend))
         assert any("! -d ::1/128" in r for r in v6["nat"])
     # the other pod is untouched
@@ -149,7 +150,8 @@ def test_remove_leaves_nothing_of_ours_and_is_idempotent(two_nodes: TwoNodes) ->
     remove_rules(pod.netns)  # nothing installed yet: fine
     backend = install_rules(pod.netns)
     remove_rules(pod.netns)
-    for family in (4, 6) if backend.available(6) else (4,):
+    v6 = prereq.have(backend.available(6), f"needs {backend.restore(6)}", "install ip6tables")
+    for family in (4, 6) if v6 else (4,):
         text = saved_rules(pod.netns, family=family, backend=backend)
         assert our_rules(text) == {"mangle": [], "nat": []}
         assert "ISTIO_" not in text
@@ -161,8 +163,7 @@ def test_remove_leaves_nothing_of_ours_and_is_idempotent(two_nodes: TwoNodes) ->
 
 @pytest.mark.parametrize("backend", [NFT, LEGACY], ids=["nft", "legacy"])
 def test_each_backend_installs_and_removes(two_nodes: TwoNodes, backend: IptablesBackend) -> None:
-    if not backend.available():
-        pytest.skip(f"{backend.restore(4)} not installed")
+    prereq.require(backend.available(), f"needs {backend.restore(4)}", "install iptables")
     pod = two_nodes.b
     assert install_rules(pod.netns, backend=backend, ipv6=False) == backend
     # later automatic choices stick to the backend that holds our chains

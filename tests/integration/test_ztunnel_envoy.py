@@ -19,12 +19,13 @@ import pytest
 
 from ketch.identity.ca import IssuedCert
 from tests.integration.test_ztunnel_support import TD, Mesh, MeshPod, eventually, mesh
+from tests.prereq import needs_tool
 from tests.unit.ztunnel.hbone.test_envoy_interop import BOOTSTRAP, ENVOY, TERMINATOR, envoy_argv
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(90),
-    pytest.mark.skipif(not Path(ENVOY).exists(), reason="envoy binary not installed"),
+    needs_tool("envoy", ENVOY),
 ]
 __all__ = ["mesh"]
 

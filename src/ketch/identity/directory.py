@@ -22,6 +22,21 @@ class NodeDirectory(Protocol):
     def has_workload(self, node: str, namespace: str, service_account: str) -> bool: ...
 
 
+class PodsOnNode:
+    """The (namespace, service account) pairs of `node`'s pods, as a container that asks
+    `directory.has_workload` on every `in` (what `authorize_csr` takes as `pods_on_node`)."""
+
+    def __init__(self, directory: NodeDirectory, node: str) -> None:
+        self._directory = directory
+        self._node = node
+
+    def __contains__(self, item: object) -> bool:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            return False
+        namespace, service_account = item
+        return self._directory.has_workload(self._node, str(namespace), str(service_account))
+
+
 class InMemoryNodeDirectory:
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ import asyncio
 import enum
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -140,8 +141,14 @@ class CertificateManager:
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_cap: float = BACKOFF_CAP,
         fetch_timeout: float = FETCH_TIMEOUT,
+        now: Callable[[], datetime] = _now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`now` and `sleep` are the clock certificate validity, renewal and backoff follow
+        (tests pass a fake one); `fetch(wait=...)` timeouts use the event loop's clock."""
         self._client = client
+        self._now = now
+        self._sleep = sleep
         self._ttl = ttl  # requested validity; None = the CA's default
         self._backoff_initial = backoff_initial
         self._backoff_cap = backoff_cap
@@ -198,7 +205,7 @@ class CertificateManager:
         self._any_change = asyncio.Event()
 
     def snapshot(self) -> list[CertStatus]:
-        now = _now()
+        now = self._now()
         out = []
         for entry in sorted(self._entries.values(), key=lambda e: e.identity):
             cert = entry.cert
@@ -236,7 +243,7 @@ class CertificateManager:
             return await self._issue(identity)
         deadline = asyncio.get_running_loop().time() + (wait or self._fetch_timeout)
         while True:
-            if entry.cert is not None and entry.cert.is_valid(_now()):
+            if entry.cert is not None and entry.cert.is_valid(self._now()):
                 return entry.cert
             if self._entries.get(identity) is not entry:
                 raise CaUnavailable(f"{identity} is no longer tracked on this node")
@@ -259,7 +266,7 @@ class CertificateManager:
 
     async def _issue(self, identity: SpiffeId) -> WorkloadCert:
         key_pem, csr_pem = generate_key_and_csr(identity.uri)
-        fetched_at = _now()
+        fetched_at = self._now()
         chain = await self._client.sign(csr_pem, identity, self._ttl)
         return WorkloadCert.from_chain(identity, key_pem, chain, fetched_at)
 
@@ -274,7 +281,7 @@ class CertificateManager:
                 self._notify(entry)
                 delay = min(backoff, self._backoff_cap) * random.uniform(0.9, 1.0)
                 backoff = min(backoff * 2, self._backoff_cap)
-                kept = entry.cert is not None and entry.cert.is_valid(_now())
+                kept = entry.cert is not None and entry.cert.is_valid(self._now())
                 log.warning(
                     "certificate for %s: %s; %s; retrying in %.1fs",
                     entry.identity,
@@ -282,7 +289,7 @@ class CertificateManager:
                     "keeping the current certificate" if kept else "no valid certificate",
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             entry.cert, entry.error = cert, None
             self._notify(entry)
@@ -293,4 +300,4 @@ class CertificateManager:
                 cert.serial,
                 cert.not_after,
             )
-            await asyncio.sleep(max(0.0, (cert.renew_at() - _now()).total_seconds()))
+            await self._sleep(max(0.0, (cert.renew_at() - self._now()).total_seconds()))

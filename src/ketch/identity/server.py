@@ -9,8 +9,9 @@ Listeners (all on one `grpc.aio` server, served by both services):
 
 The unix socket listeners exist because node proxies run in other network namespaces.
 
-Every request is decided by pure functions (`authorize_node_cert`, `decide_identity`, and
-`validate_csr` inside `CertificateAuthority.sign_csr`); this module only does the I/O and
+Every request is decided by pure functions (`node_from_cert` and `authorize_csr` in
+`ketch.identity.authorize`, `validate_csr` inside `CertificateAuthority.sign_csr`); this module
+only does the I/O (reading the token store and node directory for `authorize_csr`) and
 translates `IdentityError`s to gRPC status codes, logging every refusal once.
 """
 
@@ -29,17 +30,13 @@ import grpc
 from cryptography import x509
 from google.protobuf import struct_pb2
 
+from ketch.identity.authorize import Decision, authorize_csr, node_from_cert
 from ketch.identity.ca import CertificateAuthority, IssuedCert
-from ketch.identity.directory import NodeDirectory
-from ketch.identity.errors import (
-    BadRequest,
-    IdentityError,
-    PermissionDenied,
-    Unauthenticated,
-)
-from ketch.identity.spiffe import InvalidSpiffeId, NodeId, SpiffeId
+from ketch.identity.directory import NodeDirectory, PodsOnNode
+from ketch.identity.errors import IdentityError
+from ketch.identity.spiffe import NodeId
 from ketch.identity.tokens import TokenStore, check_node_name
-from ketch.identity.validate import parse_metadata, resolve_ttl, validate_csr
+from ketch.identity.validate import resolve_ttl, validate_csr
 from ketch.proto.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from ketch.proto.gen.ketch.v1 import node_pb2, node_pb2_grpc
 
@@ -51,74 +48,12 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CONCURRENT_RPCS = 2048
 
 
-# --- pure decisions -----------------------------------------------------------------------
-
-
-def authorize_node_cert(
-    cert_pem: bytes | None, trust_domain: str, tokens: TokenStore, directory: NodeDirectory
-) -> NodeId:
-    """Who is calling? The verified client certificate must be a current node certificate of a
-    Node that still exists. (gRPC has already checked it chains to our trust bundle.)"""
-    if not cert_pem:
-        raise Unauthenticated(
-            "no client certificate: join the node first (it gets a node certificate) and "
-            "call the certificate service with it over mTLS"
-        )
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except (ValueError, x509.ExtensionNotFound) as exc:
-        raise Unauthenticated(f"client certificate unusable: {exc}") from exc
-    if len(uris) != 1:
-        raise Unauthenticated("client certificate must carry exactly one node URI SAN")
-    try:
-        node = NodeId.parse(uris[0])
-    except InvalidSpiffeId as exc:
-        raise Unauthenticated(f"client certificate is not a node certificate: {exc}") from exc
-    if node.trust_domain != trust_domain:
-        raise Unauthenticated(f"node {node.uri} is not in trust domain {trust_domain!r}")
-    if not tokens.is_current(node.node_name, cert.serial_number):
-        raise Unauthenticated(
-            f"node certificate of {node.node_name} was revoked or replaced by a newer join"
-        )
-    if not directory.node_exists(node.node_name):
-        raise PermissionDenied(f"node {node.node_name} no longer exists")
-    return node
-
-
 def metadata_to_dict(metadata: struct_pb2.Struct) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in metadata.fields.items():
         kind = value.WhichOneof("kind")
         out[key] = value.string_value if kind == "string_value" else kind
     return out
-
-
-def decide_identity(
-    caller: NodeId, metadata: dict[str, object], trust_domain: str, directory: NodeDirectory
-) -> SpiffeId | NodeId:
-    """Which identity may `caller` get? An impersonated workload identity of a pod scheduled
-    on the caller's node, or (no impersonation) the caller's own node identity (renewal)."""
-    requested = parse_metadata(metadata)
-    if requested is None:
-        return caller
-    try:
-        sid = SpiffeId.parse(requested)
-    except InvalidSpiffeId as exc:
-        raise BadRequest(f"ImpersonatedIdentity: {exc}") from exc
-    if sid.uri != requested:
-        raise BadRequest(f"ImpersonatedIdentity {requested!r} must be a full spiffe:// URI")
-    if sid.trust_domain != trust_domain:
-        raise PermissionDenied(
-            f"{sid.uri} is in trust domain {sid.trust_domain!r}; this CA signs only {trust_domain!r}"
-        )
-    if not directory.has_workload(caller.node_name, sid.namespace, sid.service_account):
-        raise PermissionDenied(
-            f"node {caller.node_name} runs no pod with service account "
-            f"{sid.namespace}/{sid.service_account}"
-        )
-    return sid
 
 
 # --- gRPC services --------------------------------------------------------------------------
@@ -149,6 +84,18 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         self._tokens = tokens
         self._node_ttl = node_cert_ttl
 
+    def _authorize(self, cert_pem: bytes | None, metadata: dict[str, object]) -> Decision:
+        """Read the facts about the caller (token store, directory) and decide (pure)."""
+        caller, serial = node_from_cert(cert_pem)
+        return authorize_csr(
+            caller,
+            metadata,
+            self._ca.trust_domain,
+            cert_revoked=not self._tokens.is_current(caller.node_name, serial),
+            node_exists=self._directory.node_exists(caller.node_name),
+            pods_on_node=PodsOnNode(self._directory, caller.node_name),
+        )
+
     async def CreateCertificate(
         self,
         request: ca_pb2.IstioCertificateRequest,
@@ -156,18 +103,11 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
     ) -> ca_pb2.IstioCertificateResponse:
         who = context.peer()
         try:
-            caller = await asyncio.to_thread(
-                authorize_node_cert,
-                _peer_cert(context),
-                self._ca.trust_domain,
-                self._tokens,
-                self._directory,
-            )
-            who = f"node {caller.node_name}"
             metadata = metadata_to_dict(request.metadata)
-            identity = await asyncio.to_thread(
-                decide_identity, caller, metadata, self._ca.trust_domain, self._directory
-            )
+            decision = await asyncio.to_thread(self._authorize, _peer_cert(context), metadata)
+            if decision.caller is not None:
+                who = f"node {decision.caller.node_name}"
+            identity = decision.identity_or_raise()
             if isinstance(identity, NodeId):
                 valid = validate_csr(request.csr, identity.uri, self._ca.policy)
                 chain = self._ca.sign_node(valid.public_key, identity.node_name, self._node_ttl)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from ketch.identity.ca import CertificateAuthority
 from ketch.identity.csr import generate_key_and_csr
 from ketch.identity.errors import CaConfigError, CsrBadSan, PermissionDenied
 from ketch.identity.spiffe import InvalidSpiffeId, NodeId, SpiffeId
+from tests.prereq import needs_tool
 
 SID = SpiffeId("cluster.local", "default", "bookinfo")
 
@@ -169,7 +169,7 @@ def _openssl_intermediate(tmp: Path) -> tuple[Path, Path, Path]:
     return tmp / "int.pem", tmp / "int.key", tmp / "root.pem"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+@needs_tool("openssl")
 def test_user_supplied_intermediate_verifies_with_openssl(tmp_path: Path) -> None:
     cert, key, root = _openssl_intermediate(tmp_path)
     ca = CertificateAuthority.from_files(cert, key, root)
@@ -190,7 +190,7 @@ def test_user_supplied_intermediate_verifies_with_openssl(tmp_path: Path) -> Non
     _verify(root.read_bytes(), issued.chain_pem)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+@needs_tool("openssl")
 def test_self_signed_root_verifies_with_openssl(tmp_path: Path, ca: CertificateAuthority) -> None:
     issued = ca.issue_workload(SID)
     (tmp_path / "root.pem").write_bytes(ca.root_pem)

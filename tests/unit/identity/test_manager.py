@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ketch.identity.ca import CertificateAuthority
 from ketch.identity.client import InProcessCaClient
 from ketch.identity.errors import CaUnavailable, PermissionDenied
 from ketch.identity.manager import CertificateManager, CertState
 from ketch.identity.spiffe import SpiffeId
+from tests.faketime import FakeClock
 
 A = SpiffeId("cluster.local", "shop", "cart")
 B = SpiffeId("cluster.local", "shop", "payments")
@@ -101,36 +104,131 @@ async def test_untracked_fetch_is_one_off(
     assert client.calls == 1
 
 
-async def test_renews_at_half_life(mgr: CertificateManager) -> None:
+class ClockCa:
+    """A CA on a `FakeClock`: certificates valid [now, now + ttl) in fake time, so the test
+    decides when one is due for renewal or expired. `down` makes it fail like a CA outage."""
+
+    def __init__(self, clock: FakeClock, ttl: timedelta = timedelta(hours=1)) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.down = False
+        self.calls = 0
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fake-time CA")])
+
+    async def sign(self, csr_pem: bytes, identity: SpiffeId, ttl: timedelta | None) -> list[bytes]:
+        self.calls += 1
+        if self.down:
+            raise CaUnavailable("CA is down (test)")
+        csr = x509.load_pem_x509_csr(csr_pem)
+        now = self.clock.now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self._name)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + (ttl or self.ttl))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return [cert.public_bytes(serialization.Encoding.PEM)]
+
+
+@pytest.fixture
+async def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def clock_ca(clock: FakeClock) -> ClockCa:
+    return ClockCa(clock)
+
+
+@pytest.fixture
+async def clocked(clock: FakeClock, clock_ca: ClockCa) -> AsyncIterator[CertificateManager]:
+    """A manager whose validity checks, renewal timer and backoff all run on `clock`."""
+    m = CertificateManager(
+        clock_ca, backoff_initial=1, backoff_cap=8, now=clock.now, sleep=clock.sleep
+    )
+    await m.start()
+    try:
+        yield m
+    finally:
+        await m.stop()
+
+
+async def test_renews_at_half_life(
+    clocked: CertificateManager, clock: FakeClock, clock_ca: ClockCa
+) -> None:
+    mgr = clocked
     mgr.track(A)
     first = await mgr.fetch(A)
-    assert first.not_after - first.fetched_at <= timedelta(seconds=2)
+    assert first.not_after - first.not_before == timedelta(hours=1)
+    await clock.sleeping()  # the worker waits for the renewal time
+    clock.advance(first.renew_at() - clock.now() - timedelta(seconds=1))
+    assert clock.sleepers == 1  # one second before half-life: still waiting
+    assert clock_ca.calls == 1
+    clock.advance(timedelta(seconds=1))
     await _until(mgr, lambda: mgr.snapshot()[0].serial != first.serial)
     renewed = await mgr.fetch(A)
-    # Renewed before the first one expired.
+    assert clock_ca.calls == 2
+    assert renewed.fetched_at == first.fetched_at + timedelta(minutes=30)  # at half-life
     assert renewed.fetched_at < first.not_after
     assert renewed.key_pem != first.key_pem  # a fresh key per certificate
 
 
 async def test_keeps_valid_cert_while_ca_down_then_recovers(
-    mgr: CertificateManager, client: SwitchableClient
+    clocked: CertificateManager, clock: FakeClock, clock_ca: ClockCa
 ) -> None:
+    mgr = clocked
     mgr.track(A)
     first = await mgr.fetch(A)
-    client.down = True
+    await clock.sleeping()
+
+    # The CA is down when renewal is due: the still-valid certificate is kept and served,
+    # the error is reported, and renewal is retried.
+    clock_ca.down = True
+    clock.advance(first.renew_at() - clock.now())
     await _until(mgr, lambda: mgr.snapshot()[0].reason is not None)
+    assert clock.now() < first.not_after  # by construction: 30 of 60 minutes
     status = mgr.snapshot()[0]
-    if datetime.now(UTC) < first.not_after:
-        assert status.state is CertState.AVAILABLE
-        assert status.serial == first.serial
+    assert status.state is CertState.AVAILABLE
+    assert status.serial == first.serial
     assert "CA is down" in (status.reason or "")
-    await _until(mgr, lambda: mgr.snapshot()[0].state is CertState.UNAVAILABLE)
-    assert "expired" in (mgr.snapshot()[0].reason or "")
-    calls = client.calls
-    client.down = False
+    assert await mgr.fetch(A) is first
+    for _ in range(3):  # backoff retries while down keep it too
+        calls = clock_ca.calls
+        await clock.advance_to_next_wakeup()
+        await _until(mgr, lambda: clock_ca.calls > calls)  # noqa: B023
+        assert mgr.snapshot()[0].state is CertState.AVAILABLE
+        assert mgr.snapshot()[0].serial == first.serial
+
+    # Still down when it expires: Unavailable, and no expired certificate is handed out.
+    await clock.sleeping()
+    clock.advance(first.not_after - clock.now())
+    status = mgr.snapshot()[0]
+    assert status.state is CertState.UNAVAILABLE
+    assert "expired" in (status.reason or "")
+    assert "CA is down" in (status.reason or "")
+    with pytest.raises(CaUnavailable):
+        await mgr.fetch(A, wait=0.05)
+
+    # The CA returns: the next retry gets a new certificate.
+    await clock.sleeping()
+    clock_ca.down = False
+    await clock.advance_to_next_wakeup()
     await _until(mgr, lambda: mgr.snapshot()[0].state is CertState.AVAILABLE)
-    assert client.calls > calls
-    assert (await mgr.fetch(A)).serial != first.serial
+    status = mgr.snapshot()[0]
+    assert status.reason is None
+    renewed = await mgr.fetch(A)
+    assert renewed.serial != first.serial
+    assert status.serial == renewed.serial
+    assert renewed.is_valid(clock.now())
 
 
 async def test_initial_failure_is_unavailable_and_fetch_times_out(

@@ -21,13 +21,14 @@ import pytest
 from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey
 from ketch.ztunnel.hbone.server import IncomingConnect
 from ketch.ztunnel.hbone.tls import WorkloadCert
+from tests.prereq import needs_tool
 from tests.unit.ztunnel.hbone.conftest import Mesh, ServerFactory, eventually
 
 ENVOY = shutil.which("envoy") or str(Path(sys.prefix) / "bin" / "envoy")
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(not Path(ENVOY).exists(), reason="envoy binary not installed"),
+    needs_tool("envoy", ENVOY),
 ]
 
 

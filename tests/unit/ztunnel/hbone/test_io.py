@@ -28,6 +28,7 @@ from ketch.ztunnel.hbone.pool import HboneClientPool, PoolKey, UpstreamConnectEr
 from ketch.ztunnel.hbone.server import HboneServer, IncomingConnect
 from ketch.ztunnel.hbone.tcp_relay import RelayResult, _relay_streams, _TcpSplice, relay
 from ketch.ztunnel.hbone.tunnel import Tunnel
+from tests import prereq
 from tests.unit.ztunnel.hbone.conftest import (
     TD,
     Mesh,
@@ -705,7 +706,7 @@ async def test_ipv6_loopback(mesh: Mesh, pool: HboneClientPool) -> None:
         sock.bind(("::1", 0))
     except OSError:
         sock.close()
-        pytest.skip("no IPv6 loopback here")
+        prereq.require(False, "needs IPv6 loopback (::1)", "enable IPv6 on lo")
     sock.listen(16)
     seen = []
 
