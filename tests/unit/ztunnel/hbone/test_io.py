@@ -407,10 +407,12 @@ async def test_slow_reader_backpressure(
 ) -> None:
     stop = asyncio.Event()
     written = 0
+    writers: list[Tunnel] = []
 
     async def handler(inc: IncomingConnect) -> None:
         nonlocal written
         t = inc.accept()
+        writers.append(t)
         try:
             while not stop.is_set():
                 await t.write(b"y" * 65536)
@@ -421,11 +423,16 @@ async def test_slow_reader_backpressure(
     srv = await make_server(handler)
     t = await pool.open(key_for(mesh, srv), "10.0.0.1:80")
     await eventually(lambda: written >= proto.STREAM_WINDOW)
-    await asyncio.sleep(0.2)
-    # Without reads, the writer is held at the stream window plus the sender's queue.
+    # Without reads, the writer ends up parked in write(): held at the stream window plus
+    # the sender's queue, however fast or slow this machine is.
+    await eventually(lambda: bool(writers) and writers[0]._write_waiter is not None)
+    held = written
     from ketch.ztunnel.hbone.tunnel import PENDING_HIGH_WATER
 
-    assert written <= proto.STREAM_WINDOW + PENDING_HIGH_WATER + 65536
+    assert held <= proto.STREAM_WINDOW + PENDING_HIGH_WATER + 65536
+    for _ in range(20):  # and it stays parked while nothing is read
+        await asyncio.sleep(0)
+    assert written == held
     got = len(await t.read())
     assert got > 0
     stop.set()
