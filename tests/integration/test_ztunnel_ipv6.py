@@ -14,16 +14,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from ipaddress import ip_address
 
 import pytest
 
-from ketch.netns import canonical_ip, run_in_netns
-from ketch.netns.fabric import Fabric, Pod, free_prefix
+from ketch.netns.fabric import Fabric, free_prefix
 from ketch.ztunnel.telemetry import AccessLogRecord
-from tests.integration.test_ztunnel_support import Mesh, MeshPod, eventually, roundtrip
+from tests.integration.test_ztunnel_support import (
+    Mesh,
+    MeshPod,
+    echo_server,
+    eventually,
+    pod_socket_connect,
+    refused,
+    roundtrip,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -54,72 +60,6 @@ def dual_stack_pod(mesh: Mesh, node: str, name: str) -> MeshPod:
     return mp
 
 
-async def app_connect(
-    pod: Pod, addr: tuple[str, int], within: float = 10.0
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """An app's TCP connection from inside `pod` (no mark: the pod's rules redirect it)."""
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-
-    def mk() -> socket.socket:
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setblocking(False)
-        return s
-
-    sock = await run_in_netns(pod.netns, mk)
-    try:
-        async with asyncio.timeout(within):
-            await asyncio.get_running_loop().sock_connect(sock, addr)
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock)
-
-
-async def app_echo_server(pod: Pod, port: int, seen: list[str]) -> asyncio.Server:
-    """An app in `pod` echoing on [::]:port (both families); records each client address
-    (canonical: this app's own socket is dual-stack too)."""
-
-    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        seen.append(str(canonical_ip(w.get_extra_info("peername")[0])))
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except OSError:
-            pass
-        finally:
-            w.close()
-
-    def mk() -> socket.socket:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", port))
-        s.listen(128)
-        s.setblocking(False)
-        return s
-
-    return await asyncio.start_server(echo, sock=await run_in_netns(pod.netns, mk))
-
-
-async def is_refused(pod: Pod, addr: tuple[str, int]) -> bool:
-    """Does an app connection from `pod` fail (refused, reset, or closed before echoing)?"""
-    try:
-        r, w = await app_connect(pod, addr, within=5)
-    except (ConnectionError, OSError, TimeoutError):
-        return True
-    try:
-        w.write(b"ping")
-        await w.drain()
-        async with asyncio.timeout(5):
-            data = await r.read(4)
-    except (ConnectionError, OSError):
-        return True
-    finally:
-        w.close()
-    return data == b""
-
-
 def deny_port(port: int) -> dict[str, object]:
     return {
         "apiVersion": "security.istio.io/v1",
@@ -137,16 +77,16 @@ async def test_ipv6_connection_goes_through_hbone_and_policy_applies(mesh6: Mesh
     mesh6.set_policies([deny_port(9201)])
     await mesh6.start()
     seen: list[str] = []
-    srv = await app_echo_server(b.pod, 9200, seen)
-    denied_srv = await app_echo_server(b.pod, 9201, seen)
+    srv = await echo_server(b.pod, 9200, seen, dual_stack=True)
+    denied_srv = await echo_server(b.pod, 9201, seen, dual_stack=True)
     try:
-        r, w = await app_connect(a.pod, (b.pod.ip6, 9200))
+        r, w = await pod_socket_connect(a.pod, (b.pod.ip6, 9200))
         assert await roundtrip(r, w, b"hello over v6") == b"hello over v6"
         w.close()
         # the L4 DENY on the destination port applies to IPv6 as to IPv4
-        assert await is_refused(a.pod, (b.pod.ip6, 9201))
+        assert await refused(a.pod, (b.pod.ip6, 9201))
         # IPv4 still works through the same (dual-stack) listeners
-        r4, w4 = await app_connect(a.pod, (b.ip, 9200))
+        r4, w4 = await pod_socket_connect(a.pod, (b.ip, 9200))
         assert await roundtrip(r4, w4, b"hello over v4") == b"hello over v4"
         w4.close()
     finally:
@@ -206,13 +146,13 @@ async def test_ipv6_plaintext_in_and_passthrough_out(mesh6: Mesh) -> None:
     await mesh6.start()
     seen_a: list[str] = []
     seen_c: list[str] = []
-    srv_a = await app_echo_server(a.pod, 9300, seen_a)
-    srv_c = await app_echo_server(c.pod, 9301, seen_c)
+    srv_a = await echo_server(a.pod, 9300, seen_a, dual_stack=True)
+    srv_c = await echo_server(c.pod, 9301, seen_c, dual_stack=True)
     try:
-        r, w = await app_connect(c.pod, (a.pod.ip6, 9300))
+        r, w = await pod_socket_connect(c.pod, (a.pod.ip6, 9300))
         assert await roundtrip(r, w, b"plaintext in") == b"plaintext in"
         w.close()
-        r, w = await app_connect(a.pod, (c.pod.ip6, 9301))
+        r, w = await pod_socket_connect(a.pod, (c.pod.ip6, 9301))
         assert await roundtrip(r, w, b"passthrough out") == b"passthrough out"
         w.close()
     finally:

@@ -34,7 +34,7 @@ from ketch.mesh import (
     TunnelProtocol,
     Workload,
 )
-from ketch.netns import install_rules, run_in_netns
+from ketch.netns import canonical_ip, install_rules, run_in_netns
 from ketch.netns.fabric import Fabric, Node, Pod, free_prefix
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.pod import PodHandle
@@ -240,10 +240,12 @@ async def mesh() -> AsyncIterator[Mesh]:
 async def pod_socket_connect(
     pod: Pod, addr: tuple[str, int], within: float = 10.0
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """An app-side TCP connection from inside `pod` (no mark: redirected like an app's)."""
+    """An app-side TCP connection from inside `pod` (no mark: redirected like an app's);
+    IPv6 when `addr` is."""
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
 
     def mk() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(family, socket.SOCK_STREAM)
         s.setblocking(False)
         return s
 
@@ -258,13 +260,18 @@ async def pod_socket_connect(
     return await asyncio.open_connection(sock=sock)
 
 
-async def pod_server(pod: Pod, port: int, handler: Any) -> asyncio.Server:
-    """An asyncio TCP server whose listening socket lives in `pod` (an app in the pod)."""
+async def pod_server(
+    pod: Pod, port: int, handler: Any, *, dual_stack: bool = False
+) -> asyncio.Server:
+    """An asyncio TCP server whose listening socket lives in `pod` (an app in the pod); on
+    `[::]` for both families with `dual_stack`, else on 0.0.0.0."""
 
     def mk() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET6 if dual_stack else socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
+        if dual_stack:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::" if dual_stack else "0.0.0.0", port))
         s.listen(2048)
         s.setblocking(False)
         return s
@@ -287,12 +294,15 @@ async def eventually(pred: Callable[[], bool], within: float = 10.0, step: float
         raise TimeoutError(f"condition not met within {within}s")
 
 
-async def echo_server(pod: Pod, port: int, seen: list[str] | None = None) -> asyncio.Server:
-    """Echo every chunk back; records each client's address (as the app sees it) in `seen`."""
+async def echo_server(
+    pod: Pod, port: int, seen: list[str] | None = None, *, dual_stack: bool = False
+) -> asyncio.Server:
+    """Echo every chunk back; records each client's address (as the app sees it, IPv4 not
+    v4-mapped) in `seen`."""
 
     async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         if seen is not None:
-            seen.append(str(w.get_extra_info("peername")[0]))
+            seen.append(str(canonical_ip(w.get_extra_info("peername")[0])))
         try:
             while data := await r.read(65536):
                 w.write(data)
@@ -302,7 +312,7 @@ async def echo_server(pod: Pod, port: int, seen: list[str] | None = None) -> asy
         finally:
             w.close()
 
-    return await pod_server(pod, port, echo)
+    return await pod_server(pod, port, echo, dual_stack=dual_stack)
 
 
 async def roundtrip(r: asyncio.StreamReader, w: asyncio.StreamWriter, msg: bytes) -> bytes:
