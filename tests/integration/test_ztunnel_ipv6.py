@@ -11,21 +11,19 @@ authority check and policy.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import shutil
 from collections.abc import AsyncIterator
 from ipaddress import ip_address
 
 import pytest
 
-from ketch.netns.fabric import Fabric, free_prefix
 from ketch.ztunnel.telemetry import AccessLogRecord
 from tests.integration.test_ztunnel_support import (
     Mesh,
     MeshPod,
     echo_server,
     eventually,
+    mesh_on_fabric,
     pod_socket_connect,
     refused,
     roundtrip,
@@ -37,17 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 @pytest.fixture
 async def mesh6() -> AsyncIterator[Mesh]:
     """The `mesh` harness of test_ztunnel_support on a dual-stack fabric."""
-    fab = Fabric(free_prefix("kz"), ipv6=True)
-    m = Mesh(fab)
-    try:
+    async with mesh_on_fabric(ipv6=True) as m:
         yield m
-    finally:
-        try:
-            await m.close()
-        finally:
-            await asyncio.to_thread(fab.close)
-            for name in m.pods:
-                shutil.rmtree(f"/tmp/{fab.prefix}-{name}-www", ignore_errors=True)
 
 
 def dual_stack_pod(mesh: Mesh, node: str, name: str) -> MeshPod:

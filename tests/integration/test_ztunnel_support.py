@@ -10,8 +10,10 @@ Everything is torn down by the `mesh` fixture, even when the test fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -217,9 +219,11 @@ class Mesh:
         return d
 
 
-@pytest.fixture
-async def mesh() -> AsyncIterator[Mesh]:
-    fab = Fabric(free_prefix("kz"))
+@contextlib.asynccontextmanager
+async def mesh_on_fabric(*, ipv6: bool = False) -> AsyncIterator[Mesh]:
+    """A `Mesh` on a fresh fabric (dual-stack with `ipv6`), torn down afterwards: proxies
+    stopped, namespaces deleted, pods' web roots removed."""
+    fab = Fabric(free_prefix("kz"), ipv6=ipv6)
     m = Mesh(fab)
     try:
         yield m
@@ -228,10 +232,14 @@ async def mesh() -> AsyncIterator[Mesh]:
             await m.close()
         finally:
             await asyncio.to_thread(fab.close)
-            import shutil
-
             for name in m.pods:
                 shutil.rmtree(f"/tmp/{fab.prefix}-{name}-www", ignore_errors=True)
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[Mesh]:
+    async with mesh_on_fabric() as m:
+        yield m
 
 
 # ---------------------------------------------------------------------------- raw TCP helpers
