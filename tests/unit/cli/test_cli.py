@@ -220,3 +220,40 @@ def test_delete_namespace_takes_its_objects(ketch: Ketch) -> None:
     ketch("apply", "-f", "-", stdin=NS_AND_SVC)
     ketch("delete", "ns", "shop")
     assert ketch("get", "svc", "-A", "-o", "name").stdout.strip() == ""
+
+
+def test_apply_warns_about_policy_parts_the_node_proxy_cannot_enforce(
+    ketch: Ketch, tmp_path: Path
+) -> None:
+    docs = tmp_path / "policies.yaml"
+    docs.write_text(
+        """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-posts, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [POST]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: odd-key, namespace: default}
+spec:
+  rules:
+  - when: [{key: source.port, values: ["1"]}]
+"""
+    )
+    res = ketch("apply", "-f", str(docs))
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("Warning:")]
+    assert warnings == [
+        f"Warning: {docs} doc 1: spec.rules[0]: L7 fields (methods) are enforced only by a "
+        "waypoint: at L4 this DENY rule can never match, so it denies nothing (as in Istio "
+        "ambient); attach the policy to a waypoint with targetRefs to enforce it",
+        f"Warning: {docs} doc 2: spec.rules[0].when[0].key: unknown condition key "
+        "'source.port': counted as an L7 attribute, which the node proxy cannot evaluate "
+        "(L4 keys: destination.ip, destination.port, source.ip, source.namespace, "
+        "source.principal)",
+        f"Warning: {docs} doc 2: spec.rules[0]: L7 fields (when source.port) are enforced only "
+        "by a waypoint: at L4 this ALLOW rule never matches",
+    ]
+    assert "authorizationpolicy/odd-key created" in res.stdout
