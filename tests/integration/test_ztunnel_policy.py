@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ketch.ztunnel.telemetry import ResponseFlags
 from tests.integration.test_ztunnel_support import (
     Mesh,
     connection_ends,
@@ -71,15 +72,31 @@ async def test_allow_admits_a_and_refuses_c(mesh: Mesh) -> None:
         srv.close()
     assert seen == [a.ip]  # the server never saw c
     n2 = mesh.proxies["node2"]
+    from_c = {"reporter": "destination", "source_principal": "spiffe://cluster.local/ns/app/sa/c"}
+    # as ztunnel: the denied attempt is opened, closed and failed with DENY
+    assert n2.metric("istio_tcp_connections_opened_total", **from_c) == 1
+    assert n2.metric("istio_tcp_connections_closed_total", response_flags="DENY", **from_c) == 1
+    assert n2.metric("istio_tcp_connections_failed_total", response_flags="DENY", **from_c) == 1
+    assert n2.metric("istio_tcp_connections_failed_total", response_flags="-") == 0
+    # the source side saw the 401 as a failed upstream connection
+    n1 = mesh.proxies["node1"]
     assert (
-        n2.metric(
+        n1.metric(
             "istio_tcp_connections_failed_total",
-            reporter="destination",
-            source_principal="spiffe://cluster.local/ns/app/sa/c",
+            reporter="source",
+            source_workload="c",
+            response_flags="CONNECT",
         )
         == 1
     )
-    assert any("denied" in r.error for r in n2.access if r.src_workload == "c")
+    denied = [r for r in n2.access if r.src_workload == "c"]
+    assert len(denied) == 1
+    assert denied[0].response_flags is ResponseFlags.DENY
+    assert "policy" in denied[0].error
+    assert denied[0].dst_addr == f"{b.ip}:15008"
+    assert denied[0].dst_hbone_addr == f"{b.ip}:9100"
+    out = [r for r in n1.access if r.src_workload == "c"]
+    assert "status 401" in out[0].error  # the HBONE answer names the reason
 
 
 async def test_deny_on_port(mesh: Mesh) -> None:
@@ -120,15 +137,18 @@ async def test_strict_refuses_plaintext_permissive_allows(mesh: Mesh) -> None:
         srv.close()
     assert seen == [d.ip]
     n2 = mesh.proxies["node2"]
-    assert (
-        n2.metric(
-            "istio_tcp_connections_opened_total",
-            reporter="destination",
-            connection_security_policy="unknown",
-            source_workload="d",
-        )
-        == 1
-    )
+    plain = {
+        "reporter": "destination",
+        "connection_security_policy": "unknown",
+        "source_workload": "d",
+        "source_principal": "unknown",
+    }
+    assert n2.metric("istio_tcp_connections_opened_total", **plain) == 2  # both attempts
+    assert n2.metric("istio_tcp_connections_failed_total", response_flags="DENY", **plain) == 1
+    # the first one was refused because of STRICT mTLS, and says so
+    (denied,) = [r for r in n2.access if r.response_flags is ResponseFlags.DENY]
+    assert "STRICT" in denied.error
+    assert denied.src_identity == ""  # plaintext: no identities logged
 
 
 async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:

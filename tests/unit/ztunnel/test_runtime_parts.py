@@ -18,10 +18,22 @@ from ketch.identity.manager import WorkloadCert as ManagerCert
 from ketch.identity.spiffe import SpiffeId
 from ketch.mesh import Workload
 from ketch.ztunnel.connections import ConnectionTracker, Direction, start_splice
+from ketch.ztunnel.hbone import (
+    ConnectRefused,
+    ErrorCode,
+    IdentityMismatch,
+    ProtocolError,
+    TlsError,
+)
 from ketch.ztunnel.identity import IdentityContexts, IdentityUnavailable, to_tls_cert
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.rbac import Connection
-from ketch.ztunnel.telemetry import Reporter, SecurityPolicy
+from ketch.ztunnel.telemetry import (
+    Reporter,
+    ResponseFlags,
+    SecurityPolicy,
+    connect_failure_flag,
+)
 
 TD = "cluster.local"
 
@@ -91,7 +103,7 @@ def test_metrics_cache_and_byte_accounting() -> None:
     c.closed(100, 100)  # idempotent
     c.sync(500, 500)  # after close: ignored
     m.opened(v2).closed(1, 2)
-    m.failed(m.label_values(Reporter.DESTINATION, **kw))
+    m.opened(m.label_values(Reporter.DESTINATION, **kw)).closed(flag=ResponseFlags.DENY)
     assert m.cached_label_sets() == 2
     assert _sample(reg, "istio_tcp_connections_opened_total", reporter="source") == 2
     assert _sample(reg, "istio_tcp_connections_closed_total", reporter="source") == 2
@@ -105,8 +117,73 @@ def test_metrics_cache_and_byte_accounting() -> None:
             source_principal=ident.uri,
             source_workload="src",
         )
-        == 2
+        == 3  # the denied inbound one too: opened counts attempts
     )
+
+
+def _series(reg: CollectorRegistry) -> dict[tuple[str, str, str], float]:
+    """(sample name, reporter, response_flags) -> value, for the non-zero TCP counters."""
+    out: dict[tuple[str, str, str], float] = {}
+    for fam in reg.collect():
+        for s in fam.samples:
+            if s.name.startswith("istio_tcp_connections") and s.value:
+                key = (s.name, s.labels["reporter"], s.labels["response_flags"])
+                out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def test_metrics_opened_closed_failed_as_ztunnel() -> None:
+    """Every opened connection is closed; a failure is counted as failed *and* closed on
+    the label set with its flag; success and `-` never count as failed; no `_created`."""
+    reg = CollectorRegistry()
+    m = ZtunnelMetrics(reg)
+    kw: dict[str, Any] = dict(
+        src_workload=_wl("src"),
+        src_identity=SpiffeId(TD, "ns", "default"),
+        dst_workload=_wl("dst"),
+        dst_service=None,
+        security_policy=SecurityPolicy.MUTUAL_TLS,
+    )
+    inbound = m.label_values(Reporter.DESTINATION, **kw)
+    outbound = m.label_values(Reporter.SOURCE, **kw)
+    m.opened(inbound).closed(10, 20)
+    m.opened(inbound).closed(flag=ResponseFlags.DENY)
+    m.opened(outbound).closed(flag=ResponseFlags.CONNECT)
+    m.opened(outbound).closed(flag=ResponseFlags.TLS_FAILURE)
+    still_open = m.opened(outbound)
+    assert _series(reg) == {
+        ("istio_tcp_connections_opened_total", "destination", "-"): 2,
+        ("istio_tcp_connections_closed_total", "destination", "-"): 1,
+        ("istio_tcp_connections_closed_total", "destination", "DENY"): 1,
+        ("istio_tcp_connections_failed_total", "destination", "DENY"): 1,
+        ("istio_tcp_connections_opened_total", "source", "-"): 3,
+        ("istio_tcp_connections_closed_total", "source", "CONNECT"): 1,
+        ("istio_tcp_connections_failed_total", "source", "CONNECT"): 1,
+        ("istio_tcp_connections_closed_total", "source", "TLS_FAILURE"): 1,
+        ("istio_tcp_connections_failed_total", "source", "TLS_FAILURE"): 1,
+    }
+    assert reg.get_sample_value("istio_tcp_sockets_open", {"reporter": "source"}) == 1
+    assert reg.get_sample_value("istio_tcp_sockets_open", {"reporter": "destination"}) == 0
+    still_open.closed(1, 1)
+    assert reg.get_sample_value("istio_tcp_sockets_open", {"reporter": "source"}) == 0
+    names = {s.name for fam in reg.collect() for s in fam.samples}
+    assert not [n for n in names if n.endswith("_created")]
+
+
+def test_connect_failure_flags() -> None:
+    exp = (SpiffeId(TD, "ns", "a"),)
+    assert connect_failure_flag(IdentityMismatch(exp, ())) is ResponseFlags.TLS_FAILURE
+    assert connect_failure_flag(TlsError("handshake")) is ResponseFlags.TLS_FAILURE
+    assert (
+        connect_failure_flag(ProtocolError(ErrorCode.PROTOCOL_ERROR, "bad preface"))
+        is ResponseFlags.H2_HANDSHAKE_FAILURE
+    )
+    assert connect_failure_flag(ConnectRefused("10.0.0.1:80", 401)) is ResponseFlags.CONNECT
+    assert connect_failure_flag(ConnectionRefusedError()) is ResponseFlags.CONNECT
+    assert connect_failure_flag(TimeoutError()) is ResponseFlags.CONNECT
+    assert connect_failure_flag(IdentityUnavailable("no CA")) is ResponseFlags.IDENTITY_ERROR
+    assert not ResponseFlags.NONE.failed
+    assert ResponseFlags.NONE.value == "-"
 
 
 # --------------------------------------------------------------------- identity
