@@ -250,6 +250,9 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         counters.closed(0, 0)
         record(e)
         return
+    except BaseException:  # cancelled (proxy stopping): still closed
+        counters.closed(0, 0)
+        raise
     finally:
         zt.tracker.unregister(tc)
     # relay: sent = app -> tunnel (response), received = tunnel -> app (request)

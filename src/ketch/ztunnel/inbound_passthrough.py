@@ -125,6 +125,9 @@ async def handle(
         tc.report = lambda: counters.sync(*s.counts())
         try:
             res = await s.wait()
+        except BaseException:  # cancelled (proxy stopping): still closed
+            counters.closed(*s.counts())
+            raise
         finally:
             zt.tracker.unregister(tc)
         a_to_b, b_to_a = res.a_to_b, res.b_to_a

@@ -237,35 +237,44 @@ async def _hbone(
     flag = ResponseFlags.NONE
     sent = received = 0
     try:
-        await zt.identities.ensure(ident)
-        tunnel = await pool.open(
-            key,
-            plan.authority,
-            request_headers(src, src_addr, plan),
-            connect=connect,  # type: ignore[arg-type]
-        )
-    except (HboneError, IdentityUnavailable, NetnsError, OSError) as e:
-        error = e
-        flag = connect_failure_flag(e)
-        log.info(
-            "pod %s: HBONE to %s via %s:%s failed: %s", pod.uid, plan.authority, hop[0], hop[1], e
-        )
-        reset_stream(writer)
-    else:
-        c.tunnel = tunnel
-        if c.closed is not None:
-            tunnel.abort()
+        try:
+            await zt.identities.ensure(ident)
+            tunnel = await pool.open(
+                key,
+                plan.authority,
+                request_headers(src, src_addr, plan),
+                connect=connect,  # type: ignore[arg-type]
+            )
+        except (HboneError, IdentityUnavailable, NetnsError, OSError) as e:
+            error = e
+            flag = connect_failure_flag(e)
+            log.info(
+                "pod %s: HBONE to %s via %s:%s failed: %s",
+                pod.uid,
+                plan.authority,
+                hop[0],
+                hop[1],
+                e,
+            )
             reset_stream(writer)
-            error = c.closed
         else:
-            cc = counters
+            c.tunnel = tunnel
+            if c.closed is not None:
+                tunnel.abort()
+                reset_stream(writer)
+                error = c.closed
+            else:
+                cc = counters
 
-            def live(p: RelayProgress) -> None:
-                tc.report = lambda: cc.sync(p.sent, p.received)
+                def live(p: RelayProgress) -> None:
+                    tc.report = lambda: cc.sync(p.sent, p.received)
 
-            res = await relay(tunnel, reader, writer, on_start=live)
-            sent, received = res.sent, res.received
-            error = c.closed or res.error
+                res = await relay(tunnel, reader, writer, on_start=live)
+                sent, received = res.sent, res.received
+                error = c.closed or res.error
+    except BaseException:  # cancelled (proxy stopping): still closed, as ztunnel's Drop
+        counters.closed(sent, received)
+        raise
     # received = client -> server (request), sent = server -> client (response)
     counters.closed(sent, received, flag)
     zt.log_access(
@@ -317,18 +326,22 @@ async def _passthrough(
     flag = ResponseFlags.NONE
     a_to_b = b_to_a = 0
     try:
-        sock = await pod_connect(pod.netns, dst, connect_timeout=zt.connect_timeout)
-        c.splice = await start_splice(reader, writer, sock)
-    except (OSError, NetnsError, TimeoutError) as e:
-        error = e
-        flag = connect_failure_flag(e)
-        reset_stream(writer)
-    else:
-        sp = c.splice
-        tc.report = lambda: counters.sync(*sp.counts())
-        res = await sp.wait()
-        a_to_b, b_to_a = res.a_to_b, res.b_to_a
-        error = c.closed or res.error
+        try:
+            sock = await pod_connect(pod.netns, dst, connect_timeout=zt.connect_timeout)
+            c.splice = await start_splice(reader, writer, sock)
+        except (OSError, NetnsError, TimeoutError) as e:
+            error = e
+            flag = connect_failure_flag(e)
+            reset_stream(writer)
+        else:
+            sp = c.splice
+            tc.report = lambda: counters.sync(*sp.counts())
+            res = await sp.wait()
+            a_to_b, b_to_a = res.a_to_b, res.b_to_a
+            error = c.closed or res.error
+    except BaseException:  # cancelled (proxy stopping): still closed, as ztunnel's Drop
+        counters.closed(a_to_b, b_to_a)
+        raise
     counters.closed(a_to_b, b_to_a, flag)
     zt.log_access(
         access_log_record(
