@@ -5,15 +5,18 @@ connection when a policy update denies it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 
+from ketch.netns.fabric import Fabric, free_prefix
 from ketch.ztunnel.telemetry import ResponseFlags
 from tests.integration.test_ztunnel_support import (
     Mesh,
     connection_ends,
     echo_server,
+    eventually,
     mesh,
     pod_socket_connect,
     refused,
@@ -173,3 +176,58 @@ async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:
     finally:
         srv.close()
     assert mesh.proxies["node2"].zt.connections() == []
+
+
+def test_denying_policy_closes_open_connections_cleanly_on_uvloop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Closing connections a new policy denies must not log an error or a traceback (on
+    uvloop, which `ketch ztunnel run` uses, a transport already closed raises ValueError
+    from its socket) and must go on closing the others: the HBONE one and the plaintext
+    one both end, nothing stays open. Runs its own uvloop loop, hence no `mesh` fixture."""
+    import uvloop
+
+    async def body(mesh: Mesh) -> None:
+        a = mesh.pod("node1", "a")
+        b = mesh.pod("node2", "b")
+        d = mesh.pod("node1", "d", mesh=False)
+        await mesh.start()
+        srv = await echo_server(b.pod, 9105)
+        try:
+            r, w = await pod_socket_connect(a.pod, (b.ip, 9105))
+            assert await roundtrip(r, w, b"before") == b"before"
+            rp, wp = await pod_socket_connect(d.pod, (b.ip, 9105))  # plaintext via 15006
+            assert await roundtrip(rp, wp, b"plain") == b"plain"
+            n2 = mesh.proxies["node2"]
+            assert len(n2.zt.connections()) == 2
+            caplog.set_level(logging.INFO)
+            mesh.set_policies([allow_from(["cluster.local/ns/app/sa/someone-else"])])
+            mesh.update()
+            assert await connection_ends(r)
+            assert await connection_ends(rp)
+            w.close()
+            wp.close()
+            await eventually(lambda: n2.zt.connections() == [], 5)
+            await asyncio.sleep(0.2)  # let late callbacks (connection_lost) run
+        finally:
+            srv.close()
+
+    async def main() -> None:
+        m = Mesh(Fabric(free_prefix("kz")))
+        try:
+            await body(m)
+        finally:
+            try:
+                await m.close()
+            finally:
+                await asyncio.to_thread(m.fabric.close)
+
+    uvloop.run(main())
+    bad = [
+        f"{rec.name}: {rec.getMessage()}"
+        for rec in caplog.records
+        if rec.levelno >= logging.ERROR or rec.exc_info
+    ]
+    assert bad == []
+    closed = [rec for rec in caplog.records if "now denied by policy" in rec.getMessage()]
+    assert len(closed) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 from ipaddress import ip_address
@@ -17,7 +18,12 @@ from ketch.identity.ca import CertificateAuthority
 from ketch.identity.manager import WorkloadCert as ManagerCert
 from ketch.identity.spiffe import SpiffeId
 from ketch.mesh import Workload
-from ketch.ztunnel.connections import ConnectionTracker, Direction, start_splice
+from ketch.ztunnel.connections import (
+    ConnectionTracker,
+    Direction,
+    reset_transport,
+    start_splice,
+)
 from ketch.ztunnel.hbone import (
     ConnectRefused,
     ErrorCode,
@@ -63,6 +69,51 @@ async def test_tracker_register_close_and_wait_empty() -> None:
     assert await t.wait_empty(1.0)
     assert t.all() == []
     assert c1.describe()["direction"] == "inbound"
+
+
+def test_tracker_close_goes_on_past_a_closer_that_finds_its_socket_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t = ConnectionTracker()
+    closed: list[str] = []
+
+    def gone(_: str) -> None:
+        raise ValueError("negative file descriptor")  # uvloop, socket already closed
+
+    def ebadf(_: str) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+    ids = [
+        t.register("p", Direction.INBOUND, "a", "b", gone).id,
+        t.register("p", Direction.INBOUND, "a", "c", ebadf).id,
+        t.register("p", Direction.INBOUND, "a", "d", closed.append).id,
+    ]
+    with caplog.at_level(logging.DEBUG, logger="ketch.ztunnel"):
+        assert [c.dst for c in t.close(ids, "denied")] == ["b", "c", "d"]
+    assert closed == ["denied"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+def test_reset_transport_of_a_closed_uvloop_transport_is_a_no_op() -> None:
+    """uvloop's pseudo-socket raises ValueError once its fd is gone."""
+    import uvloop
+
+    async def main() -> None:
+        async def serve(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.close()
+
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+            reset_transport(w.transport)
+            reset_transport(w.transport)  # closing, fd gone: must not raise
+            await asyncio.sleep(0)
+            reset_transport(w.transport)  # closed
+        finally:
+            srv.close()
+
+    uvloop.run(main())
 
 
 # --------------------------------------------------------------------- metrics
