@@ -239,6 +239,16 @@ def test_standalone_processes_serve_reload_and_drain(cluster: Cluster) -> None:
     assert [p["name"] for p in dump["pods"]] == ["a"]
     assert dump["pods"][0]["state"] == "ready"
     assert {x["identity"] for x in dump["certificates"]} == {f"spiffe://{TD}/ns/app/sa/a"}
+    # ztunnel's shape, as istioctl ztunnel-config reads it
+    (cert,) = dump["certificates"]
+    assert cert["state"] == "Available"
+    assert int(cert["certChain"][0]["serialNumber"]) > 0
+    assert cert["rootCerts"]
+    assert [(s["info"]["name"], s["state"]) for s in dump["workloadState"].values()] == [
+        ("a", "Up")
+    ]
+    assert {w["name"]: w["protocol"] for w in dump["workloads"]}["a"] == "HBONE"
+    assert all("workloadIps" in w and "status" in w for w in dump["workloads"])
     # the same through the CLI, from the root netns into the node's
     r = subprocess.run(
         [KETCH, "ztunnel-config", "certificates", "--netns", c.node1.netns],
@@ -372,8 +382,10 @@ def test_bad_config_and_flags_fail_clearly(cluster: Cluster, tmp_path: Path) -> 
         assert p.poll() is None, c.log(c.node1, "ghost")
         time.sleep(0.1)
     code, body = c.http(c.node1, 15021, "/healthz/ready")
-    assert code == 503
-    assert "default/ghost: not_enrolled" in body
+    assert (code, body) == (500, "not ready, pending: workload manager\n")
+    code, body = c.http(c.node1, 15000, "/config_dump")
+    ghost = json.loads(body)["pods"][0]
+    assert (ghost["name"], ghost["state"]) == ("ghost", "not_enrolled")
     assert _sigterm(p) == 0
 
 
