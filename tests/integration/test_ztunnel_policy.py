@@ -95,7 +95,7 @@ async def test_allow_admits_a_and_refuses_c(mesh: Mesh) -> None:
     denied = [r for r in n2.access if r.src_workload == "c"]
     assert len(denied) == 1
     assert denied[0].response_flags is ResponseFlags.DENY
-    assert "policy" in denied[0].error
+    assert "no ALLOW policy matched (applicable: app/allow-a)" in denied[0].error
     assert denied[0].dst_addr == f"{b.ip}:15008"
     assert denied[0].dst_hbone_addr == f"{b.ip}:9100"
     out = [r for r in n1.access if r.src_workload == "c"]
@@ -119,6 +119,14 @@ async def test_deny_on_port(mesh: Mesh) -> None:
         s1.close()
         s2.close()
     assert seen == [a.ip]
+    # why: the DENY policy, named on the destination and as a 401 on the source
+    (denied,) = [r for r in mesh.proxies["node2"].access if r.error]
+    assert denied.response_flags is ResponseFlags.DENY
+    assert "denied by DENY policy app/deny-port" in denied.error
+    assert denied.dst_hbone_addr == f"{b.ip}:9101"
+    (failed,) = [r for r in mesh.proxies["node1"].access if r.error]
+    assert "status 401" in failed.error
+    assert failed.response_flags is ResponseFlags.CONNECT
 
 
 async def test_strict_refuses_plaintext_permissive_allows(mesh: Mesh) -> None:
@@ -150,7 +158,7 @@ async def test_strict_refuses_plaintext_permissive_allows(mesh: Mesh) -> None:
     assert n2.metric("istio_tcp_connections_failed_total", response_flags="DENY", **plain) == 1
     # the first one was refused because of STRICT mTLS, and says so
     (denied,) = [r for r in n2.access if r.response_flags is ResponseFlags.DENY]
-    assert "STRICT" in denied.error
+    assert "PeerAuthentication app/mtls requires mTLS (STRICT)" in denied.error
     assert denied.src_identity == ""  # plaintext: no identities logged
 
 
@@ -175,7 +183,13 @@ async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:
         await asyncio.sleep(0)
     finally:
         srv.close()
-    assert mesh.proxies["node2"].zt.connections() == []
+    n2 = mesh.proxies["node2"]
+    assert n2.zt.connections() == []
+    # both ended because of the policy update, and the access log says so
+    await eventually(lambda: len([r for r in n2.access if r.error]) == 2, 5)
+    assert [r.error for r in n2.access if r.error] == [
+        "denied by the updated authorization policy"
+    ] * 2
 
 
 def test_denying_policy_closes_open_connections_cleanly_on_uvloop(

@@ -284,6 +284,16 @@ def test_standalone_processes_serve_reload_and_drain(cluster: Cluster) -> None:
     while c.curl_b(2).returncode == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert c.curl_b(2).returncode != 0
+    # ... because of that policy: the destination says which, and counts a DENY
+    assert "denied by DENY policy app/deny-a" in c.log(c.node2, "p2")
+    _code, text = c.http(c.node2, 15020, "/metrics")
+    assert [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("istio_tcp_connections_failed_total{")
+        and 'response_flags="DENY"' in ln
+        and 'reporter="destination"' in ln
+    ]
     # a broken file is rejected with its reason; the last good config (the DENY) stays
     c.config.write_text("workloads: [{name: x, addresses: [not-an-ip]}]\n")
     deadline = time.monotonic() + 10

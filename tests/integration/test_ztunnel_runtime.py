@@ -5,11 +5,13 @@ half-close and many concurrent connections."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 
 import pytest
 
+from ketch.ztunnel.telemetry import ResponseFlags
 from tests.integration.test_ztunnel_support import (
     TD,
     Mesh,
@@ -19,6 +21,7 @@ from tests.integration.test_ztunnel_support import (
     mesh,
     pod_server,
     pod_socket_connect,
+    refused,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -220,3 +223,30 @@ async def test_byte_counters_of_open_connections_are_flushed(mesh: Mesh) -> None
     finally:
         for s in servers:
             s.close()
+
+
+async def test_server_identity_mismatch_fails_with_tls_failure(mesh: Mesh) -> None:
+    """node1 believes b runs as service account `other`; b's proxy presents `b`: the
+    connection fails, and the source proxy says why (the SAN check) and counts a
+    TLS_FAILURE; b's app never sees it."""
+    a = mesh.pod("node1", "a")
+    b = mesh.pod("node2", "b")
+    await mesh.start()
+    seen: list[str] = []
+    srv = await echo_server(b.pod, 9400, seen)
+    n1 = mesh.proxies["node1"]
+    b.workload = dataclasses.replace(b.workload, service_account="other")
+    n1.zt.update_state(mesh.state())  # only node1 has the wrong idea
+    try:
+        assert await refused(a.pod, (b.ip, 9400))
+    finally:
+        srv.close()
+    assert seen == []
+    (rec,) = [r for r in n1.access if r.error]
+    assert "identity mismatch" in rec.error
+    assert f"spiffe://{TD}/ns/app/sa/other" in rec.error
+    assert rec.response_flags is ResponseFlags.TLS_FAILURE
+    labels = {"reporter": "source", "response_flags": "TLS_FAILURE"}
+    assert n1.metric("istio_tcp_connections_failed_total", **labels) == 1
+    assert n1.metric(CLOSED, **labels) == 1
+    assert n1.metric(OPENED, reporter="source", source_workload="a") == 1

@@ -225,8 +225,10 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         return
     reader, writer = await asyncio.open_connection(sock=sock, limit=256 * 1024)
     tunnel: Tunnel = inc.accept()
+    closed_by: list[str] = []  # why the proxy closed it (policy re-check, drain, removal)
 
     def close(reason: str) -> None:
+        closed_by.append(reason)
         tunnel.abort()
         writer.transport.abort()
 
@@ -258,4 +260,4 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
     # relay: sent = app -> tunnel (response), received = tunnel -> app (request)
     counters.closed(res.received, res.sent)
     # access log (ztunnel): inbound bytes_sent = towards the caller (app -> client)
-    record(res.error, sent=res.sent, recv=res.received)
+    record(closed_by[0] if closed_by else res.error, sent=res.sent, recv=res.received)

@@ -109,8 +109,10 @@ async def handle(
             error = e
     if splice is not None:
         s = splice
+        closed_by: list[str] = []  # why the proxy closed it (policy re-check, drain, removal)
 
         def close(reason: str) -> None:
+            closed_by.append(reason)
             s.abort()
 
         tc = zt.tracker.register(
@@ -131,7 +133,7 @@ async def handle(
         finally:
             zt.tracker.unregister(tc)
         a_to_b, b_to_a = res.a_to_b, res.b_to_a
-        error = res.error
+        error = closed_by[0] if closed_by else res.error
     counters.closed(a_to_b, b_to_a, flag)
     # access log (ztunnel): inbound bytes_sent = towards the caller (app -> client)
     zt.log_access(
