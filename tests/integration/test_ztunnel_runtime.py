@@ -151,6 +151,15 @@ async def test_service_vip_reaches_target_port(mesh: Mesh) -> None:
     assert r.stdout == "via vip\n"
     n1 = mesh.proxies["node1"]
     assert n1.metric(OPENED, reporter="source", destination_service_name="web") == 1
+    # a port the service does not have is a routing refusal: reset, logged, no metric
+    r = await mesh.run("a", ["curl", "-sS", "--max-time", "5", "http://10.96.0.10:81/"])
+    assert r.returncode != 0
+    (rec,) = [x for x in n1.access if x.error]
+    assert "refused (503): service app/web.app.svc.cluster.local (10.96.0.10) has no port 81" in (
+        rec.error
+    )
+    assert n1.metric(OPENED, reporter="source") == 1
+    assert n1.metric("istio_tcp_connections_failed_total") == 0
 
 
 async def test_thousand_concurrent_connections(mesh: Mesh) -> None:

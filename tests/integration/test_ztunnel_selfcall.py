@@ -69,6 +69,9 @@ async def test_pod_dialling_its_own_proxy_ports_is_refused_not_looped(
             r for r in node1.access if (r.dst_hbone_addr or r.dst_addr).endswith(self_ports)
         ]
         assert forwarded == [], "a self-call must not be forwarded anywhere"
+        # early denies record no metric: only the warm-up connection was opened
+        assert node1.metric("istio_tcp_connections_opened_total") == 1
+        assert node1.metric("istio_tcp_connections_failed_total") == 0
         hops = [m for m in caplog.messages if "self-call" in m or "(loop)" in m]
         assert 1 <= len(hops) <= len(targets), hops
         # and the pod still works
