@@ -8,9 +8,11 @@ import asyncio
 import dataclasses
 import json
 import os
+from ipaddress import ip_address
 
 import pytest
 
+from ketch.mesh import GatewayAddress
 from ketch.ztunnel.telemetry import ResponseFlags
 from tests.integration.test_ztunnel_support import (
     TD,
@@ -259,3 +261,29 @@ async def test_server_identity_mismatch_fails_with_tls_failure(mesh: Mesh) -> No
     assert n1.metric("istio_tcp_connections_failed_total", **labels) == 1
     assert n1.metric(CLOSED, **labels) == 1
     assert n1.metric(OPENED, reporter="source", source_workload="a") == 1
+
+
+async def test_through_a_waypoint_the_destination_is_the_waypoint(mesh: Mesh) -> None:
+    """As ztunnel: the source proxy labels a connection through a waypoint with the
+    waypoint as destination workload/principal, logs the waypoint as `dst.addr` and the
+    original target as `dst.hbone_addr`. (Our `wp` pod is a plain mesh pod, so its proxy
+    answers 400 to an authority that is not its own: the attempt fails with CONNECT.)"""
+    a = mesh.pod("node1", "a")
+    wp = mesh.pod("node2", "wp")
+    b = mesh.pod("node2", "b")
+    b.workload = dataclasses.replace(b.workload, waypoint=GatewayAddress(ip_address(wp.ip)))
+    await mesh.start()
+    assert await refused(a.pod, (b.ip, 9500))
+    n1 = mesh.proxies["node1"]
+    (rec,) = [r for r in n1.access if r.error]
+    assert rec.dst_addr == f"{wp.ip}:15008"
+    assert rec.dst_hbone_addr == f"{b.ip}:9500"
+    assert rec.dst_workload == "wp"
+    assert "status 400" in rec.error
+    labels = {
+        "reporter": "source",
+        "destination_workload": "wp",
+        "destination_principal": f"spiffe://{TD}/ns/app/sa/wp",
+    }
+    assert n1.metric(OPENED, **labels) == 1
+    assert n1.metric("istio_tcp_connections_failed_total", response_flags="CONNECT", **labels) == 1
