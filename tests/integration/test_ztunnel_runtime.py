@@ -287,3 +287,34 @@ async def test_through_a_waypoint_the_destination_is_the_waypoint(mesh: Mesh) ->
     }
     assert n1.metric(OPENED, **labels) == 1
     assert n1.metric("istio_tcp_connections_failed_total", response_flags="CONNECT", **labels) == 1
+
+
+async def test_passthrough_is_plaintext_without_source_principal(mesh: Mesh) -> None:
+    """Outbound to a workload outside the mesh goes out as plain TCP: as in ztunnel the
+    metrics carry no source principal and the access log no identities."""
+    a = mesh.pod("node1", "a")
+    d = mesh.pod("node2", "d", mesh=False)
+    await mesh.start()
+    srv = await echo_server(d.pod, 9600)
+    try:
+        r, w = await pod_socket_connect(a.pod, (d.ip, 9600))
+        w.write(b"plain")
+        await w.drain()
+        assert await r.readexactly(5) == b"plain"
+        w.close()
+    finally:
+        srv.close()
+    n1 = mesh.proxies["node1"]
+    await eventually(lambda: n1.metric(CLOSED, reporter="source") == 1, 5)
+    plain = {
+        "reporter": "source",
+        "source_workload": "a",
+        "source_principal": "unknown",
+        "destination_workload": "d",
+        "connection_security_policy": "unknown",
+    }
+    assert n1.metric(OPENED, **plain) == 1
+    (rec,) = n1.access
+    assert (rec.src_identity, rec.dst_identity) == ("", "")
+    assert rec.dst_addr == f"{d.ip}:9600"
+    assert rec.dst_hbone_addr == ""
