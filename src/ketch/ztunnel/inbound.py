@@ -223,7 +223,15 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         counters.closed(0, 0, flag)
         record(f"app unreachable: {e}", flag)
         return
-    reader, writer = await asyncio.open_connection(sock=sock, limit=256 * 1024)
+    except BaseException:  # cancelled (proxy stopping): still closed
+        counters.closed(0, 0)
+        raise
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=256 * 1024)
+    except BaseException:
+        sock.close()
+        counters.closed(0, 0)
+        raise
     tunnel: Tunnel = inc.accept()
     closed_by: list[str] = []  # why the proxy closed it (policy re-check, drain, removal)
 
