@@ -112,7 +112,7 @@ class ConnCounters:
             return
         self.sync(received_total, sent_total)
         self._done = True
-        self._m.sockets_open.labels(self._values[_REPORTER]).dec()
+        self._m._open_gauge(self._values[_REPORTER]).dec()
         if flag is ResponseFlags.NONE:
             self._c.closed.inc()
             return
@@ -153,6 +153,7 @@ class ZtunnelMetrics:
         )
         self._children: dict[LabelValues, _Children] = {}
         self._failures: dict[LabelValues, _Failed] = {}
+        self._open: dict[str, Any] = {}  # reporter -> istio_tcp_sockets_open child
         self._labels: dict[tuple[object, ...], LabelValues] = {}
 
     # ------------------------------------------------------------------ label sets
@@ -219,6 +220,12 @@ class ZtunnelMetrics:
             self._failures[values] = kids
         return kids
 
+    def _open_gauge(self, reporter: str) -> Any:
+        g = self._open.get(reporter)
+        if g is None:
+            g = self._open[reporter] = self.sockets_open.labels(reporter)
+        return g
+
     def cached_label_sets(self) -> int:
         return len(self._children)
 
@@ -228,5 +235,5 @@ class ZtunnelMetrics:
         """Count a connection attempt; the handle's `closed()` must follow."""
         kids = self._kids(values)
         kids.opened.inc()
-        self.sockets_open.labels(values[_REPORTER]).inc()
+        self._open_gauge(values[_REPORTER]).inc()
         return ConnCounters(self, values, kids)
