@@ -480,6 +480,8 @@ def test_upgrade_with_a_second_proxy_refuses_no_connection(cluster: Cluster) -> 
     ]
     assert opened
     assert float(opened[0].rsplit(" ", 1)[1]) >= 1
+    assert "_created" not in text  # ztunnel exports no *_created series
+    assert 'istio_tcp_sockets_open{reporter="source"}' in text
     assert "metrics: took over 0.0.0.0:15020" in c.log(c.node1, "new")
     assert c.http(c.node1, 15000, "/config_dump")[0] == 200
     assert _sigterm(new1) == 0
