@@ -69,6 +69,35 @@ async def test_fail_closed_when_proxy_stopped(mesh: Mesh) -> None:
     assert seen == []  # nothing reached b, in plaintext or otherwise
 
 
+async def test_a_pod_without_workload_does_not_hold_the_node_back(mesh: Mesh) -> None:
+    """As ztunnel: node readiness waits for the proxy and the pods' listeners, not for one
+    pod's workload or certificate; that pod's state shows in config_dump instead."""
+    a = mesh.pod("node1", "a")
+    b = mesh.pod("node2", "b")
+    await mesh.start()
+    late = mesh.pod("node1", "late")  # not in the proxies' state yet
+    await mesh.enroll(late)
+    zt = mesh.proxies["node1"].zt
+    assert zt.ready
+    assert zt.pending() == []
+    assert not zt.pods_ready
+    dump = zt.config_dump()
+    state = {p["name"]: p["state"] for p in dump["pods"]}
+    assert state == {"a": "ready", "late": "waiting_for_workload"}
+    assert dump["workloadState"]["uid-late"]["state"] == "Pending"
+    assert dump["workloadState"]["uid-a"]["state"] == "Up"
+    srv = await echo_server(b.pod, 9303)
+    try:  # the other pods are served meanwhile
+        r, w = await pod_socket_connect(a.pod, (b.ip, 9303))
+        assert await roundtrip(r, w, b"up") == b"up"
+        w.close()
+        mesh.update()  # now the late pod's workload arrives
+        await mesh.wait_ready()
+        assert zt.config_dump()["workloadState"]["uid-late"]["state"] == "Up"
+    finally:
+        srv.close()
+
+
 async def test_drain_keeps_open_connections_until_deadline(mesh: Mesh) -> None:
     a = mesh.pod("node1", "a")
     b = mesh.pod("node2", "b")
@@ -83,6 +112,7 @@ async def test_drain_keeps_open_connections_until_deadline(mesh: Mesh) -> None:
         drain = asyncio.ensure_future(zt.drain(1.5))
         await asyncio.sleep(0.1)
         assert not zt.ready
+        assert zt.pending() == ["proxy"]  # draining: readiness 500 "pending: proxy"
         assert await roundtrip(r, w, b"during") == b"during"  # still works
         assert await _tcp_refused(mesh, "a", (b.ip, 9302))  # new ones refused
         assert await roundtrip(r, w, b"still") == b"still"

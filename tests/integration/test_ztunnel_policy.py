@@ -5,14 +5,18 @@ connection when a policy update denies it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 
+from ketch.netns.fabric import Fabric, free_prefix
+from ketch.ztunnel.telemetry import ResponseFlags
 from tests.integration.test_ztunnel_support import (
     Mesh,
     connection_ends,
     echo_server,
+    eventually,
     mesh,
     pod_socket_connect,
     refused,
@@ -71,15 +75,31 @@ async def test_allow_admits_a_and_refuses_c(mesh: Mesh) -> None:
         srv.close()
     assert seen == [a.ip]  # the server never saw c
     n2 = mesh.proxies["node2"]
+    from_c = {"reporter": "destination", "source_principal": "spiffe://cluster.local/ns/app/sa/c"}
+    # as ztunnel: the denied attempt is opened, closed and failed with DENY
+    assert n2.metric("istio_tcp_connections_opened_total", **from_c) == 1
+    assert n2.metric("istio_tcp_connections_closed_total", response_flags="DENY", **from_c) == 1
+    assert n2.metric("istio_tcp_connections_failed_total", response_flags="DENY", **from_c) == 1
+    assert n2.metric("istio_tcp_connections_failed_total", response_flags="-") == 0
+    # the source side saw the 401 as a failed upstream connection
+    n1 = mesh.proxies["node1"]
     assert (
-        n2.metric(
+        n1.metric(
             "istio_tcp_connections_failed_total",
-            reporter="destination",
-            source_principal="spiffe://cluster.local/ns/app/sa/c",
+            reporter="source",
+            source_workload="c",
+            response_flags="CONNECT",
         )
         == 1
     )
-    assert any("denied" in r.error for r in n2.access if r.src_workload == "c")
+    denied = [r for r in n2.access if r.src_workload == "c"]
+    assert len(denied) == 1
+    assert denied[0].response_flags is ResponseFlags.DENY
+    assert "no ALLOW policy matched (applicable: app/allow-a)" in denied[0].error
+    assert denied[0].dst_addr == f"{b.ip}:15008"
+    assert denied[0].dst_hbone_addr == f"{b.ip}:9100"
+    out = [r for r in n1.access if r.src_workload == "c"]
+    assert "status 401" in out[0].error  # the HBONE answer names the reason
 
 
 async def test_deny_on_port(mesh: Mesh) -> None:
@@ -99,6 +119,14 @@ async def test_deny_on_port(mesh: Mesh) -> None:
         s1.close()
         s2.close()
     assert seen == [a.ip]
+    # why: the DENY policy, named on the destination and as a 401 on the source
+    (denied,) = [r for r in mesh.proxies["node2"].access if r.error]
+    assert denied.response_flags is ResponseFlags.DENY
+    assert "denied by DENY policy app/deny-port" in denied.error
+    assert denied.dst_hbone_addr == f"{b.ip}:9101"
+    (failed,) = [r for r in mesh.proxies["node1"].access if r.error]
+    assert "status 401" in failed.error
+    assert failed.response_flags is ResponseFlags.CONNECT
 
 
 async def test_strict_refuses_plaintext_permissive_allows(mesh: Mesh) -> None:
@@ -120,15 +148,18 @@ async def test_strict_refuses_plaintext_permissive_allows(mesh: Mesh) -> None:
         srv.close()
     assert seen == [d.ip]
     n2 = mesh.proxies["node2"]
-    assert (
-        n2.metric(
-            "istio_tcp_connections_opened_total",
-            reporter="destination",
-            connection_security_policy="unknown",
-            source_workload="d",
-        )
-        == 1
-    )
+    plain = {
+        "reporter": "destination",
+        "connection_security_policy": "unknown",
+        "source_workload": "d",
+        "source_principal": "unknown",
+    }
+    assert n2.metric("istio_tcp_connections_opened_total", **plain) == 2  # both attempts
+    assert n2.metric("istio_tcp_connections_failed_total", response_flags="DENY", **plain) == 1
+    # the first one was refused because of STRICT mTLS, and says so
+    (denied,) = [r for r in n2.access if r.response_flags is ResponseFlags.DENY]
+    assert "PeerAuthentication app/mtls requires mTLS (STRICT)" in denied.error
+    assert denied.src_identity == ""  # plaintext: no identities logged
 
 
 async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:
@@ -152,4 +183,65 @@ async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:
         await asyncio.sleep(0)
     finally:
         srv.close()
-    assert mesh.proxies["node2"].zt.connections() == []
+    n2 = mesh.proxies["node2"]
+    assert n2.zt.connections() == []
+    # both ended because of the policy update, and the access log says so
+    await eventually(lambda: len([r for r in n2.access if r.error]) == 2, 5)
+    assert [r.error for r in n2.access if r.error] == [
+        "denied by the updated authorization policy"
+    ] * 2
+
+
+def test_denying_policy_closes_open_connections_cleanly_on_uvloop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Closing connections a new policy denies must not log an error or a traceback (on
+    uvloop, which `ketch ztunnel run` uses, a transport already closed raises ValueError
+    from its socket) and must go on closing the others: the HBONE one and the plaintext
+    one both end, nothing stays open. Runs its own uvloop loop, hence no `mesh` fixture."""
+    import uvloop
+
+    async def body(mesh: Mesh) -> None:
+        a = mesh.pod("node1", "a")
+        b = mesh.pod("node2", "b")
+        d = mesh.pod("node1", "d", mesh=False)
+        await mesh.start()
+        srv = await echo_server(b.pod, 9105)
+        try:
+            r, w = await pod_socket_connect(a.pod, (b.ip, 9105))
+            assert await roundtrip(r, w, b"before") == b"before"
+            rp, wp = await pod_socket_connect(d.pod, (b.ip, 9105))  # plaintext via 15006
+            assert await roundtrip(rp, wp, b"plain") == b"plain"
+            n2 = mesh.proxies["node2"]
+            assert len(n2.zt.connections()) == 2
+            caplog.set_level(logging.INFO)
+            mesh.set_policies([allow_from(["cluster.local/ns/app/sa/someone-else"])])
+            mesh.update()
+            assert await connection_ends(r)
+            assert await connection_ends(rp)
+            w.close()
+            wp.close()
+            await eventually(lambda: n2.zt.connections() == [], 5)
+            await asyncio.sleep(0.2)  # let late callbacks (connection_lost) run
+        finally:
+            srv.close()
+
+    async def main() -> None:
+        m = Mesh(Fabric(free_prefix("kz")))
+        try:
+            await body(m)
+        finally:
+            try:
+                await m.close()
+            finally:
+                await asyncio.to_thread(m.fabric.close)
+
+    uvloop.run(main())
+    bad = [
+        f"{rec.name}: {rec.getMessage()}"
+        for rec in caplog.records
+        if rec.levelno >= logging.ERROR or rec.exc_info
+    ]
+    assert bad == []
+    closed = [rec for rec in caplog.records if "now denied by policy" in rec.getMessage()]
+    assert len(closed) == 2

@@ -239,6 +239,16 @@ def test_standalone_processes_serve_reload_and_drain(cluster: Cluster) -> None:
     assert [p["name"] for p in dump["pods"]] == ["a"]
     assert dump["pods"][0]["state"] == "ready"
     assert {x["identity"] for x in dump["certificates"]} == {f"spiffe://{TD}/ns/app/sa/a"}
+    # ztunnel's shape, as istioctl ztunnel-config reads it
+    (cert,) = dump["certificates"]
+    assert cert["state"] == "Available"
+    assert int(cert["certChain"][0]["serialNumber"]) > 0
+    assert cert["rootCerts"]
+    assert [(s["info"]["name"], s["state"]) for s in dump["workloadState"].values()] == [
+        ("a", "Up")
+    ]
+    assert {w["name"]: w["protocol"] for w in dump["workloads"]}["a"] == "HBONE"
+    assert all("workloadIps" in w and "status" in w for w in dump["workloads"])
     # the same through the CLI, from the root netns into the node's
     r = subprocess.run(
         [KETCH, "ztunnel-config", "certificates", "--netns", c.node1.netns],
@@ -274,6 +284,16 @@ def test_standalone_processes_serve_reload_and_drain(cluster: Cluster) -> None:
     while c.curl_b(2).returncode == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert c.curl_b(2).returncode != 0
+    # ... because of that policy: the destination says which, and counts a DENY
+    assert "denied by DENY policy app/deny-a" in c.log(c.node2, "p2")
+    _code, text = c.http(c.node2, 15020, "/metrics")
+    assert [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("istio_tcp_connections_failed_total{")
+        and 'response_flags="DENY"' in ln
+        and 'reporter="destination"' in ln
+    ]
     # a broken file is rejected with its reason; the last good config (the DENY) stays
     c.config.write_text("workloads: [{name: x, addresses: [not-an-ip]}]\n")
     deadline = time.monotonic() + 10
@@ -372,8 +392,10 @@ def test_bad_config_and_flags_fail_clearly(cluster: Cluster, tmp_path: Path) -> 
         assert p.poll() is None, c.log(c.node1, "ghost")
         time.sleep(0.1)
     code, body = c.http(c.node1, 15021, "/healthz/ready")
-    assert code == 503
-    assert "default/ghost: not_enrolled" in body
+    assert (code, body) == (500, "not ready, pending: workload manager\n")
+    code, body = c.http(c.node1, 15000, "/config_dump")
+    ghost = json.loads(body)["pods"][0]
+    assert (ghost["name"], ghost["state"]) == ("ghost", "not_enrolled")
     assert _sigterm(p) == 0
 
 
@@ -458,6 +480,8 @@ def test_upgrade_with_a_second_proxy_refuses_no_connection(cluster: Cluster) -> 
     ]
     assert opened
     assert float(opened[0].rsplit(" ", 1)[1]) >= 1
+    assert "_created" not in text  # ztunnel exports no *_created series
+    assert 'istio_tcp_sockets_open{reporter="source"}' in text
     assert "metrics: took over 0.0.0.0:15020" in c.log(c.node1, "new")
     assert c.http(c.node1, 15000, "/config_dump")[0] == 200
     assert _sigterm(new1) == 0

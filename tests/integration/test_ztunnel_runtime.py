@@ -5,11 +5,15 @@ half-close and many concurrent connections."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+from ipaddress import ip_address
 
 import pytest
 
+from ketch.mesh import GatewayAddress
+from ketch.ztunnel.telemetry import ResponseFlags
 from tests.integration.test_ztunnel_support import (
     TD,
     Mesh,
@@ -19,6 +23,7 @@ from tests.integration.test_ztunnel_support import (
     mesh,
     pod_server,
     pod_socket_connect,
+    refused,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -148,6 +153,15 @@ async def test_service_vip_reaches_target_port(mesh: Mesh) -> None:
     assert r.stdout == "via vip\n"
     n1 = mesh.proxies["node1"]
     assert n1.metric(OPENED, reporter="source", destination_service_name="web") == 1
+    # a port the service does not have is a routing refusal: reset, logged, no metric
+    r = await mesh.run("a", ["curl", "-sS", "--max-time", "5", "http://10.96.0.10:81/"])
+    assert r.returncode != 0
+    (rec,) = [x for x in n1.access if x.error]
+    assert "refused (503): service app/web.app.svc.cluster.local (10.96.0.10) has no port 81" in (
+        rec.error
+    )
+    assert n1.metric(OPENED, reporter="source") == 1
+    assert n1.metric("istio_tcp_connections_failed_total") == 0
 
 
 async def test_thousand_concurrent_connections(mesh: Mesh) -> None:
@@ -220,3 +234,87 @@ async def test_byte_counters_of_open_connections_are_flushed(mesh: Mesh) -> None
     finally:
         for s in servers:
             s.close()
+
+
+async def test_server_identity_mismatch_fails_with_tls_failure(mesh: Mesh) -> None:
+    """node1 believes b runs as service account `other`; b's proxy presents `b`: the
+    connection fails, and the source proxy says why (the SAN check) and counts a
+    TLS_FAILURE; b's app never sees it."""
+    a = mesh.pod("node1", "a")
+    b = mesh.pod("node2", "b")
+    await mesh.start()
+    seen: list[str] = []
+    srv = await echo_server(b.pod, 9400, seen)
+    n1 = mesh.proxies["node1"]
+    b.workload = dataclasses.replace(b.workload, service_account="other")
+    n1.zt.update_state(mesh.state())  # only node1 has the wrong idea
+    try:
+        assert await refused(a.pod, (b.ip, 9400))
+    finally:
+        srv.close()
+    assert seen == []
+    (rec,) = [r for r in n1.access if r.error]
+    assert "identity mismatch" in rec.error
+    assert f"spiffe://{TD}/ns/app/sa/other" in rec.error
+    assert rec.response_flags is ResponseFlags.TLS_FAILURE
+    labels = {"reporter": "source", "response_flags": "TLS_FAILURE"}
+    assert n1.metric("istio_tcp_connections_failed_total", **labels) == 1
+    assert n1.metric(CLOSED, **labels) == 1
+    assert n1.metric(OPENED, reporter="source", source_workload="a") == 1
+
+
+async def test_through_a_waypoint_the_destination_is_the_waypoint(mesh: Mesh) -> None:
+    """As ztunnel: the source proxy labels a connection through a waypoint with the
+    waypoint as destination workload/principal, logs the waypoint as `dst.addr` and the
+    original target as `dst.hbone_addr`. (Our `wp` pod is a plain mesh pod, so its proxy
+    answers 400 to an authority that is not its own: the attempt fails with CONNECT.)"""
+    a = mesh.pod("node1", "a")
+    wp = mesh.pod("node2", "wp")
+    b = mesh.pod("node2", "b")
+    b.workload = dataclasses.replace(b.workload, waypoint=GatewayAddress(ip_address(wp.ip)))
+    await mesh.start()
+    assert await refused(a.pod, (b.ip, 9500))
+    n1 = mesh.proxies["node1"]
+    (rec,) = [r for r in n1.access if r.error]
+    assert rec.dst_addr == f"{wp.ip}:15008"
+    assert rec.dst_hbone_addr == f"{b.ip}:9500"
+    assert rec.dst_workload == "wp"
+    assert "status 400" in rec.error
+    labels = {
+        "reporter": "source",
+        "destination_workload": "wp",
+        "destination_principal": f"spiffe://{TD}/ns/app/sa/wp",
+    }
+    assert n1.metric(OPENED, **labels) == 1
+    assert n1.metric("istio_tcp_connections_failed_total", response_flags="CONNECT", **labels) == 1
+
+
+async def test_passthrough_is_plaintext_without_source_principal(mesh: Mesh) -> None:
+    """Outbound to a workload outside the mesh goes out as plain TCP: as in ztunnel the
+    metrics carry no source principal and the access log no identities."""
+    a = mesh.pod("node1", "a")
+    d = mesh.pod("node2", "d", mesh=False)
+    await mesh.start()
+    srv = await echo_server(d.pod, 9600)
+    try:
+        r, w = await pod_socket_connect(a.pod, (d.ip, 9600))
+        w.write(b"plain")
+        await w.drain()
+        assert await r.readexactly(5) == b"plain"
+        w.close()
+    finally:
+        srv.close()
+    n1 = mesh.proxies["node1"]
+    await eventually(lambda: n1.metric(CLOSED, reporter="source") == 1, 5)
+    plain = {
+        "reporter": "source",
+        "source_workload": "a",
+        "source_principal": "unknown",
+        "destination_workload": "d",
+        "connection_security_policy": "unknown",
+    }
+    assert n1.metric(OPENED, **plain) == 1
+    (rec,) = n1.access
+    assert (rec.src_identity, rec.dst_identity) == ("", "")
+    assert rec.dst_addr == f"{d.ip}:9600"
+    assert rec.dst_hbone_addr == ""

@@ -63,8 +63,15 @@ async def test_pod_dialling_its_own_proxy_ports_is_refused_not_looped(
             w.close()
         await asyncio.sleep(0.5)  # a loop, if any, would be growing now
         assert _open_fds() <= fds + 5, "file descriptors grew: the connection looped"
-        forwarded = [r for r in node1.access if r.dst_addr.endswith((":15001", ":15006", ":15008"))]
+        # dst.addr is the L4 hop (a peer's :15008 for HBONE): look at where each went
+        self_ports = (":15001", ":15006", ":15008")
+        forwarded = [
+            r for r in node1.access if (r.dst_hbone_addr or r.dst_addr).endswith(self_ports)
+        ]
         assert forwarded == [], "a self-call must not be forwarded anywhere"
+        # early denies record no metric: only the warm-up connection was opened
+        assert node1.metric("istio_tcp_connections_opened_total") == 1
+        assert node1.metric("istio_tcp_connections_failed_total") == 0
         hops = [m for m in caplog.messages if "self-call" in m or "(loop)" in m]
         assert 1 <= len(hops) <= len(targets), hops
         # and the pod still works

@@ -184,7 +184,12 @@ class Mesh:
         )
 
     async def wait_ready(self, within: float = 15.0) -> None:
-        await eventually(lambda: all(np.zt.ready for np in self.proxies.values()), within)
+        """Every node proxy ready and every pod served (workload and certificate in hand:
+        the node's readiness alone does not wait for them, as in ztunnel)."""
+        await eventually(
+            lambda: all(np.zt.ready and np.zt.pods_ready for np in self.proxies.values()),
+            within,
+        )
 
     def update(self) -> None:
         st = self.state()

@@ -1,6 +1,10 @@
 """`ketch ztunnel-config SECTION`: what a running node proxy holds, from its admin endpoint
 (`/config_dump` on 127.0.0.1:15000), in the spirit of `istioctl ztunnel-config`.
 
+The dump has ztunnel's shape (`ketch.ztunnel.configdump`): workloads with `workloadIps`,
+services with `vips` as `network/ip` and a `ports` map, policies with their nested `rules`,
+certificates with a `certChain`; `pods` and `connections` are Ketch's own sections.
+
 The tables are pure functions of the config dump (`table_rows`), so they are tested without
 a proxy; `fetch_dump` is the I/O: an HTTP GET, optionally from inside a network namespace
 (the local cluster's node proxies listen on the node netns' loopback).
@@ -30,7 +34,36 @@ def _s(v: Any) -> str:
 
 
 def _ports(svc: dict[str, Any]) -> list[str]:
-    return [f"{p['port']}->{p['targetPort']}" for p in svc.get("ports", [])]
+    ports = svc.get("ports") or {}
+    return [f"{sp}->{tp}" if tp else f"{sp}->(named)" for sp, tp in ports.items()]
+
+
+def _addr(network_ip: str) -> str:
+    """`network/ip` -> `ip` when the network is the default (empty) one."""
+    return network_ip[1:] if network_ip.startswith("/") else network_ip
+
+
+def _vips(svc: dict[str, Any]) -> list[str]:
+    return [_addr(v) for v in svc.get("vips", [])]
+
+
+def _waypoint(item: dict[str, Any]) -> str | None:
+    wp = item.get("waypoint")
+    if not wp:
+        return None
+    return f"{_addr(str(wp.get('destination', '')))}:{wp.get('hboneMtlsPort', 15008)}"
+
+
+def _identity(w: dict[str, Any]) -> str:
+    return f"spiffe://{w.get('trustDomain')}/ns/{w.get('namespace')}/sa/{w.get('serviceAccount')}"
+
+
+def _leaf(field: str) -> Callable[[dict[str, Any]], Any]:
+    def get(cert: dict[str, Any]) -> Any:
+        chain = cert.get("certChain") or []
+        return chain[0].get(field) if chain else None
+
+    return get
 
 
 def _action(p: dict[str, Any]) -> str:
@@ -44,11 +77,11 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         [
             ("NAMESPACE", "namespace"),
             ("NAME", "name"),
-            ("ADDRESSES", "addresses"),
+            ("ADDRESSES", "workloadIps"),
             ("NODE", "node"),
             ("PROTOCOL", "protocol"),
-            ("WAYPOINT", "waypoint"),
-            ("IDENTITY", "identity"),
+            ("WAYPOINT", _waypoint),
+            ("IDENTITY", _identity),
         ],
     ),
     "services": (
@@ -56,9 +89,10 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         [
             ("NAMESPACE", "namespace"),
             ("NAME", "name"),
-            ("VIPS", "vips"),
+            ("VIPS", _vips),
             ("PORTS", _ports),
-            ("WAYPOINT", "waypoint"),
+            ("ENDPOINTS", lambda s: len(s.get("endpoints") or {})),
+            ("WAYPOINT", _waypoint),
         ],
     ),
     "policies": (
@@ -69,7 +103,7 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
             ("KIND", lambda _: "AuthorizationPolicy"),
             ("SCOPE", "scope"),
             ("ACTION/MODE", _action),
-            ("RULES", "rules"),
+            ("RULES", lambda p: len(p.get("rules") or [])),
         ],
     ),
     "certificates": (
@@ -77,10 +111,9 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         [
             ("IDENTITY", "identity"),
             ("STATE", "state"),
-            ("SERIAL", "serial"),
-            ("NOT-BEFORE", "not_before"),
-            ("NOT-AFTER", "not_after"),
-            ("REASON", "reason"),
+            ("SERIAL", _leaf("serialNumber")),
+            ("NOT-BEFORE", _leaf("validFrom")),
+            ("NOT-AFTER", _leaf("expirationTime")),
         ],
     ),
     "pods": (

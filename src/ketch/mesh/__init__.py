@@ -48,6 +48,7 @@ from ketch.mesh.service import (
 from ketch.mesh.workload import (
     GatewayAddress,
     HealthStatus,
+    Locality,
     NamespacedHostname,
     TunnelProtocol,
     Workload,
@@ -73,6 +74,7 @@ __all__ = [
     "HealthStatus",
     "IpAddr",
     "IpNet",
+    "Locality",
     "Match",
     "MatchKind",
     "MeshError",

@@ -80,6 +80,15 @@ class GatewayAddress:
 
 
 @dataclass(frozen=True)
+class Locality:
+    """Where a workload runs (xDS `Locality`): empty strings when unknown."""
+
+    region: str = ""
+    zone: str = ""
+    subzone: str = ""
+
+
+@dataclass(frozen=True)
 class Workload:
     """One workload (a pod, usually), as the control plane describes it (xDS `Workload`).
 
@@ -109,6 +118,7 @@ class Workload:
     authorization_policies: tuple[str, ...] = ()
     network: str = ""
     hostname: str = ""
+    locality: Locality = field(default_factory=Locality)
 
     def __post_init__(self) -> None:
         require("workload uid", self.uid)

@@ -56,6 +56,7 @@ from ketch.mesh import (
     AppProtocol,
     GatewayAddress,
     HealthStatus,
+    Locality,
     MeshError,
     NamespacedHostname,
     Service,
@@ -144,6 +145,12 @@ class WaypointConfig(_Model):
         return self
 
 
+class LocalityConfig(_Model):
+    region: str = ""
+    zone: str = ""
+    subzone: str = ""
+
+
 class WorkloadConfig(_Model):
     name: str = Field(min_length=1)
     namespace: str = Field(default="default", min_length=1)
@@ -170,6 +177,7 @@ class WorkloadConfig(_Model):
     canonical_revision: str = Field(default="", alias="canonicalRevision")
     cluster_id: str = Field(default="", alias="clusterId")
     network: str = ""
+    locality: LocalityConfig | None = None
     # standalone enrollment: the pod's network namespace, a path (/run/netns/NAME,
     # /proc/PID/ns/net) or a name under /run/netns. A proxy captures the workloads that
     # have one and run on its node.
@@ -397,6 +405,11 @@ class _Builder:
                         labels=wc.labels,
                         services=members,
                         network=wc.network,
+                        locality=(
+                            Locality(wc.locality.region, wc.locality.zone, wc.locality.subzone)
+                            if wc.locality
+                            else Locality()
+                        ),
                     )
                 )
             except (MeshError, InvalidSpiffeId) as e:

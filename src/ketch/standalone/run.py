@@ -116,6 +116,7 @@ class StandaloneProxy:
         self._desired: dict[str, LocalPod] = {}
         self._enrolled: dict[str, LocalPod] = {}
         self._failed: dict[str, str] = {}  # uid -> why enrollment failed (retried)
+        self._synced = False  # the first config has been applied (pods enrolled or failed)
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -144,11 +145,10 @@ class StandaloneProxy:
             spoof_source=opts.spoof_source,
         )
         await zt.start()
-        pods, ready = self.pod_status, self.is_ready
         plan = [
             ("metrics", opts.metrics, metrics_routes(self.registry, zt.flush_metrics)),
-            ("readiness", opts.readiness, readiness_routes(ready, pods)),
-            ("admin", opts.admin, admin_routes(zt.config_dump, self.request_stop, ready, pods)),
+            ("readiness", opts.readiness, readiness_routes(self.pending)),
+            ("admin", opts.admin, admin_routes(self.config_dump, self.request_stop, self.pending)),
         ]
         try:
             for name, addr, routes in plan:
@@ -161,6 +161,7 @@ class StandaloneProxy:
                 "--metrics-addr/--readiness-addr/--admin-addr, or 'off')"
             ) from e
         await self._sync_pods(loaded)
+        self._synced = True
         log.info(
             "standalone node proxy for node %r: %d workload(s), %d local pod(s), config %s",
             self.node,
@@ -200,9 +201,29 @@ class StandaloneProxy:
             log.info("%s: took over %s:%d", name, *addr)
             return
 
+    def pending(self) -> list[str]:
+        """ztunnel's readiness tasks still pending: `state manager` until the config is
+        applied, `workload manager` while a local pod could not be enrolled (its netns or
+        listeners), and the proxy's own (`proxy` while starting or draining)."""
+        if self.zt is None:
+            return ["proxy", "state manager"]
+        out = list(self.zt.pending())
+        if not self._synced:
+            out.append("state manager")
+        if self._failed and "workload manager" not in out:
+            out.append("workload manager")
+        return out
+
     def is_ready(self) -> bool:
-        """Ready: the proxy serves every pod it should (none waits to be enrolled)."""
-        return self.zt is not None and self.zt.ready and not self._failed
+        return not self.pending()
+
+    def config_dump(self) -> dict[str, Any]:
+        """The proxy's dump, with the pods this process could not enroll added."""
+        assert self.zt is not None
+        dump = self.zt.config_dump()
+        dump["ready"] = self.is_ready()
+        dump["pods"] = self.pod_status()
+        return dump
 
     def pod_status(self) -> list[dict[str, Any]]:
         out = self.zt.pods() if self.zt is not None else []

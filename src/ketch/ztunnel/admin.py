@@ -1,8 +1,10 @@
 """The node proxy's HTTP endpoints (REFERENCE.md "Components and ports"):
 
 - 15020 `/metrics` and `/stats/prometheus`: the Istio TCP counters (Prometheus text format);
-- 15021 `/healthz/ready`: 200 once the proxy started and every enrolled pod has its
-  workload and certificate, else 503 with the reason per pod;
+- 15021 `/healthz/ready`: as ztunnel (readiness/server.rs): 200 `ready` once nothing is
+  pending, else 500 `not ready, pending: <tasks>` (the proxy started and not draining, the
+  config loaded, every pod's listeners up). One pod still waiting for its workload or
+  certificate does not hold the node back; its state is in `/config_dump`;
 - 15000, localhost only: `/config_dump` (JSON: workloads, services, policies, certificates,
   pods, connections), `/logging` (GET shows levels; POST `?level=debug` or
   `?level=ketch.ztunnel.access:warning,ketch:info` sets them), `/quitquitquit` (POST: drain
@@ -104,19 +106,14 @@ def metrics_routes(
     return {"/metrics": {"GET": metrics}, "/stats/prometheus": {"GET": metrics}}
 
 
-def readiness_routes(
-    ready: Callable[[], bool], pods: Callable[[], list[dict[str, Any]]]
-) -> dict[str, dict[str, Handler]]:
+def readiness_routes(pending: Callable[[], list[str]]) -> dict[str, dict[str, Handler]]:
+    """`pending()` names what the node still waits for (empty: ready)."""
+
     def healthz(_: Request) -> Response:
-        if ready():
+        tasks = pending()
+        if not tasks:
             return Response.text(200, "ready")
-        waiting = [
-            f"{p['namespace']}/{p['name']}: {p['state']}"
-            + (f" ({p['error']})" if p["error"] else "")
-            for p in pods()
-            if p["state"] != "ready"
-        ]
-        return Response.text(503, "\n".join(["not ready", *waiting]))
+        return Response.text(500, f"not ready, pending: {', '.join(sorted(tasks))}")
 
     return {"/healthz/ready": {"GET": healthz}}
 
@@ -153,8 +150,7 @@ def _levels_view(loggers: Sequence[str]) -> dict[str, str]:
 def admin_routes(
     config_dump: Callable[[], dict[str, Any]],
     quit: Callable[[], None],
-    ready: Callable[[], bool],
-    pods: Callable[[], list[dict[str, Any]]],
+    pending: Callable[[], list[str]],
 ) -> dict[str, dict[str, Handler]]:
     shown = ["ketch", "ketch.ztunnel", "ketch.ztunnel.access", "ketch.identity"]
 
@@ -190,7 +186,7 @@ def admin_routes(
         "/config_dump": {"GET": dump},
         "/logging": {"GET": get_logging, "POST": set_logging},
         "/quitquitquit": {"POST": quitquitquit},
-        **readiness_routes(ready, pods),
+        **readiness_routes(pending),
     }
 
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import enum
 import itertools
+import logging
 import socket
 import struct
 import time
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from ketch.ztunnel.rbac import Connection
+
+log = logging.getLogger("ketch.ztunnel.connections")
 
 
 class Direction(enum.Enum):
@@ -122,7 +125,12 @@ class ConnectionTracker:
             c = self._conns.get(cid)
             if c is not None:
                 closed.append(c)
-                c.closer(reason)
+                try:
+                    c.closer(reason)
+                except (OSError, ValueError) as e:
+                    # its sockets were closed already (the peer went away meanwhile); the
+                    # connection's own task finishes the cleanup: go on with the others
+                    log.debug("connection %s -> %s was already closing: %s", c.src, c.dst, e)
         return closed
 
     async def wait_empty(self, within: float) -> bool:
@@ -218,7 +226,7 @@ class _Splice:
 
     def abort(self) -> None:
         for s in (self.a, self.b):
-            if s.tr is not None:
+            if s.tr is not None and not s.tr.is_closing():
                 reset_transport(s.tr)
         self.finish()
 
@@ -294,10 +302,13 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def reset_transport(transport: asyncio.BaseTransport) -> None:
-    """Close with a TCP RST (SO_LINGER 0), the way a refused proxy connection ends."""
+    """Close with a TCP RST (SO_LINGER 0), the way a refused proxy connection ends.
+    Safe on a transport that is already closed: asyncio's socket then raises OSError
+    (EBADF), uvloop's pseudo-socket ValueError (fd -1); either way there is nothing left
+    to reset, and `abort()` of a closed transport is a no-op."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     cast(asyncio.Transport, transport).abort()
 

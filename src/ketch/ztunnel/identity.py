@@ -197,6 +197,14 @@ class IdentityContexts:
             raise IdentityUnavailable(f"no certificate for {identity} yet")
         return e.server
 
+    def chain(self, identity: SpiffeId) -> tuple[bytes, ...] | None:
+        """The certificate chain (PEM, leaf first) in use for `identity`, if any."""
+        e = self._entries.get(identity)
+        return e.cert.chain_pem if e is not None else None
+
+    def identities(self) -> list[SpiffeId]:
+        return sorted(self._entries)
+
     def snapshot(self) -> list[dict[str, str]]:
         """What config_dump shows: identity, serial and expiry of each cached certificate."""
         return [

@@ -16,8 +16,14 @@ malformed requests (not CONNECT, bad authority) with 400 itself. For every CONNE
    IP, so the app sees the real client address (the pod's mangle/table-100 rules route the
    app's replies back over lo to the proxy); else the app sees the pod IP as the source.
    Refused / unreachable -> 503;
-6. answer 200 and relay; metrics with reporter=destination, connection_security_policy=
-   mutual_tls; the connection is tracked with its `Connection` so a policy update re-checks it.
+6. answer 200 and relay; the connection is tracked with its `Connection` so a policy
+   update re-checks it.
+
+Metrics (reporter=destination, mutual_tls), as ztunnel: refusals 1-3 are early denies and
+record nothing; a valid request is counted `opened` before authorization, and `closed` when
+it ends, with `failed{response_flags="DENY"}` for a policy denial and `CONNECT` when the
+app is unreachable. The access log's `dst.addr` is the address the tunnel arrived on
+(`podIP:15008`), `dst.hbone_addr` the `:authority`; `bytes_sent` is towards the caller.
 """
 
 from __future__ import annotations
@@ -37,7 +43,13 @@ from ketch.ztunnel.pod import PodRuntime, ProxyContext, connect_app
 from ketch.ztunnel.rbac import Connection, Decision, authorize
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.telemetry import Direction as LogDirection
-from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
+from ketch.ztunnel.telemetry import (
+    Reporter,
+    ResponseFlags,
+    SecurityPolicy,
+    access_log_record,
+    connect_failure_flag,
+)
 
 log = logging.getLogger("ketch.ztunnel.inbound")
 
@@ -153,23 +165,31 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         dst_identity=pod.identity,
     )
     dst = (target.ip, target.port)
+    counters = zt.metrics.opened(values)  # a valid request: counted before authorization
 
-    def record(error: BaseException | str | None, sent: int = 0, recv: int = 0) -> None:
+    def record(
+        error: BaseException | str | None,
+        flag: ResponseFlags = ResponseFlags.NONE,
+        sent: int = 0,
+        recv: int = 0,
+    ) -> None:
         zt.log_access(
             access_log_record(
                 direction=LogDirection.INBOUND,
                 src=src,
                 src_workload=src_workload,
                 src_identity=info.peer_identity,
-                dst=dst,
+                dst=(local_ip, int(info.local_addr[1])),
                 dst_workload=w,
                 dst_service=dst_service,
+                security_policy=SecurityPolicy.MUTUAL_TLS,
                 dst_identity=pod.identity,
-                hbone_addr=(local_ip, int(info.local_addr[1])),
+                hbone_addr=dst,
                 bytes_sent=sent,
                 bytes_recv=recv,
                 duration_s=time.monotonic() - started,
                 error=error,
+                response_flags=flag,
             )
         )
 
@@ -182,8 +202,8 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
             verdict.reason,
         )
         inc.refuse(verdict.status)
-        zt.metrics.failed(values)
-        record(f"policy: {verdict.reason}")
+        counters.closed(0, 0, ResponseFlags.DENY)
+        record(f"policy: {verdict.reason}", ResponseFlags.DENY)
         return
     conn = verdict.conn
     try:
@@ -193,13 +213,24 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
             "pod %s: cannot reach the app at %s: %s -> 503", pod.uid, format_authority(*dst), e
         )
         inc.refuse(503)
-        zt.metrics.failed(values)
-        record(f"app unreachable: {e}")
+        flag = connect_failure_flag(e)
+        counters.closed(0, 0, flag)
+        record(f"app unreachable: {e}", flag)
         return
-    reader, writer = await asyncio.open_connection(sock=sock, limit=256 * 1024)
+    except BaseException:  # cancelled (proxy stopping): still closed
+        counters.closed(0, 0)
+        raise
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=256 * 1024)
+    except BaseException:
+        sock.close()
+        counters.closed(0, 0)
+        raise
     tunnel: Tunnel = inc.accept()
+    closed_by: list[str] = []  # why the proxy closed it (policy re-check, drain, removal)
 
     def close(reason: str) -> None:
+        closed_by.append(reason)
         tunnel.abort()
         writer.transport.abort()
 
@@ -213,7 +244,6 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         src_identity=info.peer_identity.uri,
         dst_identity=pod.identity.uri if pod.identity else "",
     )
-    counters = zt.metrics.opened(values)
 
     def live(p: RelayProgress) -> None:
         tc.report = lambda: counters.sync(p.received, p.sent)
@@ -224,9 +254,12 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
         counters.closed(0, 0)
         record(e)
         return
+    except BaseException:  # cancelled (proxy stopping): still closed
+        counters.closed(0, 0)
+        raise
     finally:
         zt.tracker.unregister(tc)
     # relay: sent = app -> tunnel (response), received = tunnel -> app (request)
     counters.closed(res.received, res.sent)
-    # access log: sent = towards the destination (app), recv = back from it
-    record(res.error, sent=res.received, recv=res.sent)
+    # access log (ztunnel): inbound bytes_sent = towards the caller (app -> client)
+    record(closed_by[0] if closed_by else res.error, sent=res.sent, recv=res.received)

@@ -8,8 +8,10 @@ mesh, redirected here by the pod's nat PREROUTING rule.
    match it. Denied -> RST.
 3. Connect to the app inside the pod netns (mark 0x539, optionally spoofing the client's
    source IP as `inbound.py` does), splice the two TCP connections with half-close.
-4. Metrics: reporter=destination, connection_security_policy=unknown; one access-log
-   record per connection; the connection is tracked for policy re-checks.
+4. Metrics: reporter=destination, connection_security_policy=unknown, no source
+   principal; `opened` before authorization, `closed` always, `failed` with `DENY` (policy)
+   or `CONNECT` (app unreachable). One access-log record per connection (no identities:
+   plaintext); the connection is tracked for policy re-checks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from ketch.ztunnel.connections import Direction, Splice, reset_stream, start_spl
 from ketch.ztunnel.pod import PodRuntime, ProxyContext, connect_app
 from ketch.ztunnel.rbac import Connection, authorize
 from ketch.ztunnel.telemetry import Direction as LogDirection
-from ketch.ztunnel.telemetry import Reporter, SecurityPolicy, access_log_record
+from ketch.ztunnel.telemetry import (
+    Reporter,
+    ResponseFlags,
+    SecurityPolicy,
+    access_log_record,
+    connect_failure_flag,
+)
 
 log = logging.getLogger("ketch.ztunnel.inbound_passthrough")
 
@@ -73,8 +81,10 @@ async def handle(
         security_policy=SecurityPolicy.UNKNOWN,
         dst_identity=pod.identity,
     )
+    counters = zt.metrics.opened(values)
     splice: Splice | None = None
     error: BaseException | str | None = None
+    flag = ResponseFlags.NONE
     a_to_b = b_to_a = 0
     decision = authorize(st, conn)
     if not decision.allowed:
@@ -85,7 +95,7 @@ async def handle(
             dst[1],
             decision.reason,
         )
-        zt.metrics.failed(values)
+        flag = ResponseFlags.DENY
         reset_stream(writer)
         error = f"policy: {decision.reason}"
     else:
@@ -94,13 +104,15 @@ async def handle(
             splice = await start_splice(reader, writer, app)
         except (OSError, NetnsError, TimeoutError) as e:
             log.info("pod %s: cannot reach the app at %s: %s", pod.uid, format_authority(*dst), e)
-            zt.metrics.failed(values)
+            flag = connect_failure_flag(e)
             reset_stream(writer)
             error = e
     if splice is not None:
         s = splice
+        closed_by: list[str] = []  # why the proxy closed it (policy re-check, drain, removal)
 
         def close(reason: str) -> None:
+            closed_by.append(reason)
             s.abort()
 
         tc = zt.tracker.register(
@@ -112,15 +124,18 @@ async def handle(
             info=conn,
             dst_identity=pod.identity.uri if pod.identity else "",
         )
-        counters = zt.metrics.opened(values)
         tc.report = lambda: counters.sync(*s.counts())
         try:
             res = await s.wait()
+        except BaseException:  # cancelled (proxy stopping): still closed
+            counters.closed(*s.counts())
+            raise
         finally:
             zt.tracker.unregister(tc)
         a_to_b, b_to_a = res.a_to_b, res.b_to_a
-        error = res.error
-        counters.closed(a_to_b, b_to_a)
+        error = closed_by[0] if closed_by else res.error
+    counters.closed(a_to_b, b_to_a, flag)
+    # access log (ztunnel): inbound bytes_sent = towards the caller (app -> client)
     zt.log_access(
         access_log_record(
             direction=LogDirection.INBOUND,
@@ -130,10 +145,12 @@ async def handle(
             dst=dst,
             dst_workload=w,
             dst_service=None,
+            security_policy=SecurityPolicy.UNKNOWN,
             dst_identity=pod.identity,
-            bytes_sent=a_to_b,
-            bytes_recv=b_to_a,
+            bytes_sent=b_to_a,
+            bytes_recv=a_to_b,
             duration_s=time.monotonic() - started,
             error=error,
+            response_flags=flag,
         )
     )

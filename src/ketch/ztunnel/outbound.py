@@ -12,8 +12,12 @@
    - `Passthrough`: plain TCP from inside the pod netns to the original destination.
    - `Refuse`: the client gets a RST.
 4. Bytes are relayed (`hbone.relay` / `connections.splice`) with half-close both ways.
-5. Metrics (reporter=source) count the connection when it opens and its bytes when it
-   closes; one access-log record is written when it ends.
+5. Metrics (reporter=source), as ztunnel: `opened` before dialling, `closed` when it ends
+   (whatever happened), `failed` with `response_flags` when the upstream could not be
+   reached (`CONNECT`, `TLS_FAILURE`, `H2_HANDSHAKE_FAILURE`, `IDENTITY_ERROR`). Through a
+   waypoint the destination workload is the waypoint. Passthrough is plaintext: no source
+   principal. A `Refuse` records no metric. One access-log record is written when the
+   connection ends: `dst.addr` is the next hop, `dst.hbone_addr` the CONNECT authority.
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ from ketch.ztunnel.telemetry import (
 )
 from ketch.ztunnel.telemetry import (
     Reporter,
+    ResponseFlags,
     SecurityPolicy,
     access_log_record,
     canonical_revision,
     canonical_service,
+    connect_failure_flag,
     workload_name,
 )
 
@@ -176,25 +182,18 @@ def _refused(
     dst: tuple[IpAddr, int],
     started: float,
 ) -> None:
+    """A routing refusal: logged, no metric (ztunnel's early deny)."""
     log.info("pod %s: outbound to %s refused: %s", pod.uid, format_authority(*dst), plan.reason)
-    values = zt.metrics.label_values(
-        Reporter.SOURCE,
-        src_workload=pod.workload,
-        src_identity=pod.identity,
-        dst_workload=None,
-        dst_service=None,
-        security_policy=SecurityPolicy.UNKNOWN,
-    )
-    zt.metrics.failed(values)
     zt.log_access(
         access_log_record(
             direction=LogDirection.OUTBOUND,
             src=src_addr,
             src_workload=pod.workload,
-            src_identity=pod.identity,
+            src_identity=None,
             dst=dst,
             dst_workload=None,
             dst_service=None,
+            security_policy=SecurityPolicy.UNKNOWN,
             duration_s=time.monotonic() - started,
             error=f"refused ({plan.status}): {plan.reason}",
         )
@@ -227,78 +226,80 @@ async def _hbone(
     async def connect() -> object:
         return await pod_connect(netns, hop, connect_timeout=timeout)
 
-    dst_workload = plan.final_workload if plan.waypoint else plan.dst_workload
+    # through a waypoint the destination is the waypoint itself (ztunnel outbound.rs)
+    dst_workload = plan.dst_workload
+    counters = zt.metrics.opened(
+        zt.metrics.label_values(
+            Reporter.SOURCE,
+            src_workload=src,
+            src_identity=ident,
+            dst_workload=dst_workload,
+            dst_service=plan.dst_service,
+            security_policy=SecurityPolicy.MUTUAL_TLS,
+            dst_identity=plan.expected_identities[0],
+        )
+    )
     error: BaseException | str | None = None
+    flag = ResponseFlags.NONE
     sent = received = 0
-    counters = None
     try:
-        await zt.identities.ensure(ident)
-        tunnel = await pool.open(
-            key,
-            plan.authority,
-            request_headers(src, src_addr, plan),
-            connect=connect,  # type: ignore[arg-type]
-        )
-    except (HboneError, IdentityUnavailable, NetnsError, OSError) as e:
-        error = e
-        log.info(
-            "pod %s: HBONE to %s via %s:%s failed: %s", pod.uid, plan.authority, hop[0], hop[1], e
-        )
-        zt.metrics.failed(
-            zt.metrics.label_values(
-                Reporter.SOURCE,
-                src_workload=src,
-                src_identity=ident,
-                dst_workload=dst_workload,
-                dst_service=plan.dst_service,
-                security_policy=SecurityPolicy.MUTUAL_TLS,
+        try:
+            await zt.identities.ensure(ident)
+            tunnel = await pool.open(
+                key,
+                plan.authority,
+                request_headers(src, src_addr, plan),
+                connect=connect,  # type: ignore[arg-type]
             )
-        )
-        reset_stream(writer)
-    else:
-        c.tunnel = tunnel
-        peer_id = tunnel.peer_identity
-        counters = zt.metrics.opened(
-            zt.metrics.label_values(
-                Reporter.SOURCE,
-                src_workload=src,
-                src_identity=ident,
-                dst_workload=dst_workload,
-                dst_service=plan.dst_service,
-                security_policy=SecurityPolicy.MUTUAL_TLS,
-                dst_identity=peer_id,
+        except (HboneError, IdentityUnavailable, NetnsError, OSError) as e:
+            error = e
+            flag = connect_failure_flag(e)
+            log.info(
+                "pod %s: HBONE to %s via %s:%s failed: %s",
+                pod.uid,
+                plan.authority,
+                hop[0],
+                hop[1],
+                e,
             )
-        )
-        if c.closed is not None:
-            tunnel.abort()
             reset_stream(writer)
-            error = c.closed
         else:
-            cc = counters
+            c.tunnel = tunnel
+            if c.closed is not None:
+                tunnel.abort()
+                reset_stream(writer)
+                error = c.closed
+            else:
+                cc = counters
 
-            def live(p: RelayProgress) -> None:
-                tc.report = lambda: cc.sync(p.sent, p.received)
+                def live(p: RelayProgress) -> None:
+                    tc.report = lambda: cc.sync(p.sent, p.received)
 
-            res = await relay(tunnel, reader, writer, on_start=live)
-            sent, received = res.sent, res.received
-            error = c.closed or res.error
-        # received = client -> server (request), sent = server -> client (response)
+                res = await relay(tunnel, reader, writer, on_start=live)
+                sent, received = res.sent, res.received
+                error = c.closed or res.error
+    except BaseException:  # cancelled (proxy stopping): still closed, as ztunnel's Drop
         counters.closed(sent, received)
+        raise
+    # received = client -> server (request), sent = server -> client (response)
+    counters.closed(sent, received, flag)
     zt.log_access(
         access_log_record(
             direction=LogDirection.OUTBOUND,
             src=src_addr,
             src_workload=src,
             src_identity=ident,
-            dst=dst,
+            dst=(hop_ip, hop_port),
             dst_workload=dst_workload,
             dst_service=plan.dst_service,
+            security_policy=SecurityPolicy.MUTUAL_TLS,
             dst_identity=c.tunnel.peer_identity if c.tunnel is not None else None,
-            hbone_addr=(hop_ip, hop_port),
+            hbone_addr=plan.authority,
             bytes_sent=sent,
             bytes_recv=received,
             duration_s=time.monotonic() - started,
             error=error,
+            response_flags=flag,
         )
     )
 
@@ -315,44 +316,53 @@ async def _passthrough(
     started: float,
 ) -> None:
     dst = (str(plan.dst[0]), plan.dst[1])
-    values = zt.metrics.label_values(
-        Reporter.SOURCE,
-        src_workload=pod.workload,
-        src_identity=pod.identity,
-        dst_workload=plan.dst_workload,
-        dst_service=plan.dst_service,
-        security_policy=SecurityPolicy.UNKNOWN,
-        dst_identity=None,
+    # plaintext: no source principal (ztunnel reports the mTLS identity only)
+    counters = zt.metrics.opened(
+        zt.metrics.label_values(
+            Reporter.SOURCE,
+            src_workload=pod.workload,
+            src_identity=None,
+            dst_workload=plan.dst_workload,
+            dst_service=plan.dst_service,
+            security_policy=SecurityPolicy.UNKNOWN,
+            dst_identity=None,
+        )
     )
     error: BaseException | str | None = None
+    flag = ResponseFlags.NONE
     a_to_b = b_to_a = 0
     try:
-        sock = await pod_connect(pod.netns, dst, connect_timeout=zt.connect_timeout)
-        c.splice = await start_splice(reader, writer, sock)
-    except (OSError, NetnsError, TimeoutError) as e:
-        error = e
-        zt.metrics.failed(values)
-        reset_stream(writer)
-    else:
-        counters = zt.metrics.opened(values)
-        sp = c.splice
-        tc.report = lambda: counters.sync(*sp.counts())
-        res = await sp.wait()
-        a_to_b, b_to_a = res.a_to_b, res.b_to_a
-        error = c.closed or res.error
+        try:
+            sock = await pod_connect(pod.netns, dst, connect_timeout=zt.connect_timeout)
+            c.splice = await start_splice(reader, writer, sock)
+        except (OSError, NetnsError, TimeoutError) as e:
+            error = e
+            flag = connect_failure_flag(e)
+            reset_stream(writer)
+        else:
+            sp = c.splice
+            tc.report = lambda: counters.sync(*sp.counts())
+            res = await sp.wait()
+            a_to_b, b_to_a = res.a_to_b, res.b_to_a
+            error = c.closed or res.error
+    except BaseException:  # cancelled (proxy stopping): still closed, as ztunnel's Drop
         counters.closed(a_to_b, b_to_a)
+        raise
+    counters.closed(a_to_b, b_to_a, flag)
     zt.log_access(
         access_log_record(
             direction=LogDirection.OUTBOUND,
             src=src_addr,
             src_workload=pod.workload,
-            src_identity=pod.identity,
+            src_identity=None,
             dst=plan.dst,
             dst_workload=plan.dst_workload,
             dst_service=plan.dst_service,
+            security_policy=SecurityPolicy.UNKNOWN,
             bytes_sent=a_to_b,
             bytes_recv=b_to_a,
             duration_s=time.monotonic() - started,
             error=error,
+            response_flags=flag,
         )
     )

@@ -15,7 +15,10 @@ SO_MARK 0x539 (`ketch.netns.pod_listener`):
 A pod is accepted at once (its listeners queue connections) but forwarding waits until the
 pod maps to a `Workload` of the current state (by uid, else namespace/name, else one of the
 pod's addresses) and its certificate is in hand (prefetched through the cert source's
-`track()` when it has one). `ready` is true once the proxy started and every pod is ready.
+`track()` when it has one). Readiness is ztunnel's: `pending()` is empty (`ready`) once the
+proxy started, is not draining, and every pod's listeners are open (they are, once
+`add_pod` returned); a pod still waiting for its workload or certificate does not hold the
+node back: `config_dump()` reports it under `workloadState` and `pods`.
 
 `update_state()` swaps the immutable `ProxyState` snapshot; new connections use the new one,
 and open inbound connections are re-checked with `rbac.recheck` and closed when now denied.
@@ -40,8 +43,8 @@ from ketch.identity.spiffe import SpiffeId
 from ketch.mesh import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, IpAddr, Workload
 from ketch.netns import NetnsError, pod_listener_async, run_in_netns, serve_netns, stop_serving
 from ketch.util.tasks import spawn
-from ketch.ztunnel import inbound, inbound_passthrough, outbound
-from ketch.ztunnel.connections import ConnectionTracker, TrackedConn
+from ketch.ztunnel import configdump, inbound, inbound_passthrough, outbound
+from ketch.ztunnel.connections import ConnectionTracker, Direction, TrackedConn
 from ketch.ztunnel.drain import drain_connections
 from ketch.ztunnel.hbone import HboneClientPool, HboneServer, tune_malloc
 from ketch.ztunnel.identity import CertSource, IdentityContexts, IdentityUnavailable
@@ -139,13 +142,23 @@ class Ztunnel:
     def state(self) -> ProxyState:
         return self._state
 
+    def pending(self) -> list[str]:
+        """What the node proxy still waits for before it is ready (ztunnel's readiness
+        task names); empty when ready."""
+        if not self._started or self._draining or self._stopped:
+            return ["proxy"]
+        if not all(p.listeners for p in self._pods.values()):
+            return ["workload manager"]
+        return []
+
     @property
     def ready(self) -> bool:
-        return (
-            self._started
-            and not self._draining
-            and all(p.ready and p.listeners for p in self._pods.values())
-        )
+        return not self.pending()
+
+    @property
+    def pods_ready(self) -> bool:
+        """Every pod has its workload and certificate (not needed for `ready`)."""
+        return all(p.ready for p in self._pods.values())
 
     @property
     def draining(self) -> bool:
@@ -357,67 +370,67 @@ class Ztunnel:
         return [c.describe() for c in self.tracker.all()]
 
     def config_dump(self) -> dict[str, Any]:
-        """JSON-able view: workloads, services, policies, certificates, pods, connections."""
-        st = self._state
-        certs: list[dict[str, Any]] = []
+        """JSON-able view in ztunnel's shape (`configdump.py`), plus Ketch's `node`,
+        `ready`, `draining`, `pods` and `connections`."""
+        return configdump.config_dump(
+            self._state,
+            certificates=self._certificates(),
+            workload_state={p.uid: self._workload_state(p) for p in self._pods.values()},
+            extras={
+                "node": self.node,
+                "ready": self.ready,
+                "draining": self._draining,
+                "pods": self.pods(),
+                "connections": self.connections(),
+            },
+        )
+
+    def _certificates(self) -> list[dict[str, Any]]:
+        states: dict[SpiffeId, str] = {}
         snapshot = getattr(self.certs, "snapshot", None)
-        if callable(snapshot):
-            for s in snapshot():
-                certs.append(
-                    {
-                        "identity": str(getattr(s, "identity", "")),
-                        "state": str(getattr(s, "state", "")),
-                        "serial": (
-                            f"{s.serial:x}" if getattr(s, "serial", None) is not None else None
-                        ),
-                        "not_before": (
-                            s.not_before.isoformat() if getattr(s, "not_before", None) else None
-                        ),
-                        "not_after": (
-                            s.not_after.isoformat() if getattr(s, "not_after", None) else None
-                        ),
-                        "reason": getattr(s, "reason", None),
-                    }
-                )
-        else:
-            certs = list(self.identities.snapshot())
+        if callable(snapshot):  # the CertificateManager's view (states, errors)
+            for st in snapshot():
+                ident = getattr(st, "identity", None)
+                if not isinstance(ident, SpiffeId):
+                    continue
+                state = str(getattr(st, "state", ""))
+                reason = getattr(st, "reason", None)
+                if state == "Unavailable" and reason:
+                    state = f"Unavailable: {reason}"  # ztunnel's form
+                states[ident] = state
+        for ident in self.identities.identities():
+            states.setdefault(ident, "Available")
+        return [
+            configdump.certificate_json(
+                ident.uri, state, self.identities.chain(ident), self.trust_bundle
+            )
+            for ident, state in sorted(states.items())
+        ]
+
+    def _workload_state(self, p: PodRuntime) -> dict[str, Any]:
+        h = p.handle
+        conns = self.tracker.for_pod(p.uid)
         return {
-            "node": self.node,
-            "ready": self.ready,
-            "draining": self._draining,
-            "workloads": [_workload_json(w) for w in st.workloads.values()],
-            "services": [
-                {
-                    "name": s.name,
-                    "namespace": s.namespace,
-                    "hostname": s.hostname,
-                    "vips": [str(v) for v in s.vips],
-                    "ports": [
-                        {"port": p.service_port, "targetPort": p.target_port} for p in s.ports
-                    ],
-                    "subjectAltNames": [i.uri for i in s.subject_alt_names],
-                    "waypoint": str(s.waypoint) if s.waypoint else None,
-                }
-                for s in st.services.values()
-            ],
-            "policies": [
-                {
-                    "name": p.name,
-                    "namespace": p.namespace,
-                    "scope": p.scope.value,
-                    "action": p.action.value,
-                    "rules": len(p.rules),
-                    "dryRun": p.dry_run,
-                }
-                for p in st.policies.values()
-            ],
-            "peerAuthentications": [
-                {"name": p.name, "namespace": p.namespace, "mode": p.mode.value}
-                for p in st.peer_authentications.values()
-            ],
-            "certificates": certs,
-            "pods": self.pods(),
-            "connections": self.connections(),
+            # ztunnel's pod states: Up once served, Pending before, Deleting when removed
+            "state": {PodPhase.READY: "Up", PodPhase.REMOVED: "Deleting"}.get(p.phase, "Pending"),
+            "info": {
+                "name": h.name,
+                "namespace": h.namespace,
+                "trustDomain": p.workload.trust_domain if p.workload else "",
+                "serviceAccount": h.service_account,
+            },
+            "connections": {
+                "inbound": [
+                    {"src": c.src, "originalDst": c.dst, "actualDst": c.dst}
+                    for c in conns
+                    if c.direction is not Direction.OUTBOUND
+                ],
+                "outbound": [
+                    {"src": c.src, "originalDst": c.dst, "actualDst": c.dst}
+                    for c in conns
+                    if c.direction is Direction.OUTBOUND
+                ],
+            },
         }
 
     async def drain(self, deadline: float) -> int:
@@ -476,20 +489,3 @@ class Ztunnel:
             if p.workload is not None and any(a in p.workload.addresses for a in ips):
                 return p
         return None
-
-
-def _workload_json(w: Workload) -> dict[str, Any]:
-    return {
-        "uid": w.uid,
-        "name": w.name,
-        "namespace": w.namespace,
-        "addresses": [str(a) for a in w.addresses],
-        "serviceAccount": w.service_account,
-        "trustDomain": w.trust_domain,
-        "node": w.node,
-        "protocol": w.protocol.value,
-        "status": w.status.value,
-        "identity": w.identity.uri,
-        "services": {k: dict(v) for k, v in w.services.items()},
-        "waypoint": str(w.waypoint) if w.waypoint else None,
-    }

@@ -7,25 +7,29 @@ import pytest
 from ketch.cli.common import CliError
 from ketch.cli.zconfig import SECTIONS, resolve_section, table_rows
 
+# the shape `ketch.ztunnel.configdump` writes (ztunnel's)
 DUMP = {
     "workloads": [
         {
+            "uid": "u1",
             "namespace": "app",
             "name": "a",
-            "addresses": ["10.0.0.1", "fd00::1"],
+            "workloadIps": ["10.0.0.1", "fd00::1"],
             "node": "n1",
             "protocol": "HBONE",
-            "waypoint": None,
-            "identity": "spiffe://cluster.local/ns/app/sa/a",
+            "trustDomain": "cluster.local",
+            "serviceAccount": "a",
+            "waypoint": {"destination": "/10.0.9.8", "hboneMtlsPort": 15008},
         }
     ],
     "services": [
         {
             "namespace": "app",
             "name": "web",
-            "vips": ["10.96.0.1"],
-            "ports": [{"port": 80, "targetPort": 8080}],
-            "waypoint": "10.0.9.9:15008",
+            "vips": ["/10.96.0.1", "net1/10.96.0.2"],
+            "ports": {"80": 8080, "443": 0},
+            "endpoints": {"u1": {"workloadUid": "u1", "service": "app/web", "port": {"80": 8080}}},
+            "waypoint": {"destination": "app/wp.app.svc.cluster.local", "hboneMtlsPort": 15008},
         }
     ],
     "policies": [
@@ -34,7 +38,7 @@ DUMP = {
             "name": "deny",
             "scope": "Namespace",
             "action": "Deny",
-            "rules": 2,
+            "rules": [[[{"destinationPorts": [9]}]], [[{"principals": [{"Exact": "x"}]}]]],
             "dryRun": True,
         }
     ],
@@ -42,12 +46,23 @@ DUMP = {
     "certificates": [
         {
             "identity": "spiffe://cluster.local/ns/app/sa/a",
-            "state": "Unavailable",
-            "serial": None,
-            "not_before": None,
-            "not_after": None,
-            "reason": "CA down",
-        }
+            "state": "Available",
+            "certChain": [
+                {
+                    "pem": "-----BEGIN CERTIFICATE-----",
+                    "serialNumber": "1234",
+                    "validFrom": "2026-01-01T00:00:00Z",
+                    "expirationTime": "2026-01-02T00:00:00Z",
+                }
+            ],
+            "rootCerts": [],
+        },
+        {
+            "identity": "spiffe://cluster.local/ns/app/sa/b",
+            "state": "Unavailable: CA down",
+            "certChain": [],
+            "rootCerts": [],
+        },
     ],
 }
 
@@ -64,12 +79,24 @@ DUMP = {
                     "10.0.0.1,fd00::1",
                     "n1",
                     "HBONE",
-                    "-",
+                    "10.0.9.8:15008",
                     "spiffe://cluster.local/ns/app/sa/a",
                 ]
             ],
         ),
-        ("services", [["app", "web", "10.96.0.1", "80->8080", "10.0.9.9:15008"]]),
+        (
+            "services",
+            [
+                [
+                    "app",
+                    "web",
+                    "10.96.0.1,net1/10.96.0.2",
+                    "80->8080,443->(named)",
+                    "1",
+                    "app/wp.app.svc.cluster.local:15008",
+                ]
+            ],
+        ),
         (
             "policies",
             [
@@ -79,7 +106,16 @@ DUMP = {
         ),
         (
             "certificates",
-            [["spiffe://cluster.local/ns/app/sa/a", "Unavailable", "-", "-", "-", "CA down"]],
+            [
+                [
+                    "spiffe://cluster.local/ns/app/sa/a",
+                    "Available",
+                    "1234",
+                    "2026-01-01T00:00:00Z",
+                    "2026-01-02T00:00:00Z",
+                ],
+                ["spiffe://cluster.local/ns/app/sa/b", "Unavailable: CA down", "-", "-", "-"],
+            ],
         ),
         ("pods", []),
         ("connections", []),

@@ -9,6 +9,7 @@ from ketch.identity.spiffe import SpiffeId
 from ketch.mesh import (
     GatewayAddress,
     HealthStatus,
+    Locality,
     MtlsMode,
     NamespacedHostname,
     Scope,
@@ -260,3 +261,16 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert "not UTF-8" in str(e.value)
+
+
+def test_workload_locality() -> None:
+    loaded = parse_config(
+        "workloads:\n"
+        "- {name: a, addresses: [10.0.0.1], locality: {region: r1, zone: z1, subzone: s1}}\n"
+        "- {name: b, addresses: [10.0.0.2]}\n"
+    )
+    by_name = {w.name: w for w in loaded.state.workloads.values()}
+    assert by_name["a"].locality == Locality("r1", "z1", "s1")
+    assert by_name["b"].locality == Locality()
+    with pytest.raises(ConfigError, match="continent"):
+        parse_config("workloads: [{name: a, locality: {continent: x}}]")

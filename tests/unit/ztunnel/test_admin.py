@@ -57,7 +57,11 @@ def routes(box: Box) -> dict[str, Any]:
 
     return {
         **metrics_routes(reg),
-        **admin_routes(lambda: {"node": "n1", "pods": PODS}, quit, lambda: box.ready, lambda: PODS),
+        **admin_routes(
+            lambda: {"node": "n1", "pods": PODS},
+            quit,
+            lambda: [] if box.ready else ["workload manager", "proxy"],
+        ),
     }
 
 
@@ -79,7 +83,7 @@ def restore_levels() -> Iterator[None]:
         ("POST", "/config_dump", 405, b"accepts GET"),
         ("GET", "/nope", 404, b"try one of"),
         ("GET", "/quitquitquit", 405, b"accepts POST"),
-        ("GET", "/healthz/ready", 503, b"app/b: waiting_for_certificate (CA unreachable)"),
+        ("GET", "/healthz/ready", 500, b"not ready, pending: proxy, workload manager\n"),
         ("GET", "/metrics", 200, b"istio_tcp_connections_opened_total"),
         ("GET", "/stats/prometheus", 200, b"# TYPE"),
         ("POST", "/logging", 400, b"level="),
@@ -97,7 +101,7 @@ def test_routes(
 
 def test_ready_and_quit(routes: dict[str, Any], box: Box) -> None:
     box.ready = True
-    assert respond(routes, "GET", "/healthz/ready") == Response.text(200, "ready")
+    assert respond(routes, "GET", "/healthz/ready") == Response(200, b"ready\n")
     assert box.quits == 0
     assert respond(routes, "POST", "/quitquitquit").status == 200
     assert box.quits == 1
@@ -122,14 +126,15 @@ def test_a_failing_handler_is_a_500_not_a_crash() -> None:
     assert b"see the proxy log" in r.body
 
 
-def test_readiness_lists_only_unready_pods() -> None:
-    r = readiness_routes(lambda: False, lambda: PODS)["/healthz/ready"]["GET"](
-        Request("GET", "/healthz/ready")
-    )
-    assert r.body.decode().splitlines() == [
-        "not ready",
-        "app/b: waiting_for_certificate (CA unreachable)",
-    ]
+def test_readiness_as_ztunnel() -> None:
+    """200 `ready`, else 500 with ztunnel's `not ready, pending: <tasks>` (sorted)."""
+    tasks: list[str] = ["workload manager", "proxy"]
+    get = readiness_routes(lambda: tasks)["/healthz/ready"]["GET"]
+    r = get(Request("GET", "/healthz/ready"))
+    assert (r.status, r.body) == (500, b"not ready, pending: proxy, workload manager\n")
+    tasks.clear()
+    r = get(Request("GET", "/healthz/ready"))
+    assert (r.status, r.body) == (200, b"ready\n")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 from ipaddress import ip_address
@@ -17,11 +18,28 @@ from ketch.identity.ca import CertificateAuthority
 from ketch.identity.manager import WorkloadCert as ManagerCert
 from ketch.identity.spiffe import SpiffeId
 from ketch.mesh import Workload
-from ketch.ztunnel.connections import ConnectionTracker, Direction, start_splice
+from ketch.ztunnel.connections import (
+    ConnectionTracker,
+    Direction,
+    reset_transport,
+    start_splice,
+)
+from ketch.ztunnel.hbone import (
+    ConnectRefused,
+    ErrorCode,
+    IdentityMismatch,
+    ProtocolError,
+    TlsError,
+)
 from ketch.ztunnel.identity import IdentityContexts, IdentityUnavailable, to_tls_cert
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.rbac import Connection
-from ketch.ztunnel.telemetry import Reporter, SecurityPolicy
+from ketch.ztunnel.telemetry import (
+    Reporter,
+    ResponseFlags,
+    SecurityPolicy,
+    connect_failure_flag,
+)
 
 TD = "cluster.local"
 
@@ -51,6 +69,51 @@ async def test_tracker_register_close_and_wait_empty() -> None:
     assert await t.wait_empty(1.0)
     assert t.all() == []
     assert c1.describe()["direction"] == "inbound"
+
+
+def test_tracker_close_goes_on_past_a_closer_that_finds_its_socket_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t = ConnectionTracker()
+    closed: list[str] = []
+
+    def gone(_: str) -> None:
+        raise ValueError("negative file descriptor")  # uvloop, socket already closed
+
+    def ebadf(_: str) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+    ids = [
+        t.register("p", Direction.INBOUND, "a", "b", gone).id,
+        t.register("p", Direction.INBOUND, "a", "c", ebadf).id,
+        t.register("p", Direction.INBOUND, "a", "d", closed.append).id,
+    ]
+    with caplog.at_level(logging.DEBUG, logger="ketch.ztunnel"):
+        assert [c.dst for c in t.close(ids, "denied")] == ["b", "c", "d"]
+    assert closed == ["denied"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+def test_reset_transport_of_a_closed_uvloop_transport_is_a_no_op() -> None:
+    """uvloop's pseudo-socket raises ValueError once its fd is gone."""
+    import uvloop
+
+    async def main() -> None:
+        async def serve(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.close()
+
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+            reset_transport(w.transport)
+            reset_transport(w.transport)  # closing, fd gone: must not raise
+            await asyncio.sleep(0)
+            reset_transport(w.transport)  # closed
+        finally:
+            srv.close()
+
+    uvloop.run(main())
 
 
 # --------------------------------------------------------------------- metrics
@@ -91,7 +154,7 @@ def test_metrics_cache_and_byte_accounting() -> None:
     c.closed(100, 100)  # idempotent
     c.sync(500, 500)  # after close: ignored
     m.opened(v2).closed(1, 2)
-    m.failed(m.label_values(Reporter.DESTINATION, **kw))
+    m.opened(m.label_values(Reporter.DESTINATION, **kw)).closed(flag=ResponseFlags.DENY)
     assert m.cached_label_sets() == 2
     assert _sample(reg, "istio_tcp_connections_opened_total", reporter="source") == 2
     assert _sample(reg, "istio_tcp_connections_closed_total", reporter="source") == 2
@@ -105,8 +168,73 @@ def test_metrics_cache_and_byte_accounting() -> None:
             source_principal=ident.uri,
             source_workload="src",
         )
-        == 2
+        == 3  # the denied inbound one too: opened counts attempts
     )
+
+
+def _series(reg: CollectorRegistry) -> dict[tuple[str, str, str], float]:
+    """(sample name, reporter, response_flags) -> value, for the non-zero TCP counters."""
+    out: dict[tuple[str, str, str], float] = {}
+    for fam in reg.collect():
+        for s in fam.samples:
+            if s.name.startswith("istio_tcp_connections") and s.value:
+                key = (s.name, s.labels["reporter"], s.labels["response_flags"])
+                out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def test_metrics_opened_closed_failed_as_ztunnel() -> None:
+    """Every opened connection is closed; a failure is counted as failed *and* closed on
+    the label set with its flag; success and `-` never count as failed; no `_created`."""
+    reg = CollectorRegistry()
+    m = ZtunnelMetrics(reg)
+    kw: dict[str, Any] = dict(
+        src_workload=_wl("src"),
+        src_identity=SpiffeId(TD, "ns", "default"),
+        dst_workload=_wl("dst"),
+        dst_service=None,
+        security_policy=SecurityPolicy.MUTUAL_TLS,
+    )
+    inbound = m.label_values(Reporter.DESTINATION, **kw)
+    outbound = m.label_values(Reporter.SOURCE, **kw)
+    m.opened(inbound).closed(10, 20)
+    m.opened(inbound).closed(flag=ResponseFlags.DENY)
+    m.opened(outbound).closed(flag=ResponseFlags.CONNECT)
+    m.opened(outbound).closed(flag=ResponseFlags.TLS_FAILURE)
+    still_open = m.opened(outbound)
+    assert _series(reg) == {
+        ("istio_tcp_connections_opened_total", "destination", "-"): 2,
+        ("istio_tcp_connections_closed_total", "destination", "-"): 1,
+        ("istio_tcp_connections_closed_total", "destination", "DENY"): 1,
+        ("istio_tcp_connections_failed_total", "destination", "DENY"): 1,
+        ("istio_tcp_connections_opened_total", "source", "-"): 3,
+        ("istio_tcp_connections_closed_total", "source", "CONNECT"): 1,
+        ("istio_tcp_connections_failed_total", "source", "CONNECT"): 1,
+        ("istio_tcp_connections_closed_total", "source", "TLS_FAILURE"): 1,
+        ("istio_tcp_connections_failed_total", "source", "TLS_FAILURE"): 1,
+    }
+    assert reg.get_sample_value("istio_tcp_sockets_open", {"reporter": "source"}) == 1
+    assert reg.get_sample_value("istio_tcp_sockets_open", {"reporter": "destination"}) == 0
+    still_open.closed(1, 1)
+    assert reg.get_sample_value("istio_tcp_sockets_open", {"reporter": "source"}) == 0
+    names = {s.name for fam in reg.collect() for s in fam.samples}
+    assert not [n for n in names if n.endswith("_created")]
+
+
+def test_connect_failure_flags() -> None:
+    exp = (SpiffeId(TD, "ns", "a"),)
+    assert connect_failure_flag(IdentityMismatch(exp, ())) is ResponseFlags.TLS_FAILURE
+    assert connect_failure_flag(TlsError("handshake")) is ResponseFlags.TLS_FAILURE
+    assert (
+        connect_failure_flag(ProtocolError(ErrorCode.PROTOCOL_ERROR, "bad preface"))
+        is ResponseFlags.H2_HANDSHAKE_FAILURE
+    )
+    assert connect_failure_flag(ConnectRefused("10.0.0.1:80", 401)) is ResponseFlags.CONNECT
+    assert connect_failure_flag(ConnectionRefusedError()) is ResponseFlags.CONNECT
+    assert connect_failure_flag(TimeoutError()) is ResponseFlags.CONNECT
+    assert connect_failure_flag(IdentityUnavailable("no CA")) is ResponseFlags.IDENTITY_ERROR
+    assert not ResponseFlags.NONE.failed
+    assert ResponseFlags.NONE.value == "-"
 
 
 # --------------------------------------------------------------------- identity

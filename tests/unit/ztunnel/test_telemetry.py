@@ -6,13 +6,14 @@ from ipaddress import ip_address
 import pytest
 
 from ketch.identity.spiffe import SpiffeId
-from ketch.mesh import Service, ServicePort, Workload
+from ketch.mesh import Locality, Service, ServicePort, Workload
 from ketch.ztunnel.telemetry import (
     ACCESS_LOG_FIELDS,
     TCP_LABEL_NAMES,
     AccessLogRecord,
     Direction,
     Reporter,
+    ResponseFlags,
     SecurityPolicy,
     access_log_record,
     canonical_revision,
@@ -29,8 +30,9 @@ SRC = Workload(
     addresses=(ip_address("10.0.1.1"),),
     service_account="client",
     workload_name="client",
-    cluster_id="Kubernetes",
+    cluster_id="east",
     labels={"app": "client", "version": "v1"},
+    locality=Locality("us-east1", "us-east1-b", "rack7"),
 )
 DST = Workload(
     uid="s1",
@@ -75,6 +77,10 @@ REFERENCE_LABELS = [
     "request_protocol",
     "connection_security_policy",
     "response_flags",
+    "source_region",
+    "source_zone",
+    "destination_region",
+    "destination_zone",
 ]
 
 
@@ -102,7 +108,7 @@ def test_full_labels() -> None:
         "source_principal": "spiffe://cluster.local/ns/shop/sa/client",
         "source_app": "client",
         "source_version": "v1",
-        "source_cluster": "Kubernetes",
+        "source_cluster": "east",
         "destination_service": "ledger.bank.svc.cluster.local",
         "destination_service_namespace": "bank",
         "destination_service_name": "ledger",
@@ -111,12 +117,18 @@ def test_full_labels() -> None:
         "destination_canonical_revision": "2.0",
         "destination_workload_namespace": "bank",
         "destination_principal": "spiffe://cluster.local/ns/bank/sa/server",
-        "destination_app": "ledger-app",
+        # ztunnel: app/version = canonical service/revision, not the app labels
+        "destination_app": "ledger",
         "destination_version": "2.0",
-        "destination_cluster": "unknown",
+        # no cluster id: Istio's default cluster name
+        "destination_cluster": "Kubernetes",
         "request_protocol": "tcp",
         "connection_security_policy": "mutual_tls",
         "response_flags": "-",
+        "source_region": "us-east1",
+        "source_zone": "us-east1-b",
+        "destination_region": "unknown",
+        "destination_zone": "unknown",
     }
 
 
@@ -128,10 +140,10 @@ def test_unknown_source_and_no_service() -> None:
         dst_workload=None,
         dst_service=None,
         security_policy=SecurityPolicy.UNKNOWN,
-        response_flags="",
+        response_flags=ResponseFlags.DENY,
     )
     assert labels["reporter"] == "source"
-    assert labels["response_flags"] == "-"
+    assert labels["response_flags"] == "DENY"
     for name in TCP_LABEL_NAMES:
         if name.startswith(("source_", "destination_")):
             assert labels[name] == "unknown", name
@@ -181,51 +193,72 @@ def test_canonical_names(
 
 
 def _record(error: str | BaseException | None = None) -> AccessLogRecord:
+    """An inbound HBONE connection as the destination proxy logs it."""
     return access_log_record(
         direction=Direction.INBOUND,
         src=(ip_address("10.0.1.1"), 40000),
         src_workload=SRC,
         src_identity=SRC.identity,
-        dst=(ip_address("10.0.2.1"), 8080),
+        dst=(ip_address("10.0.2.1"), 15008),
         dst_workload=DST,
         dst_service=SVC,
-        hbone_addr=(ip_address("10.0.2.1"), 15008),
+        security_policy=SecurityPolicy.MUTUAL_TLS,
+        hbone_addr=(ip_address("10.0.2.1"), 8080),
         bytes_sent=10,
         bytes_recv=2048,
-        duration_s=0.0125,
+        duration_s=0.0129,
         error=error,
     )
 
 
-def test_access_log_json_has_reference_fields() -> None:
+def test_access_log_json_has_ztunnel_fields() -> None:
     rec = _record()
     obj = json.loads(format_json(rec))
     assert obj == {
         "src.addr": "10.0.1.1:40000",
-        "src.workload": "client",
+        "src.workload": "client-7f9c-abc",  # the pod name, as ztunnel
         "src.namespace": "shop",
         "src.identity": "spiffe://cluster.local/ns/shop/sa/client",
-        "dst.addr": "10.0.2.1:8080",
-        "dst.hbone_addr": "10.0.2.1:15008",
+        "src.cluster": "east",
+        "dst.addr": "10.0.2.1:15008",  # the L4 hop
+        "dst.hbone_addr": "10.0.2.1:8080",  # the :authority
         "dst.service": "ledger.bank.svc.cluster.local",
         "dst.workload": "server-1",
         "dst.namespace": "bank",
         "dst.identity": "spiffe://cluster.local/ns/bank/sa/server",
+        "dst.cluster": "Kubernetes",
         "direction": "inbound",
         "bytes_sent": 10,
         "bytes_recv": 2048,
-        "duration": 12.5,
+        "duration": "12ms",  # whole milliseconds
     }
-    assert set(obj) | {"error"} == set(ACCESS_LOG_FIELDS)
+    assert [*obj, "error"] == list(ACCESS_LOG_FIELDS)
 
 
 def test_access_log_text_and_error() -> None:
     rec = _record(ConnectionResetError("peer reset the connection"))
     text = format_text(rec)
-    assert text.startswith("src.addr=10.0.1.1:40000 src.workload=client ")
-    assert " duration=12.5ms " in text
+    assert text.startswith("src.addr=10.0.1.1:40000 src.workload=client-7f9c-abc ")
+    assert " duration=12ms " in text
     assert text.endswith('error="peer reset the connection"')
     assert json.loads(format_json(rec))["error"] == "peer reset the connection"
+
+
+def test_access_log_identities_only_with_mtls() -> None:
+    rec = access_log_record(
+        direction=Direction.OUTBOUND,
+        src=(ip_address("10.0.1.1"), 40000),
+        src_workload=SRC,
+        src_identity=SRC.identity,
+        dst=(ip_address("10.0.2.1"), 8080),
+        dst_workload=DST,
+        dst_service=None,
+        security_policy=SecurityPolicy.UNKNOWN,
+    )
+    fields = rec.fields()
+    assert "src.identity" not in fields
+    assert "dst.identity" not in fields
+    assert fields["dst.workload"] == "server-1"
 
 
 def test_access_log_minimal_plaintext() -> None:
@@ -237,9 +270,12 @@ def test_access_log_minimal_plaintext() -> None:
         dst=(ip_address("192.0.2.1"), 443),
         dst_workload=None,
         dst_service=None,
+        security_policy=SecurityPolicy.UNKNOWN,
         error=TimeoutError(),
+        response_flags=ResponseFlags.CONNECT,
     )
     assert format_text(rec) == (
         "src.addr=[fd00::1]:5000 dst.addr=192.0.2.1:443 direction=outbound bytes_sent=0 "
-        "bytes_recv=0 duration=0.0ms error=TimeoutError"
+        "bytes_recv=0 duration=0ms error=TimeoutError"
     )
+    assert rec.response_flags is ResponseFlags.CONNECT
