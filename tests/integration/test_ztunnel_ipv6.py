@@ -93,22 +93,26 @@ async def test_ipv6_connection_goes_through_hbone_and_policy_applies(mesh6: Mesh
             connection_security_policy="mutual_tls",
             source_principal="spiffe://cluster.local/ns/app/sa/a",
         )
-        == 2
+        == 3  # v6 and v4 delivered, and the denied v6 attempt (opened counts attempts)
     )
 
     def inbound() -> list[AccessLogRecord]:
         return [r for r in n2.access if r.direction.value == "inbound" and not r.error]
 
     await eventually(lambda: len(inbound()) == 2)  # written when the connection is done
-    assert sorted(rec.dst_hbone_addr for rec in inbound()) == sorted(
+    # as ztunnel logs it: dst.addr is the L4 hop (15008), dst.hbone_addr the CONNECT target
+    assert sorted(rec.dst_addr for rec in inbound()) == sorted(
         [f"[{b.pod.ip6}]:15008", f"{b.ip}:15008"]
+    )
+    assert sorted(rec.dst_hbone_addr for rec in inbound()) == sorted(
+        [f"[{b.pod.ip6}]:9200", f"{b.ip}:9200"]
     )
     assert sorted(rec.src_addr.rpartition(":")[0] for rec in inbound()) == sorted(
         [f"[{a.pod.ip6}]", a.ip]
     )
     # ... and node1 sent it as HBONE to b's IPv6 address
     assert any(
-        rec.dst_hbone_addr == f"[{b.pod.ip6}]:15008" and not rec.error
+        rec.dst_addr == f"[{b.pod.ip6}]:15008" and not rec.error
         for rec in n1.access
         if rec.direction.value == "outbound"
     )
@@ -118,10 +122,11 @@ async def test_ipv6_connection_goes_through_hbone_and_policy_applies(mesh6: Mesh
             "istio_tcp_connections_failed_total",
             reporter="destination",
             source_principal="spiffe://cluster.local/ns/app/sa/a",
+            response_flags="DENY",
         )
         == 1
     )
-    assert any("denied" in rec.error for rec in n2.access)
+    assert any("denied by DENY policy app/deny-port" in rec.error for rec in n2.access)
 
 
 async def test_ipv6_plaintext_in_and_passthrough_out(mesh6: Mesh) -> None:

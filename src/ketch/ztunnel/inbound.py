@@ -6,7 +6,7 @@ client certificate chains to our roots and is in the pod's trust domain, and ans
 malformed requests (not CONNECT, bad authority) with 400 itself. For every CONNECT it calls
 `handle()`, which decides (`decide()`, pure, table-tested) then acts:
 
-1. no workload for the pod yet, or the pod is leaving -> 503 (ztunnel answers 503 too);
+1. no workload for the pod yet, or the pod was removed -> 503 (ztunnel answers 503 too);
 2. the `:authority` must be `<this pod's IP>:<port>`, and that IP must be the address the
    connection arrived on -> else 400 (the proxy does not serve that address);
 3. the target port must not be a proxy port (15001/15006/15008) -> else 503 (self-call);
@@ -39,7 +39,7 @@ from ketch.netns import NetnsError, canonical_ip
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.hbone import HboneError, IncomingConnect, RelayProgress, Tunnel, relay
 from ketch.ztunnel.hbone.headers import Authority
-from ketch.ztunnel.pod import PodRuntime, ProxyContext, connect_app
+from ketch.ztunnel.pod import PodPhase, PodRuntime, ProxyContext, connect_app
 from ketch.ztunnel.rbac import Connection, Decision, authorize
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.telemetry import Direction as LogDirection
@@ -90,7 +90,7 @@ def decide(
     state: ProxyState,
     workload: Workload | None,
     *,
-    accepting: bool,
+    removed: bool,
     local_ip: IpAddr,
     target: Authority,
     peer: tuple[IpAddr, int],
@@ -98,7 +98,8 @@ def decide(
 ) -> Refusal | Admit:
     """The inbound decision, without I/O, in ztunnel's order (proxy/inbound.rs):
 
-    1. no workload for this pod yet, or the pod is leaving -> 503;
+    1. no workload for this pod yet, or the pod was removed from the mesh -> 503 (while the
+       proxy drains, streams the peer opened before our GOAWAY are still served);
     2. the authority's IP is not the address the connection arrived on, or not one of the
        pod's -> 400 (this proxy does not serve that address here);
     3. the target port is a node-proxy port -> 503 (self-call);
@@ -106,8 +107,8 @@ def decide(
     """
     if workload is None:
         return Refusal(503, "no workload is known for this pod yet")
-    if not accepting:
-        return Refusal(503, "the pod is leaving the mesh or the proxy is draining")
+    if removed:
+        return Refusal(503, "the pod was removed from the mesh")
     if target.ip != local_ip or target.ip not in workload.addresses:
         return Refusal(
             400, f"{target} is not an address this proxy serves here (arrived on {local_ip})"
@@ -134,7 +135,7 @@ async def handle(zt: ProxyContext, pod: PodRuntime, inc: IncomingConnect) -> Non
     verdict = decide(
         st,
         w,
-        accepting=pod.accepting,
+        removed=pod.phase is PodPhase.REMOVED,
         local_ip=local_ip,
         target=target,
         peer=src,

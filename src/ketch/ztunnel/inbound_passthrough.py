@@ -56,7 +56,7 @@ async def handle(
     if dst_port in SELF_PORTS:
         reset_stream(writer)
         return
-    if not await pod.wait_ready() or not pod.accepting:
+    if not await pod.wait_ready():
         log.warning(
             "pod %s: refusing plaintext inbound from %s: pod not ready (%s)",
             pod.uid,

@@ -135,7 +135,7 @@ async def handle(
         )
         reset_stream(writer)
         return
-    if not await pod.wait_ready() or not pod.accepting:
+    if not await pod.wait_ready():
         log.warning(
             "pod %s: refusing outbound %s -> %s:%s: pod not ready (%s)",
             pod.uid,

@@ -77,7 +77,6 @@ class PodRuntime:
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     config_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    accepting: bool = True
 
     @property
     def uid(self) -> str:

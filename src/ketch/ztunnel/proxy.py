@@ -315,7 +315,6 @@ class Ztunnel:
 
     async def _close_pod(self, pod: PodRuntime, reason: str) -> None:
         pod.phase = PodPhase.REMOVED
-        pod.accepting = False
         pod.ready_event.set()  # wake waiters: they see REMOVED
         for t in pod.tasks:
             t.cancel()
@@ -440,8 +439,10 @@ class Ztunnel:
         pods = list(self._pods.values())
 
         def stop_accepting() -> None:
+            # Connections already accepted, and streams on HBONE connections the peer opened
+            # before our GOAWAY, are served to the end (HTTP/2 graceful shutdown); only the
+            # listeners stop.
             for p in pods:
-                p.accepting = False
                 for srv in p.servers:
                     srv.close()  # closes the 15001/15006 listening sockets
                 if p.hbone is None:

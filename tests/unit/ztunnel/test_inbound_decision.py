@@ -34,27 +34,27 @@ def state(*policies: dict[str, object]) -> ProxyState:
 
 
 @pytest.mark.parametrize(
-    ("name", "workload", "accepting", "local", "authority", "policies", "want"),
+    ("name", "workload", "removed", "local", "authority", "policies", "want"),
     [
-        ("admitted", POD, True, "10.0.0.2", "10.0.0.2:8080", (), 200),
-        ("admitted over IPv6", POD, True, "fd00::2", "[fd00::2]:8080", (), 200),
-        ("no workload yet: 503 as ztunnel", None, True, "10.0.0.2", "10.0.0.2:8080", (), 503),
-        ("pod leaving / draining: 503", POD, False, "10.0.0.2", "10.0.0.2:8080", (), 503),
-        ("authority IP is not where it arrived", POD, True, "10.0.0.2", "[fd00::2]:8080", (), 400),
-        ("authority IP not the pod's", POD, True, "10.0.0.2", "10.0.0.9:8080", (), 400),
-        ("arrived on another address", POD, True, "10.0.0.9", "10.0.0.2:8080", (), 400),
-        ("self-call 15008: 503 as ztunnel", POD, True, "10.0.0.2", "10.0.0.2:15008", (), 503),
-        ("self-call 15001", POD, True, "10.0.0.2", "10.0.0.2:15001", (), 503),
-        ("self-call 15006", POD, True, "10.0.0.2", "10.0.0.2:15006", (), 503),
-        ("policy deny: 401", POD, True, "10.0.0.2", "10.0.0.2:8080", (DENY_CLIENT,), 401),
+        ("admitted", POD, False, "10.0.0.2", "10.0.0.2:8080", (), 200),
+        ("admitted over IPv6", POD, False, "fd00::2", "[fd00::2]:8080", (), 200),
+        ("no workload yet: 503 as ztunnel", None, False, "10.0.0.2", "10.0.0.2:8080", (), 503),
+        ("pod removed from the mesh: 503", POD, True, "10.0.0.2", "10.0.0.2:8080", (), 503),
+        ("authority IP is not where it arrived", POD, False, "10.0.0.2", "[fd00::2]:8080", (), 400),
+        ("authority IP not the pod's", POD, False, "10.0.0.2", "10.0.0.9:8080", (), 400),
+        ("arrived on another address", POD, False, "10.0.0.9", "10.0.0.2:8080", (), 400),
+        ("self-call 15008: 503 as ztunnel", POD, False, "10.0.0.2", "10.0.0.2:15008", (), 503),
+        ("self-call 15001", POD, False, "10.0.0.2", "10.0.0.2:15001", (), 503),
+        ("self-call 15006", POD, False, "10.0.0.2", "10.0.0.2:15006", (), 503),
+        ("policy deny: 401", POD, False, "10.0.0.2", "10.0.0.2:8080", (DENY_CLIENT,), 401),
         # self-call is refused before policy is evaluated
-        ("self-call before policy", POD, True, "10.0.0.2", "10.0.0.2:15006", (DENY_CLIENT,), 503),
+        ("self-call before policy", POD, False, "10.0.0.2", "10.0.0.2:15006", (DENY_CLIENT,), 503),
     ],
 )
 def test_decide(
     name: str,
     workload: Workload | None,
-    accepting: bool,
+    removed: bool,
     local: str,
     authority: str,
     policies: tuple[dict[str, object], ...],
@@ -64,7 +64,7 @@ def test_decide(
     verdict = decide(
         state(*policies),
         workload,
-        accepting=accepting,
+        removed=removed,
         local_ip=ip_address(local),
         target=target,
         peer=(ip_address("10.0.1.5"), 40000),
