@@ -116,8 +116,8 @@ def test_objects_translated() -> None:
     )
     assert svc.ports[0].target_port == 0  # named: resolved per workload
     assert w.authorization_policies == (
-        "app/converted_peer_authentication_web-metrics",
         "app/web-allow",
+        "app/converted_peer_authentication_web-metrics",
     )
     assert set(snap.authorizations) == {
         "app/web-allow",

@@ -383,6 +383,12 @@ def gateway(name: str, waypoint_for: str | None) -> Gateway:
             id="other-namespace",
         ),
         pytest.param({}, {}, None, id="none"),
+        pytest.param(
+            {"gateway.istio.io/managed": "istio.io-mesh-controller"},
+            {"istio.io/use-waypoint": "nswp"},
+            None,
+            id="waypoint-pod-has-no-waypoint",
+        ),
     ],
 )
 def test_pod_waypoint_label(
@@ -475,10 +481,11 @@ def test_authorization_policy_names() -> None:
         ],
     )
     w = translate(pod(labels={"app": "web"}), policies_index=index)
+    # istiod's order: the AuthorizationPolicies sorted, then the PeerAuthentication ones
     assert w.authorization_policies == (
         "app/sel",
-        "istio-system/istio_converted_static_strict",
         "istio-system/root-sel",
+        "istio-system/istio_converted_static_strict",
     )
 
 

@@ -59,6 +59,9 @@ ZONE_LABEL: Final = "topology.kubernetes.io/zone"
 SUBZONE_LABEL: Final = "topology.istio.io/subzone"
 #: `istio.io/use-waypoint: none` opts an object out of its namespace's waypoint.
 USE_WAYPOINT_NONE: Final = "none"
+#: Waypoint pods carry this label; a waypoint has no waypoint of its own.
+MANAGED_GATEWAY_LABEL: Final = "gateway.istio.io/managed"
+MANAGED_BY_MESH_CONTROLLER: Final = "istio.io-mesh-controller"
 
 _TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -96,22 +99,20 @@ class PolicyIndex:
         *,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     ) -> tuple[str, ...]:
-        """`Workload.authorization_policies`: the selector-scoped policies of `namespace` or
-        the root namespace that select `labels`, plus the PeerAuthentication-derived names;
-        sorted, as istiod sends them."""
-        names = {
+        """`Workload.authorization_policies` in istiod's order: the selector-scoped policies
+        of `namespace` or the root namespace that select `labels` (sorted), then the
+        PeerAuthentication-derived names (sorted)."""
+        names = sorted(
             a.key
             for a in self.authorizations
             if a.namespace in (namespace, root_namespace)
             and a.selector is not None
             and selector_matches(a.selector, labels)
-        }
-        names.update(
-            workload_policy_names(
-                self.peer_authentications, namespace, labels, root_namespace=root_namespace
-            )
         )
-        return tuple(sorted(names))
+        derived = workload_policy_names(
+            self.peer_authentications, namespace, labels, root_namespace=root_namespace
+        )
+        return (*names, *derived)
 
 
 #: Waypoints by `namespace/name`, with the traffic they take (`istio.io/waypoint-for`).
@@ -303,7 +304,9 @@ def workload_for_pod(
         trust_domain=trust_domain,
         node=pod.spec.node_name or "",
         protocol=TunnelProtocol.HBONE if redirected else TunnelProtocol.NONE,
-        waypoint=_waypoint(labels, namespace, ns, waypoints, _FOR_WORKLOADS, domain_suffix),
+        waypoint=None
+        if labels.get(MANAGED_GATEWAY_LABEL) == MANAGED_BY_MESH_CONTROLLER
+        else _waypoint(labels, namespace, ns, waypoints, _FOR_WORKLOADS, domain_suffix),
         canonical_name=wellknown.canonical_service(labels, name),
         canonical_revision=wellknown.canonical_revision(labels),
         workload_name=name,
