@@ -168,3 +168,12 @@ def test_snapshot_enforced_by_the_node_proxy() -> None:
 def test_no_objects() -> None:
     snap = translate_all([])
     assert (snap.workloads, snap.services, snap.authorizations, snap.warnings) == ({}, {}, {}, ())
+
+
+def test_manifests_are_accepted_and_invalid_ones_warned_about() -> None:
+    manifests = [r.to_manifest() for r in load_text(CLUSTER, "cluster.yaml").resources]
+    broken = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad", "namespace": "app"}}
+    snap = translate_all([*manifests, broken], cluster_id="c1")
+    assert snap.workloads.keys() == snapshot().workloads.keys()
+    assert snap.authorizations.keys() == snapshot().authorizations.keys()
+    assert any(m.startswith("Pod app/bad: not sent") for m in snap.warnings)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from ketch.api import (
     AuthorizationPolicy,
@@ -26,7 +27,9 @@ from ketch.api import (
     PeerAuthentication,
     Pod,
     Resource,
+    ResourceError,
     Service,
+    from_manifest,
 )
 from ketch.control.translate.peer_authentication import converted_policies
 from ketch.control.translate.policy import (
@@ -81,15 +84,38 @@ def _ref(obj: Resource) -> str:
     return f"{obj.kind} {_ns(obj)}/{obj.name}"
 
 
+def _resources(
+    objects: Iterable[Resource | Mapping[str, Any]], warnings: list[str]
+) -> list[Resource]:
+    """Typed objects; manifests (the store keeps manifests) are validated as `ketch apply`
+    does, and one that fails is left out with a warning."""
+    out: list[Resource] = []
+    for o in objects:
+        if isinstance(o, Resource):
+            out.append(o)
+            continue
+        try:
+            out.append(from_manifest(o, source="store"))
+        except ResourceError as e:
+            meta = o.get("metadata") if isinstance(o, Mapping) else None
+            ref = ""
+            if isinstance(meta, Mapping):
+                ref = f"{o.get('kind')} {meta.get('namespace') or 'default'}/{meta.get('name')}: "
+            warnings.append(f"{ref}not sent to the node proxies: invalid object: {e}")
+    return out
+
+
 def translate_all(
-    objects: Iterable[Resource],
+    objects: Iterable[Resource | Mapping[str, Any]],
     *,
     cluster_id: str = DEFAULT_CLUSTER_ID,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX,
 ) -> MeshSnapshot:
-    """The mesh snapshot of `objects` (any kinds; those that do not matter are ignored)."""
+    """The mesh snapshot of `objects`: typed `ketch.api` resources or manifests, any kinds
+    (those that do not matter are ignored)."""
+    warnings: list[str] = []
     namespaces: dict[str, Namespace] = {}
     nodes: dict[str, Node] = {}
     pods: list[Pod] = []
@@ -97,7 +123,7 @@ def translate_all(
     gateways: list[Gateway] = []
     aps: list[AuthorizationPolicy] = []
     pas: list[PeerAuthentication] = []
-    for o in objects:
+    for o in _resources(objects, warnings):
         if isinstance(o, Namespace):
             namespaces[o.name] = o
         elif isinstance(o, Node):
@@ -113,7 +139,6 @@ def translate_all(
         elif isinstance(o, PeerAuthentication):
             pas.append(o)
 
-    warnings: list[str] = []
     authorizations: dict[str, Authorization] = {}
     for ap in sorted(aps, key=_ref):
         warnings += [f"{_ref(ap)}: {path}: {msg}" for path, msg in policy_warnings(ap)]
