@@ -126,10 +126,16 @@ def _upsert(state: ProxyState, objs: Iterable[MeshObject]) -> ProxyState:
     )
 
 
+def _one_clause(why: str) -> str:
+    """A reason fit for the NACK message `"<name>: <reason>; ..."`: one line, no `; `."""
+    return " ".join(why.split()).replace("; ", ", ")
+
+
 @dataclass
 class StateApplier:
     """The xDS client's `apply` callback (see the module docstring). The decoders raise
-    any `Exception` for a resource they cannot convert; its text is the NACK reason."""
+    any `Exception` for a resource they cannot convert; its text is the NACK reason
+    (made one line without `; `, so the joined NACK message stays parseable)."""
 
     target: StateTarget
     decode_address: Callable[[Any], Workload | Service]
@@ -155,6 +161,7 @@ class StateApplier:
         old = self.target.state
         new, more = apply_changes(old, type_url, decoded, removals)
         rejected.update(more)
+        rejected = {name: _one_clause(why) for name, why in rejected.items()}
         if new is not old:
             self.target.update_state(new)
         log.debug(

@@ -245,10 +245,14 @@ def test_state_applier_decodes_applies_and_rejects_per_resource() -> None:
     apply = StateApplier(target, _decode, _decode)
     rejected = apply(
         ADDRESS_TYPE,
-        [_Res(W1_MOVED.uid, W1_MOVED), _Res("bad", ValueError("bad bytes")), _Res("x", KeyError())],
+        [
+            _Res(W1_MOVED.uid, W1_MOVED),
+            _Res("bad", ValueError("bad\nbytes; really")),
+            _Res("x", KeyError()),
+        ],
         [W2.uid],
     )
-    assert rejected == {"bad": "bad bytes", "x": "KeyError"}
+    assert rejected == {"bad": "bad bytes, really", "x": "KeyError"}
     assert target.state.workloads == {W1.uid: W1_MOVED}
     assert target.updates == 1
     # all rejected, nothing removed: the proxy's state is not swapped
