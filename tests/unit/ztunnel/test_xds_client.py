@@ -21,9 +21,11 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from ketch.identity.ca import CertificateAuthority
-from ketch.mesh import Action, Authorization, Scope, Service, ServicePort, Workload
+from ketch.mesh import Action, Authorization, Rule, Scope, Service, ServicePort, Workload
 from ketch.util.tasks import spawn
+from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.proxy import Ztunnel
+from ketch.ztunnel.rbac import Connection
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.xds_client import Backoff, XdsClient, make_node, node_credentials
 from ketch.ztunnel.xds_state import ADDRESS_TYPE, AUTHORIZATION_TYPE, StateApplier
@@ -235,6 +237,33 @@ async def test_initial_sync_update_and_removal(
         await eventually(lambda: fake.answer_to(nonce) and fake.answer_to(nonce2))
         assert names(proxy.state) == {W1.uid, W2.uid, P2.key}
         assert client.stats.nacks == 0
+    finally:
+        await server.stop(0)
+
+
+async def test_policy_push_closes_connections_it_now_denies(
+    tmp_path: Path, proxy: Ztunnel, client: XdsClient
+) -> None:
+    fake = FakeAds({W1: "1"})
+    server = await serve(fake, tmp_path / "ads.sock")
+    try:
+        await client.start()
+        await eventually(lambda: client.synced)
+        reasons: list[str] = []
+        info = Connection(ip_address("10.0.0.7"), 40000, None, W1, ip_address("10.0.0.1"), 80)
+        proxy.tracker.register(
+            W1.uid, Direction.INBOUND, "10.0.0.7:40000", "10.0.0.1:80", reasons.append, info=info
+        )
+        deny_all = Authorization(
+            name="deny-all",
+            namespace="default",
+            scope=Scope.NAMESPACE,
+            action=Action.DENY,
+            rules=(Rule(),),
+        )
+        nonce = fake.push(AUTHORIZATION_TYPE, v({deny_all: "1"}))
+        await eventually(lambda: fake.answer_to(nonce))
+        assert reasons == ["denied by the updated authorization policy"]
     finally:
         await server.stop(0)
 

@@ -22,7 +22,7 @@ from typing import Any
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from ketch.mesh import Action, Authorization, Scope, Service, ServicePort, Workload
+from ketch.mesh import Action, Authorization, Rule, Scope, Service, ServicePort, Workload
 from ketch.ztunnel.xds_state import ADDRESS_TYPE, AUTHORIZATION_TYPE, TYPES, ApplyFn
 
 
@@ -92,6 +92,7 @@ def encode(obj: Workload | Service | Authorization | dict[str, Any]) -> any_pb2.
             "namespace": obj.namespace,
             "scope": obj.scope.name,
             "action": obj.action.name,
+            "match_all_rules": len(obj.rules),  # the stand-in carries only clause-less rules
         }
         t = AUTHORIZATION_TYPE
     else:
@@ -127,4 +128,5 @@ def decode_authorization(a: any_pb2.Any) -> Authorization:
         namespace=body["namespace"],
         scope=Scope[body["scope"]],
         action=Action[body["action"]],
+        rules=tuple(Rule() for _ in range(body.get("match_all_rules", 0))),
     )
