@@ -18,25 +18,22 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from ketch.identity.ca import CertificateAuthority
 from ketch.mesh import Action, Authorization, Rule, Scope, Service, ServicePort, Workload
-from ketch.util.tasks import spawn
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.proxy import Ztunnel
 from ketch.ztunnel.rbac import Connection
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.xds_client import Backoff, XdsClient, make_node, node_credentials
 from ketch.ztunnel.xds_state import ADDRESS_TYPE, AUTHORIZATION_TYPE, StateApplier
+from tests.unit.ztunnel.fake_ads import FakeAds, serve, v
 from tests.unit.ztunnel.xds_standin import (
     StandinSession,
     decode_address,
     decode_authorization,
     encode,
 )
-
-Obj = Workload | Service | Authorization
 
 
 def wl(name: str, ip: str) -> Workload:
@@ -62,98 +59,9 @@ def pol(name: str) -> Authorization:
     return Authorization(name=name, namespace="default", scope=Scope.NAMESPACE, action=Action.DENY)
 
 
-def name_of(o: Obj) -> str:
-    return o.uid if isinstance(o, Workload) else o.key
-
-
 W1, W2, W3 = wl("a", "10.0.0.1"), wl("b", "10.0.0.2"), wl("c", "10.0.0.3")
 S1 = svc("web", "10.96.0.1")
 P1, P2 = pol("deny-1"), pol("deny-2")
-
-
-class FakeAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    """A delta ADS server: resources by type -> name -> (version, Any)."""
-
-    def __init__(self, objs: dict[Obj, str]) -> None:
-        self.resources: dict[str, dict[str, tuple[str, Any]]] = {
-            ADDRESS_TYPE: {},
-            AUTHORIZATION_TYPE: {},
-        }
-        for o, v in objs.items():
-            a = encode(o)
-            self.resources[a.type_url][name_of(o)] = (v, a)
-        self.requests: list[Any] = []
-        self.sent: list[Any] = []
-        self._streams: list[asyncio.Queue[Any]] = []
-        self._nonces = itertools.count(1)
-
-    def _response(self, type_url: str, names: list[str], removed: list[str]) -> Any:
-        mine = self.resources[type_url]
-        return discovery_pb2.DeltaDiscoveryResponse(
-            type_url=type_url,
-            nonce=f"n{next(self._nonces)}",
-            resources=[
-                discovery_pb2.Resource(name=n, version=mine[n][0], resource=mine[n][1])
-                for n in names
-            ],
-            removed_resources=removed,
-        )
-
-    async def DeltaAggregatedResources(
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[Any]:
-        out: asyncio.Queue[Any] = asyncio.Queue()
-        self._streams.append(out)
-
-        async def read() -> None:
-            async for req in request_iterator:
-                self.requests.append(req)
-                if not req.response_nonce:  # a first request: answer from what it holds
-                    held = dict(req.initial_resource_versions)
-                    mine = self.resources[req.type_url]
-                    changed = [n for n, (v, _) in mine.items() if held.get(n) != v]
-                    gone = [n for n in held if n not in mine]
-                    out.put_nowait(self._response(req.type_url, changed, gone))
-
-        reader = spawn(read(), name="fake-ads-reader")
-        try:
-            while (resp := await out.get()) is not None:
-                self.sent.append(resp)
-                yield resp
-        finally:
-            reader.cancel()
-            self._streams.remove(out)
-
-    def push(
-        self, type_url: str, upserts: dict[str, tuple[str, Any]], removed: list[str] = ()
-    ) -> str:
-        """Change resources and send the delta on every stream; returns the nonce."""
-        mine = self.resources[type_url]
-        for n in removed:
-            mine.pop(n, None)
-        mine.update(upserts)
-        resp = self._response(type_url, list(upserts), list(removed))
-        for q in self._streams:
-            q.put_nowait(resp)
-        return str(resp.nonce)
-
-    def end_streams(self) -> None:
-        for q in self._streams:
-            q.put_nowait(None)
-
-    def answer_to(self, nonce: str) -> Any | None:
-        return next((r for r in self.requests if r.response_nonce == nonce), None)
-
-
-async def serve(fake: FakeAds, sock: Path, creds: grpc.ServerCredentials | None = None) -> Any:
-    server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(fake, server)
-    if creds is None:
-        server.add_insecure_port(f"unix:{sock}")
-    else:
-        server.add_secure_port(f"unix:{sock}", creds)
-    await server.start()
-    return server
 
 
 async def eventually(cond: Callable[[], object], within: float = 10.0) -> None:
@@ -192,10 +100,6 @@ async def client(tmp_path: Path, proxy: Ztunnel) -> AsyncIterator[XdsClient]:
 
 def names(state: ProxyState) -> set[str]:
     return set(state.workloads) | set(state.services) | set(state.policies)
-
-
-def v(objs: dict[Obj, str]) -> dict[str, tuple[str, Any]]:
-    return {name_of(o): (ver, encode(o)) for o, ver in objs.items()}
 
 
 def acks(fake: FakeAds) -> Iterator[Any]:

@@ -1,0 +1,157 @@
+"""`ketch ztunnel run --control-plane ADDR`: the node proxy joined to a control plane.
+
+Pieces the runner (`ketch.standalone.run.StandaloneProxy`) composes in this mode instead of
+the config file and the in-process CA:
+
+- the node's credentials (`node_files`): its key, certificate chain and trust bundle in a
+  node directory, obtained once by joining with a bootstrap token (`join_node`, over the
+  control plane's join listener) and read from there afterwards; the node key never leaves
+  the node;
+- certificates for the pods from the control plane's certificate service (`GrpcCaClient`
+  with the node certificate), so no CA key is on the node;
+- the proxy state from the control plane's xDS (`ketch.ztunnel.xds_client.XdsClient`), with
+  readiness held (`state manager`) until the first response of every type is applied.
+
+The xDS session and conversion are `ketch.xds` (branch `xds`, not merged yet): looked up
+when the proxy starts; without them this mode refuses to start with a clear message. Tests
+inject stand-ins.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ketch.identity.ca import write_private_file
+from ketch.identity.client import NodeCredentials, join_node
+from ketch.identity.errors import IdentityError
+from ketch.mesh import Authorization, Service, Workload
+from ketch.ztunnel.xds_client import ClientSession
+
+KEY_FILE = "node-key.pem"
+CHAIN_FILE = "node-cert.pem"
+BUNDLE_FILE = "trust-bundle.pem"
+
+
+class ConnectError(Exception):
+    """The node cannot join or reach its control plane (reported by the runner)."""
+
+
+@dataclass(frozen=True)
+class NodeFiles:
+    """The node's credentials as PEM: key, chain (leaf first) and the trust bundle."""
+
+    key_pem: bytes
+    chain_pem: bytes
+    trust_bundle_pem: bytes
+
+    @classmethod
+    def read(cls, node_dir: Path) -> NodeFiles | None:
+        try:
+            return cls(
+                (node_dir / KEY_FILE).read_bytes(),
+                (node_dir / CHAIN_FILE).read_bytes(),
+                (node_dir / BUNDLE_FILE).read_bytes(),
+            )
+        except FileNotFoundError:
+            return None
+
+    @classmethod
+    def from_join(cls, creds: NodeCredentials) -> NodeFiles:
+        return cls(creds.issued.key_pem, creds.issued.chain_bytes, creds.trust_bundle_pem)
+
+    def write(self, node_dir: Path) -> None:
+        node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private_file(node_dir / KEY_FILE, self.key_pem)
+        (node_dir / CHAIN_FILE).write_bytes(self.chain_pem)
+        (node_dir / BUNDLE_FILE).write_bytes(self.trust_bundle_pem)
+
+
+def is_unix(target: str) -> bool:
+    return target.startswith(("/", "unix:"))
+
+
+def unix_path(target: str) -> Path:
+    return Path(target.removeprefix("unix:"))
+
+
+def default_join_target(control_plane: str) -> str | None:
+    """Next to a control plane's `ca.sock` is its `join.sock` (docs: control plane layout)."""
+    if is_unix(control_plane):
+        return f"unix:{unix_path(control_plane).with_name('join.sock')}"
+    return None
+
+
+def default_trust_bundle(control_plane: str) -> Path | None:
+    """... and the `trust-bundle.pem` it writes for nodes."""
+    if is_unix(control_plane):
+        return unix_path(control_plane).with_name("trust-bundle.pem")
+    return None
+
+
+async def node_files(
+    control_plane: str,
+    node: str,
+    node_dir: Path,
+    *,
+    token: str | None = None,
+    join_target: str | None = None,
+    trust_bundle: Path | None = None,
+    trust_domain: str = "cluster.local",
+) -> NodeFiles:
+    """The node's credentials: read from `node_dir`, or (with `token`) joined for and written
+    there. A token given while credentials exist is ignored (the node already joined)."""
+    have = NodeFiles.read(node_dir)
+    if have is not None:
+        return have
+    if token is None:
+        raise ConnectError(
+            f"no node certificate in {node_dir}: join once with --token "
+            f"(from `ketch node token create {node}` on the control plane)"
+        )
+    target = join_target or default_join_target(control_plane)
+    bundle_path = trust_bundle or default_trust_bundle(control_plane)
+    if target is None or bundle_path is None:
+        raise ConnectError(
+            "joining a control plane over TCP needs --join-address and --trust-bundle"
+        )
+    try:
+        root = bundle_path.read_bytes()
+    except OSError as e:
+        raise ConnectError(f"--trust-bundle {bundle_path}: {e.strerror}") from e
+    try:
+        creds = await join_node(target, root, token, node, trust_domain=trust_domain)
+    except IdentityError as e:
+        raise ConnectError(f"joining the control plane at {target} as {node!r}: {e}") from e
+    files = NodeFiles.from_join(creds)
+    files.write(node_dir)
+    return files
+
+
+@dataclass(frozen=True)
+class XdsCodec:
+    """The xDS protocol pieces from `ketch.xds`: a session per proxy, the two decoders."""
+
+    new_session: Callable[[], ClientSession]
+    decode_address: Callable[[Any], Workload | Service]
+    decode_authorization: Callable[[Any], Authorization]
+
+
+def ketch_xds_codec() -> XdsCodec:
+    """`ketch.xds.session.ClientStream` and `ketch.xds.convert` (branch `xds`)."""
+    try:
+        session = importlib.import_module("ketch.xds.session")
+        convert = importlib.import_module("ketch.xds.convert")
+    except ImportError as e:
+        raise ConnectError(
+            f"this build has no xDS protocol package (ketch.xds: {e}); "
+            "run with --config until it is merged"
+        ) from e
+    return XdsCodec(
+        new_session=session.ClientStream,
+        decode_address=convert.address_from_proto,
+        decode_authorization=convert.authorization_from_proto,
+    )
