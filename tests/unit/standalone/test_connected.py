@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -217,3 +219,23 @@ def test_default_join_address_and_trust_bundle_sit_next_to_ca_sock() -> None:
         "/var/lib/ketch/trust-bundle.pem"
     )
     assert connected.default_join_target("10.0.0.1:15012") is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give --config and --ca-dir (standalone), or --control-plane"),
+        (["--config", "mesh.yaml"], "give --config and --ca-dir (standalone), or --control-plane"),
+    ],
+)
+def test_cli_needs_one_of_the_two_modes(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ketch.cli.main", "ztunnel", "run", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
