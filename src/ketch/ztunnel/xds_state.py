@@ -9,9 +9,10 @@ applied on its own, a rejected one leaves the others of the same response applie
   `(new ProxyState, rejected)`. Resource names are Istio's: a Workload's `uid`, a Service's
   `namespace/hostname`, an Authorization's `namespace/name`; an object whose name does not
   match its key is rejected. Removals of Address names drop the workload or the service of
-  that name (unknown names are ignored, as xDS removals are). When the whole batch would
-  make the snapshot inconsistent (an address claimed twice...), the upserts are applied one
-  by one in name order and only the ones that break it are rejected.
+  that name (unknown names are ignored, as xDS removals are). An upsert that would claim an
+  IP another object holds in the result is rejected (`_claim_conflicts`: order-independent,
+  swaps within one response work); should the snapshot still be inconsistent, the upserts
+  are applied one by one in name order and only the ones that break it are rejected.
 - `StateApplier`: the callback itself. Decodes each resource with the injected decoders
   (`ketch.xds.convert.address_from_proto` / `authorization_from_proto` once that lands),
   applies the good ones with `apply_changes` and swaps the state through `update_state`
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ketch.mesh import Authorization, MeshError, Service, Workload
+from ketch.mesh import Authorization, IpAddr, MeshError, Service, Workload
 from ketch.ztunnel.state import ProxyState
 
 log = logging.getLogger("ketch.ztunnel.xds")
@@ -88,11 +89,12 @@ def apply_changes(
         base = state.with_changes(remove_policies=removed)
     else:  # _check rejected every upsert already
         return state, rejected
+    rejected.update(_claim_conflicts(base, good))
     try:
-        new = _upsert(base, good.values())
-    except MeshError:  # StateError included: find the culprits one at a time
+        new = _upsert(base, (o for n, o in good.items() if n not in rejected))
+    except MeshError:  # another inconsistency: find the culprits one at a time
         new = base
-        for name in sorted(good):
+        for name in sorted(n for n in good if n not in rejected):
             try:
                 new = _upsert(new, (good[name],))
             except MeshError as e:
@@ -100,6 +102,43 @@ def apply_changes(
     if not removed and all(n in rejected for n in good):
         return state, rejected
     return new, rejected
+
+
+def _claim_conflicts(base: ProxyState, upserts: Mapping[str, MeshObject]) -> dict[str, str]:
+    """Upserts that would claim an IP (workload address or service VIP) another object holds
+    in the result. Every upserted claimant of such an IP is rejected (an unchanged holder
+    keeps it; two new claimants are both rejected, whatever their names), so a swap inside
+    one response works and the outcome does not depend on order. A rejected upsert leaves
+    its previous version in place, which may clash in turn: repeat until nothing does."""
+    rejected: dict[str, str] = {}
+    while True:
+        workloads = dict(base.workloads)
+        services = dict(base.services)
+        for name, obj in upserts.items():
+            if name in rejected:
+                continue
+            if isinstance(obj, Workload):
+                workloads[name] = obj
+            elif isinstance(obj, Service):
+                services[name] = obj
+        claims: dict[IpAddr, list[str]] = {}
+        for name, w in workloads.items():
+            for a in w.addresses:
+                claims.setdefault(a, []).append(name)
+        for name, svc in services.items():
+            for a in svc.vips:
+                claims.setdefault(a, []).append(name)
+        found: dict[str, str] = {}
+        for ip, names in claims.items():
+            if len(names) < 2:
+                continue
+            for name in names:
+                if name in upserts and name not in rejected:
+                    others = ", ".join(n for n in names if n != name)
+                    found[name] = f"address {ip} is also claimed by {others}"
+        if not found:
+            return rejected
+        rejected.update(found)
 
 
 def _check(type_url: str, name: str, obj: MeshObject) -> str | None:

@@ -211,6 +211,32 @@ def test_clash_reason_names_the_address() -> None:
     assert "10.0.0.2" in why[W_CLASH.uid]
 
 
+def test_swap_within_one_response_is_applied_whatever_the_name_order() -> None:
+    taker = wl("c//Pod/default/0", "10.0.0.1")  # sorts before W1, takes W1's old address
+    new, why = apply_changes(BASE, ADDRESS_TYPE, by_name(taker, W1_MOVED))
+    assert why == {}
+    assert new.workload_by_address(ip_address("10.0.0.1")) == taker
+    assert new.workload_by_address(ip_address("10.0.0.9")) == W1_MOVED
+
+
+def test_two_new_claimants_of_one_address_are_both_rejected() -> None:
+    x, y = wl("c//Pod/default/x", "10.0.0.50"), wl("c//Pod/default/y", "10.0.0.50")
+    new, why = apply_changes(BASE, ADDRESS_TYPE, by_name(x, y, W1_MOVED))
+    assert set(why) == {x.uid, y.uid}
+    assert why[x.uid] == f"address 10.0.0.50 is also claimed by {y.uid}"
+    assert new.workloads[W1.uid] == W1_MOVED
+
+
+def test_a_rejected_update_keeps_its_old_version_which_may_reject_another() -> None:
+    # W1 tries to move onto W2's address (rejected, W1 stays on 10.0.0.1), so a new workload
+    # taking 10.0.0.1 clashes with W1's kept version and is rejected as well
+    w1_bad = wl(W1.uid, "10.0.0.2")
+    taker = wl("c//Pod/default/t", "10.0.0.1")
+    new, why = apply_changes(BASE, ADDRESS_TYPE, by_name(w1_bad, taker))
+    assert set(why) == {W1.uid, taker.uid}
+    assert new.workloads[W1.uid] == W1
+
+
 def test_nothing_applied_returns_the_same_state() -> None:
     new, why = apply_changes(BASE, ADDRESS_TYPE, by_name(W_CLASH))
     assert new is BASE
