@@ -341,3 +341,43 @@ def test_backoff_doubles_to_15s_and_normal_ends_wait_10ms() -> None:
     b.next()
     b.reset()
     assert b.next() == 0.01
+
+
+class _FlakySession(StandinSession):
+    """Fails on its second response: a protocol error the client must recover from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def on_response(self, response: Any, apply: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("session broke")
+        return super().on_response(response, apply)
+
+
+async def test_a_session_error_restarts_the_stream_and_keeps_the_state(
+    tmp_path: Path, proxy: Ztunnel
+) -> None:
+    fake = FakeAds({W1: "1", P1: "1"})
+    server = await serve(fake, tmp_path / "ads.sock")
+    session = _FlakySession()
+    c = XdsClient(
+        str(tmp_path / "ads.sock"),
+        session,
+        StateApplier(proxy, decode_address, decode_authorization),
+        make_node("node-1"),
+    )
+    try:
+        await c.start()
+        await eventually(lambda: c.synced)
+        assert c.stats.last_error == "RuntimeError: session broke"
+        # a new stream: its first requests announce what the first (good) response applied
+        first = [r for r in fake.requests if not r.response_nonce]
+        assert len(first) == 4
+        assert dict(first[2].initial_resource_versions) == {W1.uid: "1"}
+        assert names(proxy.state) == {W1.uid, P1.key}
+    finally:
+        await c.stop()
+        await server.stop(0)
