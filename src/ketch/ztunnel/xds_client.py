@@ -102,12 +102,20 @@ def node_credentials(
     return grpc.ssl_channel_credentials(trust_bundle_pem, node_key_pem, node_chain_pem)
 
 
-def make_node(node_name: str, *, ip: str = "", namespace: str = "ketch-system") -> Any:
+def make_node(
+    node_name: str, *, ip: str = "", namespace: str = "ketch-system", cluster_id: str = "Kubernetes"
+) -> Any:
     """The envoy `Node`: ztunnel's id `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`
-    (Ketch's node proxy is not a pod: the node name stands in) and metadata."""
+    (Ketch's node proxy is not a pod: the node name stands in) and metadata (XDS.md §1)."""
     node = base_pb2.Node(id=f"ztunnel~{ip}~{node_name}.{namespace}~{namespace}.svc.cluster.local")
     node.metadata.update(
-        {"NAME": node_name, "NAMESPACE": namespace, "NODE_NAME": node_name, "INSTANCE_IPS": ip}
+        {
+            "NAME": node_name,
+            "NAMESPACE": namespace,
+            "NODE_NAME": node_name,
+            "INSTANCE_IPS": ip,
+            "CLUSTER_ID": cluster_id,
+        }
     )
     return node
 
@@ -250,7 +258,7 @@ class XdsClient:
         except grpc.aio.AioRpcError as e:
             normal = is_normal(e)
             self.stats.last_error = f"{e.code().name}: {e.details()}"
-            (log.info if normal or self._connected else log.warning)(
+            (log.info if normal else log.warning)(
                 "xds: stream to %s failed (%s); keeping the last state, reconnecting",
                 self.target,
                 self.stats.last_error,

@@ -126,7 +126,9 @@ async def test_initial_sync_update_and_removal(
             not r.resource_names_subscribe and not r.initial_resource_versions for r in first
         )
         assert first[0].node.id.startswith("ztunnel~")
+        assert first[0].node.id == "ztunnel~~node-1.ketch-system~ketch-system.svc.cluster.local"
         assert first[0].node.metadata["NODE_NAME"] == "node-1"
+        assert first[0].node.metadata["CLUSTER_ID"] == "Kubernetes"
         await eventually(lambda: len(list(acks(fake))) == 2)
         assert all(not a.HasField("error_detail") for a in acks(fake))
 
