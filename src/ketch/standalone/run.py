@@ -38,27 +38,28 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from ketch.identity.ca import CertificateAuthority
-from ketch.identity.client import GrpcCaClient
 from ketch.identity.errors import IdentityError
 from ketch.identity.local import CaClient, InProcessCaClient
 from ketch.identity.manager import CertificateManager
 from ketch.standalone.config import ConfigError, LoadedConfig, LocalPod, read_config
-from ketch.standalone.connected import ConnectError, XdsCodec, ketch_xds_codec, node_files
 from ketch.util.tasks import spawn
 from ketch.ztunnel.admin import HttpEndpoint, admin_routes, metrics_routes, readiness_routes
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.pod import PodHandle
 from ketch.ztunnel.proxy import ProxyError, Ztunnel
 from ketch.ztunnel.state import ProxyState
-from ketch.ztunnel.xds_client import XdsClient, grpc_target, make_node, node_credentials
-from ketch.ztunnel.xds_state import StateApplier
+
+if TYPE_CHECKING:  # connected mode (grpc, envoy protos) is imported when used
+    from ketch.identity.client import GrpcCaClient
+    from ketch.standalone.connected import XdsCodec
+    from ketch.ztunnel.xds_client import XdsClient
 
 log = logging.getLogger("ketch.ztunnel.standalone")
 
@@ -182,6 +183,11 @@ class StandaloneProxy:
         )
 
     async def _start_connected(self, control_plane: str) -> None:
+        from ketch.identity.client import GrpcCaClient
+        from ketch.standalone.connected import ConnectError, ketch_xds_codec, node_files
+        from ketch.ztunnel.xds_client import XdsClient, grpc_target, make_node, node_credentials
+        from ketch.ztunnel.xds_state import StateApplier
+
         opts = self.opts
         if opts.config is not None or opts.ca_dir is not None:
             raise StandaloneError("--control-plane replaces --config and --ca-dir")
