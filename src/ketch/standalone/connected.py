@@ -8,7 +8,9 @@ the config file and the in-process CA:
   control plane's join listener) and read from there afterwards; the node key never leaves
   the node;
 - certificates for the pods from the control plane's certificate service (`GrpcCaClient`
-  with the node certificate), so no CA key is on the node;
+  with the node certificate), so no CA key is on the node; `NodeSession` renews the node
+  certificate at half-life (a new key, signed over the same mTLS channel), writes it to the
+  node directory and moves the certificate client and the xDS credentials to it;
 - the proxy state from the control plane's xDS (`ketch.ztunnel.xds_client.XdsClient`), with
   readiness held (`state manager`) until the first response of every type is applied.
 
@@ -19,19 +21,29 @@ inject stand-ins.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from ketch.identity.ca import write_private_file
-from ketch.identity.client import NodeCredentials, join_node
+from ketch.identity.client import GrpcCaClient, NodeCredentials, join_node
+from ketch.identity.csr import generate_key_and_csr
 from ketch.identity.errors import IdentityError
+from ketch.identity.spiffe import SpiffeId
 from ketch.mesh import Authorization, Service, Workload
 from ketch.ztunnel.xds_client import ClientSession
 
+log = logging.getLogger("ketch.ztunnel.standalone")
+
 KEY_FILE = "node-key.pem"
+RENEW_RETRY = 30.0  # seconds between failed node certificate renewals
 CHAIN_FILE = "node-cert.pem"
 BUNDLE_FILE = "trust-bundle.pem"
 
@@ -62,6 +74,21 @@ class NodeFiles:
     @classmethod
     def from_join(cls, creds: NodeCredentials) -> NodeFiles:
         return cls(creds.issued.key_pem, creds.issued.chain_bytes, creds.trust_bundle_pem)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.chain_pem)
+
+    def renew_at(self) -> datetime:
+        """Half-life of the node certificate."""
+        leaf = self.leaf
+        return (
+            leaf.not_valid_before_utc + (leaf.not_valid_after_utc - leaf.not_valid_before_utc) / 2
+        )
+
+    def node_uri(self) -> str:
+        san = self.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return str(san.value.get_values_for_type(x509.UniformResourceIdentifier)[0])
 
     def write(self, node_dir: Path) -> None:
         node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -155,3 +182,62 @@ def ketch_xds_codec() -> XdsCodec:
         decode_address=convert.address_from_proto,
         decode_authorization=convert.authorization_from_proto,
     )
+
+
+class NodeSession:
+    """The node credentials in use. A `CaClient` (the certificate manager signs through it)
+    whose node certificate is renewed at half-life by `run()`; `on_renew` callbacks get the
+    new files (the runner gives the xDS client its new credentials: used from the next
+    connection on)."""
+
+    def __init__(
+        self,
+        target: str,
+        files: NodeFiles,
+        node_dir: Path,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.target = target
+        self.files = files
+        self.node_dir = node_dir
+        self.on_renew: list[Callable[[NodeFiles], None]] = []
+        self._client = self._new_client(files)
+        self._now = now
+        self._sleep = sleep
+
+    def _new_client(self, files: NodeFiles) -> GrpcCaClient:
+        return GrpcCaClient(self.target, files.trust_bundle_pem, files.key_pem, files.chain_pem)
+
+    async def sign(self, csr_pem: bytes, identity: SpiffeId, ttl: timedelta | None) -> list[bytes]:
+        return await self._client.sign(csr_pem, identity, ttl)
+
+    async def renew(self) -> NodeFiles:
+        """A new key and node certificate, signed with the current one; written to the node
+        directory before anything uses it. Raises IdentityError."""
+        key_pem, csr_pem = generate_key_and_csr(self.files.node_uri())
+        chain = await self._client.create_certificate(csr_pem, 0, None)
+        new = NodeFiles(key_pem, b"".join(chain), self.files.trust_bundle_pem)
+        new.write(self.node_dir)
+        old, self._client, self.files = self._client, self._new_client(new), new
+        await old.close()
+        for cb in self.on_renew:
+            cb(new)
+        log.info("node certificate renewed (serial %x)", new.leaf.serial_number)
+        return new
+
+    async def run(self) -> None:
+        """Renew at half-life, forever; a failure is retried every RENEW_RETRY seconds."""
+        while True:
+            delay = (self.files.renew_at() - self._now()).total_seconds()
+            if delay > 0:
+                await self._sleep(delay)
+            try:
+                await self.renew()
+            except IdentityError as e:
+                log.warning("node certificate renewal failed (retrying): %s", e)
+                await self._sleep(RENEW_RETRY)
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -57,8 +57,7 @@ from ketch.ztunnel.proxy import ProxyError, Ztunnel
 from ketch.ztunnel.state import ProxyState
 
 if TYPE_CHECKING:  # connected mode (grpc, envoy protos) is imported when used
-    from ketch.identity.client import GrpcCaClient
-    from ketch.standalone.connected import XdsCodec
+    from ketch.standalone.connected import NodeFiles, NodeSession, XdsCodec
     from ketch.ztunnel.xds_client import XdsClient
 
 log = logging.getLogger("ketch.ztunnel.standalone")
@@ -132,7 +131,7 @@ class StandaloneProxy:
     def __init__(self, opts: StandaloneOptions, *, codec: XdsCodec | None = None) -> None:
         self.opts = opts
         self._codec = codec  # connected mode: default ketch.xds
-        self._ca_client: GrpcCaClient | None = None
+        self.node_session: NodeSession | None = None
         self.xds: XdsClient | None = None
         self.stop_requested = asyncio.Event()
         self.force = asyncio.Event()
@@ -183,8 +182,12 @@ class StandaloneProxy:
         )
 
     async def _start_connected(self, control_plane: str) -> None:
-        from ketch.identity.client import GrpcCaClient
-        from ketch.standalone.connected import ConnectError, ketch_xds_codec, node_files
+        from ketch.standalone.connected import (
+            ConnectError,
+            NodeSession,
+            ketch_xds_codec,
+            node_files,
+        )
         from ketch.ztunnel.xds_client import XdsClient, grpc_target, make_node, node_credentials
         from ketch.ztunnel.xds_state import StateApplier
 
@@ -210,10 +213,8 @@ class StandaloneProxy:
         except (ConnectError, ValueError) as e:
             raise StandaloneError(str(e)) from e
         target = grpc_target(control_plane)
-        self._ca_client = GrpcCaClient(
-            target, files.trust_bundle_pem, files.key_pem, files.chain_pem
-        )
-        await self._start_proxy(ProxyState(), self._ca_client, trust)
+        self.node_session = session = NodeSession(target, files, opts.node_dir)
+        await self._start_proxy(ProxyState(), session, trust)
         assert self.zt is not None
         self.xds = XdsClient(
             target,
@@ -223,6 +224,13 @@ class StandaloneProxy:
             credentials=node_credentials(files.trust_bundle_pem, files.key_pem, files.chain_pem),
         )
         await self.xds.start()
+        xds = self.xds
+
+        def renewed(new: NodeFiles) -> None:
+            xds.credentials = node_credentials(new.trust_bundle_pem, new.key_pem, new.chain_pem)
+
+        session.on_renew.append(renewed)
+        self._tasks.append(spawn(session.run(), name="standalone-node-cert"))
         log.info(
             "node proxy for node %r: state and certificates from the control plane at %s",
             self.node,
@@ -404,8 +412,8 @@ class StandaloneProxy:
             await self.zt.stop()
         if self._manager is not None:
             await self._manager.stop()
-        if self._ca_client is not None:
-            await self._ca_client.close()
+        if self.node_session is not None:
+            await self.node_session.close()
 
     # ------------------------------------------------------------------ config
 

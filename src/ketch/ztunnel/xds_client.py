@@ -158,7 +158,7 @@ class XdsClient:
         self.node = node
         self.types = tuple(types)
         self.stats = XdsStats()
-        self._credentials = credentials
+        self.credentials = credentials  # may be replaced (node certificate renewed): next channel
         self._server_name = server_name
         self._backoff = backoff or Backoff()
         self._task: asyncio.Task[None] | None = None
@@ -214,13 +214,13 @@ class XdsClient:
             # our loop reconnects (a new channel per attempt); no retry inside grpc
             ("grpc.enable_retries", 0),
         ]
-        if self._credentials is None:
+        if self.credentials is None:
             return grpc.aio.insecure_channel(self.target, options=options)
         options += [
             ("grpc.ssl_target_name_override", self._server_name),
             ("grpc.default_authority", self._server_name),
         ]
-        return grpc.aio.secure_channel(self.target, self._credentials, options=options)
+        return grpc.aio.secure_channel(self.target, self.credentials, options=options)
 
     async def _stream_once(self) -> bool:
         """One stream, until it ends. True if it ended normally (reconnect at once)."""

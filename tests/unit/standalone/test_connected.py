@@ -9,6 +9,7 @@ stand-ins of tests/unit/ztunnel/xds_standin.py until `ketch.xds` lands.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import stat
 import subprocess
@@ -34,7 +35,13 @@ from ketch.mesh import Action, Authorization, Scope, Workload
 from ketch.proto.gen.istio.v1.auth import ca_pb2_grpc
 from ketch.proto.gen.ketch.v1 import node_pb2_grpc
 from ketch.standalone import connected
-from ketch.standalone.connected import ConnectError, NodeFiles, XdsCodec, ketch_xds_codec
+from ketch.standalone.connected import (
+    ConnectError,
+    NodeFiles,
+    NodeSession,
+    XdsCodec,
+    ketch_xds_codec,
+)
 from ketch.standalone.run import StandaloneError, StandaloneOptions, StandaloneProxy
 from tests.unit.ztunnel.fake_ads import FakeAds
 from tests.unit.ztunnel.test_xds_client import eventually
@@ -143,6 +150,26 @@ async def test_join_sync_and_workload_certificates(cp: ControlPlane) -> None:
         assert p._manager is not None
         cert = await p._manager.fetch(SpiffeId("cluster.local", "default", "cart"))
         assert cert.chain_pems[-1] == cp.ca.root_pem
+
+        # the node certificate is renewed: new key on disk, the control plane's current
+        # serial, and both the certificate client and the xDS stream use it from then on
+        assert p.node_session is not None
+        assert p.xds is not None
+        old = p.node_session.files
+        old_creds = p.xds.credentials
+        new = await p.node_session.renew()
+        assert NodeFiles.read(cp.dir / "node") == new
+        assert new.key_pem != old.key_pem
+        assert cp.tokens.is_current("node-1", new.leaf.serial_number)
+        assert p.xds.credentials is not old_creds
+        cert = await p._manager.fetch(SpiffeId("cluster.local", "default", "cart"))
+        assert cert.chain_pems[-1] == cp.ca.root_pem
+        firsts = len([r for r in cp.fake.requests if not r.response_nonce])
+        cp.fake.end_streams()
+        await eventually(
+            lambda: len([r for r in cp.fake.requests if not r.response_nonce]) == firsts + 2
+        )
+        await eventually(lambda: p.xds is not None and p.xds.connected)
     finally:
         await p.close()
     # a second start reuses the node certificate: the one-time token is spent
@@ -239,3 +266,32 @@ def test_cli_needs_one_of_the_two_modes(tmp_path: Path, args: list[str], message
     assert proc.returncode == 1
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_node_certificate_renewal_schedule(tmp: Path) -> None:
+    ca = CertificateAuthority.create("cluster.local", tmp / "state")
+    issued = ca.issue_node("node-1", timedelta(hours=2))
+    files = NodeFiles(issued.key_pem, issued.chain_bytes, ca.trust_bundle_pem)
+    assert files.node_uri() == "spiffe://cluster.local/ketch/node/node-1"
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise asyncio.CancelledError
+
+    start = files.leaf.not_valid_before_utc
+    session = NodeSession(
+        f"unix:{tmp / 'nobody.sock'}", files, tmp / "node", now=lambda: start, sleep=sleep
+    )
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await session.run()
+    finally:
+        await session.close()
+    # first at half-life; the control plane is unreachable, so retried every RENEW_RETRY
+    leaf = files.leaf
+    half = (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds() / 2
+    assert 3600 <= half < 3700  # 2 h (notBefore is backdated a little)
+    assert sleeps == [half, connected.RENEW_RETRY]
+    assert session.files is files
