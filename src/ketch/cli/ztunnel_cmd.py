@@ -34,20 +34,55 @@ def _ttl(text: str | None) -> dt.timedelta | None:
 @ztunnel_app.command("run")
 def run(
     config: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--config",
             "-c",
             help="Standalone config: workloads (with `netns` for the pods to capture), services, policies. Reloaded when it changes.",
         ),
-    ],
+    ] = None,
     ca_dir: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--ca-dir",
             help="CA directory for in-process certificates (created on first use; share it between nodes so they trust each other).",
         ),
-    ],
+    ] = None,
+    control_plane: Annotated[
+        str | None,
+        typer.Option(
+            "--control-plane",
+            help="Instead of --config/--ca-dir: the control plane's mTLS address (unix socket path such as /var/lib/ketch/ca.sock, or HOST:PORT); state over xDS, certificates from its certificate service.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="KETCH_JOIN_TOKEN",
+            help="Bootstrap token to join the control plane (first start only; from `ketch node token create`).",
+        ),
+    ] = None,
+    node_dir: Annotated[
+        Path,
+        typer.Option(
+            "--node-dir", help="Where the node's key, certificate and trust bundle are kept."
+        ),
+    ] = Path("/var/lib/ketch/node"),
+    join_address: Annotated[
+        str | None,
+        typer.Option(
+            "--join-address",
+            help="The control plane's join listener (default: join.sock next to a unix --control-plane).",
+        ),
+    ] = None,
+    trust_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust-bundle",
+            help="Roots to trust when joining (default: trust-bundle.pem next to a unix --control-plane).",
+        ),
+    ] = None,
     node: Annotated[
         str | None,
         typer.Option("--node", help="This node's name (default: the config's `node`)."),
@@ -108,6 +143,10 @@ def run(
     )
     from ketch.ztunnel.admin import parse_levels
 
+    if control_plane is None and (config is None or ca_dir is None):
+        fail(
+            "give --config and --ca-dir (standalone), or --control-plane (joined to a control plane)"
+        )
     if log_format not in ("text", "json"):
         fail(f"--log-format: expected text or json, got {log_format!r}")
     try:
@@ -124,6 +163,11 @@ def run(
             log_format=log_format,
             workload_ttl=_ttl(workload_ttl),
             spoof_source=not no_spoof_source,
+            control_plane=control_plane,
+            node_dir=node_dir if control_plane is not None else None,
+            token=token,
+            join_address=join_address,
+            trust_bundle=trust_bundle,
         )
     except (StandaloneError, ValueError) as e:
         fail(str(e))

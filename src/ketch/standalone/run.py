@@ -18,6 +18,13 @@ What the process does:
    open connections finish until `drain_timeout`), then closes everything. A second signal
    skips the rest of the drain. A replacement process started before the signal has already
    bound the same in-pod ports (SO_REUSEPORT), so no new connection is refused meanwhile.
+
+With `control_plane` set instead of `config`/`ca_dir` (`ketch ztunnel run --control-plane`),
+steps 1, 2 and 5 are replaced (`ketch.standalone.connected`): the node joins with a bootstrap
+token once (or reads its node certificate from `node_dir`), pod certificates come from the
+control plane's certificate service, the state from its xDS (`XdsClient`), and readiness
+holds `state manager` until the first xDS response of every type is applied. Pods arrive
+from the node agent (ZDS, not built yet): in this mode none are enrolled from a file.
 """
 
 from __future__ import annotations
@@ -31,13 +38,15 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from ketch.identity.ca import CertificateAuthority
 from ketch.identity.errors import IdentityError
-from ketch.identity.local import InProcessCaClient
+from ketch.identity.local import CaClient, InProcessCaClient
 from ketch.identity.manager import CertificateManager
 from ketch.standalone.config import ConfigError, LoadedConfig, LocalPod, read_config
 from ketch.util.tasks import spawn
@@ -45,6 +54,11 @@ from ketch.ztunnel.admin import HttpEndpoint, admin_routes, metrics_routes, read
 from ketch.ztunnel.metrics import ZtunnelMetrics
 from ketch.ztunnel.pod import PodHandle
 from ketch.ztunnel.proxy import ProxyError, Ztunnel
+from ketch.ztunnel.state import ProxyState
+
+if TYPE_CHECKING:  # connected mode (grpc, envoy protos) is imported when used
+    from ketch.standalone.connected import NodeFiles, NodeSession, XdsCodec
+    from ketch.ztunnel.xds_client import XdsClient
 
 log = logging.getLogger("ketch.ztunnel.standalone")
 
@@ -77,8 +91,8 @@ def parse_address(text: str, what: str) -> Address | None:
 
 @dataclass(frozen=True)
 class StandaloneOptions:
-    config: Path
-    ca_dir: Path
+    config: Path | None = None  # file mode: config and ca_dir ...
+    ca_dir: Path | None = None
     node: str | None = None  # default: the config's `node`
     metrics: Address | None = ("0.0.0.0", 15020)
     readiness: Address | None = ("0.0.0.0", 15021)
@@ -88,6 +102,19 @@ class StandaloneOptions:
     log_format: str = "text"
     workload_ttl: timedelta | None = None  # default: the CA's
     spoof_source: bool = True
+    # ... or connected mode (ketch.standalone.connected)
+    control_plane: str | None = None  # unix:/path, /path or host:port (mTLS listener)
+    node_dir: Path | None = None  # the node's key, certificate and trust bundle
+    token: str | None = None  # bootstrap token for the first join
+    join_address: str | None = None  # default: join.sock next to a unix control_plane
+    trust_bundle: Path | None = None  # for the join; default: next to a unix control_plane
+
+
+def split_pem(blob: bytes) -> list[bytes]:
+    """A PEM bundle -> one PEM per certificate."""
+    return [
+        c.public_bytes(serialization.Encoding.PEM) for c in x509.load_pem_x509_certificates(blob)
+    ]
 
 
 def _stat_signature(path: Path) -> tuple[int, ...] | None:
@@ -101,8 +128,11 @@ def _stat_signature(path: Path) -> tuple[int, ...] | None:
 class StandaloneProxy:
     """One node's proxy process (see the module docstring)."""
 
-    def __init__(self, opts: StandaloneOptions) -> None:
+    def __init__(self, opts: StandaloneOptions, *, codec: XdsCodec | None = None) -> None:
         self.opts = opts
+        self._codec = codec  # connected mode: default ketch.xds
+        self.node_session: NodeSession | None = None
+        self.xds: XdsClient | None = None
         self.stop_requested = asyncio.Event()
         self.force = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -122,7 +152,15 @@ class StandaloneProxy:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.opts.control_plane is not None:
+            await self._start_connected(self.opts.control_plane)
+        else:
+            await self._start_file()
+
+    async def _start_file(self) -> None:
         opts = self.opts
+        if opts.config is None or opts.ca_dir is None:
+            raise StandaloneError("give --config and --ca-dir, or --control-plane")
         self._signature = _stat_signature(opts.config)
         loaded = read_config(opts.config)  # ConfigError: the caller reports it
         for w in loaded.warnings:
@@ -132,14 +170,84 @@ class StandaloneProxy:
             ca = CertificateAuthority.create(loaded.trust_domain, state_dir=opts.ca_dir)
         except (IdentityError, ValueError, OSError) as e:
             raise StandaloneError(f"--ca-dir {opts.ca_dir}: {e}") from e
-        self._manager = CertificateManager(InProcessCaClient(ca), ttl=opts.workload_ttl)
+        await self._start_proxy(loaded.state, InProcessCaClient(ca), ca.trust_bundle)
+        await self._sync_pods(loaded)
+        self._synced = True
+        log.info(
+            "standalone node proxy for node %r: %d workload(s), %d local pod(s), config %s",
+            self.node,
+            len(loaded.state.workloads),
+            len(self._desired),
+            opts.config,
+        )
+
+    async def _start_connected(self, control_plane: str) -> None:
+        from ketch.standalone.connected import (
+            ConnectError,
+            NodeSession,
+            ketch_xds_codec,
+            node_files,
+        )
+        from ketch.ztunnel.xds_client import XdsClient, grpc_target, make_node, node_credentials
+        from ketch.ztunnel.xds_state import StateApplier
+
+        opts = self.opts
+        if opts.config is not None or opts.ca_dir is not None:
+            raise StandaloneError("--control-plane replaces --config and --ca-dir")
+        if not opts.node:
+            raise StandaloneError("--control-plane needs --node (this node's name)")
+        if opts.node_dir is None:
+            raise StandaloneError("--control-plane needs --node-dir")
+        self.node = opts.node
+        try:
+            codec = self._codec or ketch_xds_codec()
+            files = await node_files(
+                control_plane,
+                opts.node,
+                opts.node_dir,
+                token=opts.token,
+                join_target=opts.join_address,
+                trust_bundle=opts.trust_bundle,
+            )
+            trust = split_pem(files.trust_bundle_pem)
+        except (ConnectError, ValueError) as e:
+            raise StandaloneError(str(e)) from e
+        target = grpc_target(control_plane)
+        self.node_session = session = NodeSession(target, files, opts.node_dir)
+        await self._start_proxy(ProxyState(), session, trust)
+        assert self.zt is not None
+        self.xds = XdsClient(
+            target,
+            codec.new_session(),
+            StateApplier(self.zt, codec.decode_address, codec.decode_authorization),
+            make_node(self.node),
+            credentials=node_credentials(files.trust_bundle_pem, files.key_pem, files.chain_pem),
+        )
+        await self.xds.start()
+        xds = self.xds
+
+        def renewed(new: NodeFiles) -> None:
+            xds.credentials = node_credentials(new.trust_bundle_pem, new.key_pem, new.chain_pem)
+
+        session.on_renew.append(renewed)
+        self._tasks.append(spawn(session.run(), name="standalone-node-cert"))
+        log.info(
+            "node proxy for node %r: state and certificates from the control plane at %s",
+            self.node,
+            target,
+        )
+
+    async def _start_proxy(self, state: ProxyState, ca: CaClient, trust: list[bytes]) -> None:
+        """The certificate manager, the `Ztunnel` and the node endpoints."""
+        opts = self.opts
+        self._manager = CertificateManager(ca, ttl=opts.workload_ttl)
         await self._manager.start()
         ProcessCollector(registry=self.registry)
         self.zt = zt = Ztunnel(
             self.node or "standalone",
-            loaded.state,
+            state,
             self._manager,
-            ca.trust_bundle,
+            trust,
             metrics=ZtunnelMetrics(self.registry),
             log_format=opts.log_format,
             spoof_source=opts.spoof_source,
@@ -160,15 +268,6 @@ class StandaloneProxy:
                 f"{e.strerror} (choose another address with "
                 "--metrics-addr/--readiness-addr/--admin-addr, or 'off')"
             ) from e
-        await self._sync_pods(loaded)
-        self._synced = True
-        log.info(
-            "standalone node proxy for node %r: %d workload(s), %d local pod(s), config %s",
-            self.node,
-            len(loaded.state.workloads),
-            len(self._desired),
-            opts.config,
-        )
 
     async def _listen(self, ep: HttpEndpoint, name: str, addr: Address) -> None:
         """Bind a node-level endpoint. If its port is taken (the old proxy of an upgrade
@@ -208,7 +307,7 @@ class StandaloneProxy:
         if self.zt is None:
             return ["proxy", "state manager"]
         out = list(self.zt.pending())
-        if not self._synced:
+        if not (self.xds.synced if self.xds is not None else self._synced):
             out.append("state manager")
         if self._failed and "workload manager" not in out:
             out.append("workload manager")
@@ -223,6 +322,17 @@ class StandaloneProxy:
         dump = self.zt.config_dump()
         dump["ready"] = self.is_ready()
         dump["pods"] = self.pod_status()
+        if self.xds is not None:
+            st = self.xds.stats
+            dump["xds"] = {
+                "target": self.xds.target,
+                "connected": self.xds.connected,
+                "synced": self.xds.synced,
+                "responses": st.responses,
+                "nacks": st.nacks,
+                "lastNack": st.last_nack,
+                "lastError": st.last_error,
+            }
         return dump
 
     def pod_status(self) -> list[dict[str, Any]]:
@@ -291,6 +401,8 @@ class StandaloneProxy:
         return forced
 
     async def close(self) -> None:
+        if self.xds is not None:
+            await self.xds.stop()
         for t in self._tasks:
             t.cancel()
         for ep in self._endpoints:
@@ -300,12 +412,16 @@ class StandaloneProxy:
             await self.zt.stop()
         if self._manager is not None:
             await self._manager.stop()
+        if self.node_session is not None:
+            await self.node_session.close()
 
     # ------------------------------------------------------------------ config
 
     async def reload(self, *, force: bool = False) -> bool:
         """Apply the config file if it changed (or `force`); retry failed enrollments.
         Returns True if a new config was applied."""
+        if self.opts.config is None:  # connected mode: the state comes over xDS
+            return False
         sig = _stat_signature(self.opts.config)
         if not force and sig == self._signature:
             if self._failed:
