@@ -271,16 +271,13 @@ def test_hostile_address_is_rejected(
     with pytest.raises(Rejected) as e:
         address_from_proto(resource, name)
     assert reason in e.value.reason
-    expected_name = (
-        name
-        if name is not None
-        else (
-            "u1"
-            if case not in {"empty uid"} and resource.WhichOneof("type") == "workload"
-            else e.value.name
-        )
-    )  # type: ignore[union-attr]
-    assert e.value.name == expected_name
+    # The rejection names the resource: the given name, else the one its content implies.
+    if name is not None:
+        assert e.value.name == name
+    elif isinstance(resource, wl.Address) and resource.WhichOneof("type") == "workload":
+        assert e.value.name == (resource.workload.uid or "<unnamed>")
+    elif isinstance(resource, wl.Address):
+        assert e.value.name == f"{resource.service.namespace}/{resource.service.hostname}"
     assert str(e.value) == f"{e.value.name}: {e.value.reason}"
 
 
@@ -359,6 +356,29 @@ def test_mutated_wire_bytes_decode_or_reject(w: Workload, data: st.DataObject) -
         raw[i] = data.draw(st.integers(0, 255))
     packed = any_pb2.Any(type_url=ADDRESS_TYPE, value=bytes(raw))
     assert _decode_or_reason(lambda: address_from_proto(packed)) != ""
+
+
+def test_decode_defaults_and_lenient_forms() -> None:
+    got = address_from_proto(_wl(service_account="", trust_domain=""))
+    assert isinstance(got, Workload)
+    assert got.identity.uri == "spiffe://cluster.local/ns/ns/sa/default"
+    svc = address_from_proto(
+        wl.Address(
+            service=wl.Service(
+                name="s",
+                namespace="ns",
+                hostname="h",
+                ports=[wl.Port(service_port=443, target_port=8443, app_protocol=wl.TLS)],
+            )
+        )
+    )
+    assert isinstance(svc, Service)
+    assert svc.ports[0].app_protocol.name == "UNKNOWN"  # TCP/TLS are opaque to the proxy
+    pol = authorization_from_proto(
+        _pol(source_ips=[sec.Address(address=bytes([10, 1, 2, 3]), length=8)])
+    )
+    # Host bits past the prefix are ignored, as ztunnel's IpNet.
+    assert pol.rules[0].clauses[0].matches[0].source_ips == (ipaddress.ip_network("10.0.0.0/8"),)
 
 
 def test_decode_all_keeps_good_and_reports_bad() -> None:
