@@ -5,6 +5,7 @@
 - `convert`: mesh model <-> protos, validated at the edge; resource names and versions.
 - `session`: both ends of one delta ADS stream as state machines (`ServerStream`,
   `ClientStream`): subscriptions, what the client holds, nonces, ACK/NACK, sync status.
+- `syncz`: the `istio.io/debug/syncz` answer (istioctl proxy-status) from the streams.
 
 The gRPC server and client that carry these messages live with their roles and build on this
 package. Imports: `ketch.mesh`, `ketch.identity.spiffe`, `ketch.util` only
@@ -37,6 +38,7 @@ from ketch.xds.session import (
     TypeStatus,
     format_nack,
 )
+from ketch.xds.syncz import client_config, syncz_response
 from ketch.xds.types import (
     ADDRESS_TYPE,
     AUTHORIZATION_TYPE,
@@ -68,11 +70,13 @@ __all__ = [
     "address_from_proto",
     "authorization_from_proto",
     "authorization_to_proto",
+    "client_config",
     "decode_all",
     "format_nack",
     "resource_name",
     "service_to_proto",
     "snapshot",
+    "syncz_response",
     "to_address",
     "to_any",
     "version_of",
