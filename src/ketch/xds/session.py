@@ -217,14 +217,12 @@ class ServerStream:
                 grew = True
         for name in req.resource_names_unsubscribe:
             if name == WILDCARD:
-                st.wildcard = False
+                st.wildcard = False  # what is no longer wanted is removed by the next push
             else:
+                # The client forgets what it unsubscribed from (no removal is sent for it).
                 st.names.discard(name)
                 st.asked.discard(name)
-        if not st.wildcard:
-            # The client forgets what it unsubscribed from (no removal is sent for it).
-            for name in [n for n in st.held if n not in st.names]:
-                del st.held[name]
+                st.held.pop(name, None)
         return grew
 
     def _resolve_older(self, st: _ServerType, nonce: str) -> None:
@@ -263,25 +261,44 @@ class ServerStream:
         full: bool = True,
         removed: Collection[str] = (),
         version: str = "",
+        aliases: Mapping[str, Collection[str]] | None = None,
+        also: Collection[str] = (),
     ) -> DeltaResponse | None:
         """The response that brings the client to `resources` (name -> (version, Any)), or
         None when it already has them (and no answer is owed). `full`: `resources` is the
         whole snapshot, so anything else the client holds is removed; otherwise `resources`
-        are changes and `removed` the deleted names. `version` goes to system_version_info."""
+        are changes and `removed` the deleted names. `version` goes to system_version_info.
+
+        For a client that is not wildcard (on-demand), a resource is sent when its name or one
+        of its `aliases` (e.g. `network/IP` keys of a workload) was subscribed, or when it is
+        in `also` (istiod's additions: pods behind a subscribed VIP, workloads on the client's
+        node). A subscribed name that matches nothing is answered in `removed_resources`."""
         if type_url not in self._served:
             raise UnknownType(type_url, self._served)
         st = self._types.get(type_url)
         if st is None:
             return None  # not subscribed
-        sub = Subscription(st.wildcard, frozenset(st.names))
+        alias_of = aliases or {}
+        extra = frozenset(also)
+
+        def wants(name: str) -> bool:
+            return (
+                st.wildcard
+                or name in st.names
+                or name in extra
+                or any(a in st.names for a in alias_of.get(name, ()))
+            )
+
+        wanted = {n for n in resources if wants(n)}
         upserts = [
             name
-            for name in sorted(resources)
-            if sub.wants(name) and (name not in st.held or st.held[name] != resources[name][0])
+            for name in sorted(wanted)
+            if name not in st.held or st.held[name] != resources[name][0]
         ]
+        answered = wanted | {a for n in wanted for a in alias_of.get(n, ())}
         if full:
-            gone = {n for n in st.held if n not in resources or not sub.wants(n)}
-            gone |= {n for n in st.asked if n not in resources}
+            gone = {n for n in st.held if n not in wanted}
+            gone |= {n for n in st.asked if n not in answered}
         else:
             gone = {n for n in removed if n in st.held or n in st.asked}
             gone -= set(upserts)
@@ -291,7 +308,9 @@ class ServerStream:
         resp = DeltaResponse(type_url=type_url, nonce=nonce, system_version_info=version)
         for name in upserts:
             ver, packed = resources[name]
-            resp.resources.add(name=name, version=ver, resource=packed)
+            resp.resources.add(
+                name=name, version=ver, resource=packed, aliases=sorted(alias_of.get(name, ()))
+            )
             st.held[name] = ver
         resp.removed_resources.extend(sorted(gone))
         for name in gone:
@@ -299,7 +318,7 @@ class ServerStream:
         if full:
             st.asked.clear()
         else:
-            st.asked -= gone | set(upserts)
+            st.asked -= gone | answered
         st.must_reply = False
         st.outstanding[nonce] = tuple(upserts)
         while len(st.outstanding) > MAX_OUTSTANDING:
@@ -344,6 +363,7 @@ class ClientStream:
         self._on_demand = frozenset(on_demand)
         self._versions: dict[str, dict[str, str]] = {t: {} for t in self._types}
         self._synced: set[str] = set()
+        self._demanded: dict[str, set[str]] = {t: set() for t in self._types}
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -363,12 +383,15 @@ class ClientStream:
 
     def initial_requests(self, node: Node) -> list[DeltaRequest]:
         """The first request of each type on a new stream: wildcard (on-demand types
-        subscribe to nothing: `*` in both lists), with what we hold as
-        `initial_resource_versions` so the server skips it."""
+        subscribe to nothing, `*` in both lists, or to the names demanded so far), with what
+        we hold as `initial_resource_versions` so the server skips it."""
         out = []
         for t in self._types:
             req = DeltaRequest(type_url=t, node=node)
-            if t in self._on_demand:
+            if t in self._on_demand and self._demanded[t]:
+                # After a reconnect: the names looked up so far, again.
+                req.resource_names_subscribe.extend(sorted(self._demanded[t]))
+            elif t in self._on_demand:
                 req.resource_names_subscribe.append(WILDCARD)
                 req.resource_names_unsubscribe.append(WILDCARD)
             req.initial_resource_versions.update(self._versions[t])
@@ -377,8 +400,10 @@ class ClientStream:
 
     def demand(self, type_url: str, names: Iterable[str]) -> DeltaRequest:
         """An on-demand lookup: subscribe to `names` (a workload uid, `namespace/hostname`,
-        or `network/IP`)."""
-        return DeltaRequest(type_url=type_url, resource_names_subscribe=list(names))
+        or `network/IP`); remembered and subscribed again after a reconnect."""
+        names = list(names)
+        self._demanded.setdefault(type_url, set()).update(names)
+        return DeltaRequest(type_url=type_url, resource_names_subscribe=names)
 
     def on_response(self, resp: DeltaResponse, apply: Apply) -> DeltaRequest:
         """Apply one response through `apply`; return the ACK, or the NACK listing the

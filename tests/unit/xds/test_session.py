@@ -254,3 +254,55 @@ def test_client_nacks_an_unsubscribed_type() -> None:
         DeltaDiscoveryResponse(type_url="type.googleapis.com/x", nonce="n"), lambda t, u, r: {}
     )
     assert "was not subscribed" in reply.error_detail.message
+
+
+def test_on_demand_by_alias_and_istiods_additions() -> None:
+    s = counter_nonces()
+    s.on_request(req(resource_names_subscribe=["*"], resource_names_unsubscribe=["*"]))
+    s.respond(A, {})
+    s.on_request(req(response_nonce="n1"))
+    pods = snap(**{"Kubernetes//Pod/ns/a": "1", "Kubernetes//Pod/ns/b": "1", "ns/svc": "1"})
+    aliases = {"Kubernetes//Pod/ns/a": ["/10.0.0.5"], "ns/svc": ["/10.96.0.1"]}
+    # Look up a workload by IP: it is answered under its uid, the alias listed.
+    assert s.on_request(req(resource_names_subscribe=["/10.0.0.5"])) == [A]
+    resp = s.respond(A, pods, aliases=aliases)
+    assert resp is not None
+    assert [(r.name, list(r.aliases)) for r in resp.resources] == [
+        ("Kubernetes//Pod/ns/a", ["/10.0.0.5"])
+    ]
+    assert list(resp.removed_resources) == []
+    s.on_request(req(response_nonce=resp.nonce))
+    # A VIP lookup: istiod adds the pods behind it (`also`).
+    s.on_request(req(resource_names_subscribe=["/10.96.0.1"]))
+    resp = s.respond(A, pods, aliases=aliases, also=["Kubernetes//Pod/ns/b"])
+    assert resp is not None
+    assert names(resp) == ["Kubernetes//Pod/ns/b", "ns/svc"]
+    # When b no longer backs the VIP, the next full push removes it.
+    resp = s.respond(A, pods, aliases=aliases)
+    assert resp is not None
+    assert (names(resp), list(resp.removed_resources)) == ([], ["Kubernetes//Pod/ns/b"])
+
+
+def test_on_demand_client_resubscribes_after_reconnect() -> None:
+    c = ClientStream(on_demand=[A])
+    node = Node(id="ztunnel~10.0.0.1~z.ns~ns.svc.cluster.local")
+    c.initial_requests(node)
+    assert list(c.demand(A, ["/10.0.0.5"]).resource_names_subscribe) == ["/10.0.0.5"]
+    c.on_response(
+        DeltaDiscoveryResponse(
+            type_url=A,
+            nonce="n1",
+            resources=[{"name": "uid-a", "version": "1", "aliases": ["/10.0.0.5"]}],
+        ),
+        lambda t, u, r: {},
+    )
+    again = c.initial_requests(node)[0]
+    assert list(again.resource_names_subscribe) == ["/10.0.0.5"]
+    assert list(again.resource_names_unsubscribe) == []
+    assert dict(again.initial_resource_versions) == {"uid-a": "1"}
+    # A new server stream keeps what the client holds (nothing to send but the answer).
+    s = counter_nonces()
+    assert s.on_request(again) == [A]
+    resp = s.respond(A, snap(**{"uid-a": "1", "uid-b": "1"}), aliases={"uid-a": ["/10.0.0.5"]})
+    assert resp is not None
+    assert (names(resp), list(resp.removed_resources)) == ([], [])
