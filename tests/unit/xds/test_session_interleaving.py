@@ -32,11 +32,15 @@ def _packed(name: str, version: str) -> any_pb2.Any:
 
 
 class Session(RuleBasedStateMachine):
+    #: types the client looks up on demand (subscribed by name, not wildcard)
+    ON_DEMAND: tuple[str, ...] = ()
+
     def __init__(self) -> None:
         super().__init__()
+        self.demanded: dict[str, set[str]] = {t: set() for t in TYPES}
         self.snapshot: dict[str, dict[str, str]] = {t: {} for t in TYPES}
         self.counter = 0
-        self.client = ClientStream()
+        self.client = ClientStream(TYPES, on_demand=self.ON_DEMAND)
         self.store: dict[str, dict[str, str]] = {t: {} for t in TYPES}
         self.poison: set[tuple[str, str, str]] = set()
         self.connect()
@@ -124,6 +128,12 @@ class Session(RuleBasedStateMachine):
         if self.to_server:
             self.deliver_one_to_server()
 
+    @rule(type_url=TYPE, name=NAMES)
+    def demand(self, type_url: str, name: str) -> None:
+        if type_url in self.ON_DEMAND:
+            self.demanded[type_url].add(name)
+            self.to_server.append(self.client.demand(type_url, [name]))
+
     @rule()
     def reconnect(self) -> None:
         self.connect()
@@ -142,8 +152,11 @@ class Session(RuleBasedStateMachine):
             self.send(self.server.respond(t, self.resources(t), full=True))
         self.drain()
         for t in TYPES:
-            assert self.store[t] == self.snapshot[t], t
-            assert dict(self.client.versions(t)) == self.snapshot[t]
+            expected = self.snapshot[t]
+            if t in self.ON_DEMAND:
+                expected = {n: v for n, v in expected.items() if n in self.demanded[t]}
+            assert self.store[t] == expected, t
+            assert dict(self.client.versions(t)) == expected
             assert self.server.status(t).state is SyncState.SYNCED
             assert self.client.synced(t)
         # Nothing more to send: the server's view equals the client's.
@@ -151,5 +164,14 @@ class Session(RuleBasedStateMachine):
             assert self.server.respond(t, self.resources(t), full=True) is None
 
 
-Session.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+class OnDemandSession(Session):
+    """The same with Address looked up on demand (ztunnel's XDS_ON_DEMAND)."""
+
+    ON_DEMAND = (ADDRESS_TYPE,)
+
+
+_SETTINGS = settings(max_examples=300, stateful_step_count=40, deadline=None)
+Session.TestCase.settings = _SETTINGS
+OnDemandSession.TestCase.settings = _SETTINGS
 TestSession = Session.TestCase
+TestOnDemandSession = OnDemandSession.TestCase
