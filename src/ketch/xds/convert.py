@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import TypeAlias, TypeVar
 
 from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from ketch.identity.spiffe import InvalidSpiffeId, SpiffeId
@@ -297,13 +298,12 @@ def _port(value: int, what: str, *, allow_zero: bool = False) -> int:
     return value
 
 
-def _enum(wrapper: object, value: int, what: str) -> str:
+def _enum(enum: EnumDescriptor, value: int, what: str) -> str:
     """Name of a proto enum value; an unknown number (a newer istiod?) is rejected."""
-    name_of = getattr(wrapper, "Name")  # noqa: B009 - EnumTypeWrapper, typed per enum
-    try:
-        return str(name_of(value))
-    except ValueError:
-        raise _Invalid(f"unknown {what} value {value} (is the control plane newer?)") from None
+    known = enum.values_by_number.get(value)
+    if known is None:
+        raise _Invalid(f"unknown {what} value {value} (is the control plane newer?)")
+    return known.name
 
 
 def _gateway_from_proto(g: wl.GatewayAddress, what: str) -> GatewayAddress:
@@ -334,7 +334,7 @@ _APP_PROTOCOL = {
 def _workload_from_proto(w: wl.Workload) -> Workload:
     if not w.uid:
         raise _Invalid("workload has an empty uid")
-    tunnel = _enum(wl.TunnelProtocol, w.tunnel_protocol, "tunnel_protocol")
+    tunnel = _enum(wl.TunnelProtocol.DESCRIPTOR, w.tunnel_protocol, "tunnel_protocol")
     if tunnel not in _TUNNEL:
         raise _Invalid(f"tunnel_protocol {tunnel} is not supported by Ketch (NONE or HBONE)")
     services: dict[str, dict[int, int]] = {}
@@ -359,8 +359,10 @@ def _workload_from_proto(w: wl.Workload) -> Workload:
         canonical_name=w.canonical_name,
         canonical_revision=w.canonical_revision,
         workload_name=w.workload_name,
-        workload_type=WorkloadType[_enum(wl.WorkloadType, w.workload_type, "workload_type")],
-        status=HealthStatus[_enum(wl.WorkloadStatus, w.status, "status")],
+        workload_type=WorkloadType[
+            _enum(wl.WorkloadType.DESCRIPTOR, w.workload_type, "workload_type")
+        ],
+        status=HealthStatus[_enum(wl.WorkloadStatus.DESCRIPTOR, w.status, "status")],
         cluster_id=w.cluster_id,
         services=services,
         authorization_policies=tuple(w.authorization_policies),
@@ -375,7 +377,9 @@ def _service_from_proto(s: wl.Service) -> Service:
         ServicePort(
             service_port=_port(p.service_port, "service_port"),
             target_port=_port(p.target_port, f"port {p.service_port} target_port", allow_zero=True),
-            app_protocol=_APP_PROTOCOL[_enum(wl.AppProtocol, p.app_protocol, "app_protocol")],
+            app_protocol=_APP_PROTOCOL[
+                _enum(wl.AppProtocol.DESCRIPTOR, p.app_protocol, "app_protocol")
+            ],
         )
         for p in s.ports
     )
@@ -492,8 +496,8 @@ def authorization_from_proto(
         return Authorization(
             name=msg.name,
             namespace=msg.namespace,
-            scope=Scope[_enum(sec.Scope, msg.scope, "scope")],
-            action=Action[_enum(sec.Action, msg.action, "action")],
+            scope=Scope[_enum(sec.Scope.DESCRIPTOR, msg.scope, "scope")],
+            action=Action[_enum(sec.Action.DESCRIPTOR, msg.action, "action")],
             rules=tuple(
                 Rule(
                     tuple(Clause(tuple(_match_from_proto(m) for m in c.matches)) for c in r.clauses)
