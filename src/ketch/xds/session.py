@@ -13,7 +13,7 @@ Server (istiod `pilot/pkg/xds/delta.go` shouldRespondDelta, `xds/workload.go`):
 |                                             | what the client holds                         |          |
 | `error_detail` for an outstanding nonce     | NACK: record the error, mark what that        | no       |
 |                                             | response upserted as "maybe not held"         |          |
-| nonce we never sent / already answered      | stale: ignored entirely                       | no       |
+| nonce not ours, or answered and not latest  | stale: ignored entirely                       | no       |
 | nonce = an outstanding one                  | ACK; then subscription changes, if any        | if names |
 |                                             |                                               | changed  |
 | no nonce (spontaneous)                      | subscription changes (on-demand lookups)      | if names |
@@ -176,10 +176,11 @@ class ServerStream:
         if req.HasField("error_detail"):
             self._nack(st, req.response_nonce, req.error_detail.message)
             return []
-        if req.response_nonce:
-            if req.response_nonce not in st.outstanding:
-                return []  # stale: a newer response was sent, or not ours
+        if req.response_nonce in st.outstanding:
             self._ack(st, req.response_nonce)
+        elif req.response_nonce and req.response_nonce != st.sent_nonce:
+            return []  # stale: a newer response was sent, or not ours
+        # else: no nonce, or the latest one again (istiod takes its subscription changes)
         if self._change_names(st, req):
             st.must_reply = True
             return [req.type_url]

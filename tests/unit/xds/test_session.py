@@ -114,8 +114,14 @@ def test_ack_marks_synced_and_stale_nonce_is_ignored() -> None:
         "n2",
         42.0,
     )
-    # A repeated ACK is stale now: ignored, even with subscription changes in it.
-    assert s.on_request(req(response_nonce="n2", resource_names_subscribe=["x"])) == []
+    # An answered older nonce is stale: ignored, subscription changes included.
+    assert s.on_request(req(response_nonce="n1", resource_names_subscribe=["x"])) == []
+    sub = s.subscription(A)
+    assert sub is not None
+    assert "x" not in sub.names
+    # The latest nonce again carries subscription changes (as istiod takes them).
+    assert s.on_request(req(response_nonce="n2", resource_names_subscribe=["x"])) == [A]
+    assert s.status(A).state is SyncState.SYNCED
 
 
 def test_nack_records_error_sends_nothing_and_resends_on_next_push() -> None:
