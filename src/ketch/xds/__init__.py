@@ -5,6 +5,7 @@
 - `convert`: mesh model <-> protos, validated at the edge; resource names and versions.
 - `session`: both ends of one delta ADS stream as state machines (`ServerStream`,
   `ClientStream`): subscriptions, what the client holds, nonces, ACK/NACK, sync status.
+- `node`: the proxy's `Node` (ztunnel's id and metadata) and its parse.
 - `syncz`: the `istio.io/debug/syncz` answer (istioctl proxy-status) from the streams.
 
 The gRPC server and client that carry these messages live with their roles and build on this
@@ -29,6 +30,7 @@ from ketch.xds.convert import (
     version_of,
     workload_to_proto,
 )
+from ketch.xds.node import InvalidNode, NodeInfo, parse_node, ztunnel_node
 from ketch.xds.session import (
     Apply,
     ClientStream,
@@ -59,6 +61,8 @@ __all__ = [
     "AddressObject",
     "Apply",
     "ClientStream",
+    "InvalidNode",
+    "NodeInfo",
     "Rejected",
     "ServerStream",
     "Snapshot",
@@ -73,6 +77,7 @@ __all__ = [
     "client_config",
     "decode_all",
     "format_nack",
+    "parse_node",
     "resource_name",
     "service_to_proto",
     "snapshot",
@@ -81,4 +86,5 @@ __all__ = [
     "to_any",
     "version_of",
     "workload_to_proto",
+    "ztunnel_node",
 ]
