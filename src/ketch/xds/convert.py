@@ -117,13 +117,18 @@ def to_any(message: Message) -> any_pb2.Any:
     return packed
 
 
-def snapshot(objects: Iterable[Workload | Service | Authorization]) -> Snapshot:
+def snapshot(
+    objects: Iterable[Workload | Service | Authorization], *, network: str = ""
+) -> Snapshot:
     """name -> (version, Any) for a set of mesh objects, ready for `ServerStream.respond`.
-    Workloads and services share one snapshot (type Address); policies form another."""
+    Workloads and services share one snapshot (type Address); policies form another.
+    `network`: the network of service VIPs (see `service_to_proto`)."""
     out: Snapshot = {}
     for obj in objects:
         msg: Message = (
-            authorization_to_proto(obj) if isinstance(obj, Authorization) else to_address(obj)
+            authorization_to_proto(obj)
+            if isinstance(obj, Authorization)
+            else to_address(obj, network=network)
         )
         out[resource_name(obj)] = (version_of(msg), to_any(msg))
     return out
