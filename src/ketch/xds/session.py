@@ -359,7 +359,9 @@ def format_nack(rejections: Iterable[tuple[str, str]]) -> str:
 class ClientStream:
     """The node proxy's side: name -> version per type, kept across reconnects."""
 
-    def __init__(self, types: Iterable[str] = NODE_PROXY_TYPES, *, on_demand: Collection[str] = ()):
+    def __init__(
+        self, types: Iterable[str] = NODE_PROXY_TYPES, *, on_demand: Collection[str] = ()
+    ) -> None:
         self._types = tuple(types)
         self._on_demand = frozenset(on_demand)
         self._versions: dict[str, dict[str, str]] = {t: {} for t in self._types}
