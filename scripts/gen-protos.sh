@@ -14,7 +14,10 @@ uv run --frozen python -m grpc_tools.protoc -I "$SRC" \
 # protoc writes imports relative to the include root ("from istio.v1.auth import ca_pb2");
 # make them absolute inside this package.
 find "$OUT" -name '*.py' -o -name '*.pyi' | while read -r f; do
-    sed -i -E 's/^from (istio|ketch)\.v1(\.[a-z.]+)? import /from ketch.proto.gen.\1.v1\2 import /' "$f"
+    sed -i -E \
+        -e 's/^from (istio|ketch)\.v1(\.[a-z.]+)? import /from ketch.proto.gen.\1.v1\2 import /' \
+        -e 's/^from istio\.(workload|security) import /from ketch.proto.gen.istio.\1 import /' \
+        "$f"
 done
 find "$OUT" -type d -exec touch {}/__init__.py \;
 echo "generated: $(find "$OUT" -name '*_pb2*.py' | sort | tr '\n' ' ')"
