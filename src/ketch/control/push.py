@@ -523,6 +523,7 @@ class Limits:
     write_timeout: float = 30.0  # a client that does not read is dropped
     max_names_per_request: int = 10_000  # subscribe + unsubscribe + initial versions
     inbox: int = 8  # requests read ahead of processing (back-pressure beyond)
+    policy_grace: float = 1.0  # Address waits this long for an Authorization subscription
 
 
 @dataclass(frozen=True)
@@ -585,6 +586,8 @@ class _Stream:
         self.room = asyncio.Semaphore(inbox)
         self.pending: set[str] = set()
         self.push_queued = False
+        self.subscribed: set[str] = set()  # type URLs the client has asked for
+        self.held = False  # Address answer held back until Authorization is subscribed
         self.node_id = ""
         self.metadata: dict[str, str] = {}
 
@@ -712,11 +715,11 @@ class PushServer:
             "xDS stream %d opened by node %s (%s, %s)", stream.id, caller.node, caller.method, peer
         )
         reader = spawn(self._read(requests, stream), f"xds-read-{stream.id}")
-        why = "client closed"
+        why = "closed by the control plane"  # _close logged the reason
         try:
             why = await self._serve(stream, context)
         except asyncio.CancelledError:
-            why = "cancelled"
+            why = "cancelled (client went away or server stopping)"
             raise
         finally:
             reader.cancel()
@@ -741,29 +744,40 @@ class PushServer:
             async for request in requests:
                 await stream.room.acquire()
                 stream.inbox.put_nowait(request)
-        except (grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as err:
+        except (
+            grpc.RpcError,
+            grpc.aio.AbortError,  # the stream's loop aborted the RPC
+            grpc.aio.UsageError,
+            asyncio.InvalidStateError,
+        ) as err:
             log.debug("xDS stream %d: reading failed: %r", stream.id, err)
         stream.inbox.put_nowait(_EOF)
 
     async def _serve(self, stream: _Stream, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
         started = False
         while True:
+            timeout = None if started else self.limits.first_request_timeout
+            if stream.held:
+                timeout = max(0.0, opened + self.limits.policy_grace - loop.time())
+            items: list[object] = []
             try:
-                async with asyncio.timeout(None if started else self.limits.first_request_timeout):
-                    item = await stream.inbox.get()
+                async with asyncio.timeout(timeout):
+                    items.append(await stream.inbox.get())
             except TimeoutError:
-                await self._close(
-                    stream,
-                    context,
-                    _Close(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"no DeltaDiscoveryRequest within {self.limits.first_request_timeout:g}s "
-                        "of opening the stream",
-                    ),
-                )
+                if not stream.held:
+                    await self._close(
+                        stream,
+                        context,
+                        _Close(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "no DeltaDiscoveryRequest within "
+                            f"{self.limits.first_request_timeout:g}s of opening the stream",
+                        ),
+                    )
             # Take everything already queued, so that requests sent together (a client's
             # first Address and Authorization subscriptions) are answered in push order.
-            items = [item]
             while not stream.inbox.empty():
                 items.append(stream.inbox.get_nowait())
             answer: set[str] = set()
@@ -788,7 +802,22 @@ class PushServer:
                     if not request.response_nonce:  # a request, not an ACK of a syncz answer
                         await self._write(stream, context, self._syncz())
                     continue
+                stream.subscribed.add(request.type_url)
                 answer.update(stream.session.on_request(request))
+            # Authorization before Address for the first answers too: hold Address until
+            # the client subscribed to Authorization (and gets it first, by push order), or
+            # `policy_grace` after the stream opened (a client that never asks for policies).
+            hold = (
+                AUTHORIZATION_TYPE in self._served
+                and AUTHORIZATION_TYPE not in stream.subscribed
+                and loop.time() < opened + self.limits.policy_grace
+            )
+            if hold and ADDRESS_TYPE in answer:
+                answer.discard(ADDRESS_TYPE)
+                stream.held = True
+            elif stream.held and not hold:
+                answer.add(ADDRESS_TYPE)
+                stream.held = False
             snapshot = self._snapshot()
             for type_url in push_order(answer):
                 response = stream.session.respond(type_url, snapshot.of(type_url), True)
@@ -947,7 +976,9 @@ async def serve_push(
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.max_connection_idle_ms", 300_000),  # connections with no stream at all
         ],
-        maximum_concurrent_rpcs=push.limits.max_streams,
+        # gRPC's own cap is the backstop; ours (with a message that says why) comes first,
+        # with room for streams still being authenticated or refused.
+        maximum_concurrent_rpcs=push.limits.max_streams + 64,
     )
     server.add_generic_rpc_handlers((push.handler(),))
     running = RunningPush(server=server)
