@@ -14,10 +14,12 @@ from ketch.control.push import (
     AUTHORIZATION_TYPE,
     Debouncer,
     Diff,
+    Pusher,
     PushNow,
     Resources,
     SnapshotHolder,
     StoreChange,
+    TypeDelta,
     diff,
     push_order,
     watch_store,
@@ -314,3 +316,44 @@ def test_watch_event_type_is_what_the_loop_forwards() -> None:
     # watch_store forwards the store's own WatchEvent objects (no copy, no translation).
     ev = WatchEvent(EventType.ADDED, 1, _ns("a"))
     assert StoreChange(1, (ev,)).events[0] is ev
+
+
+# --- the pusher (debouncer driven by the event loop's clock) --------------------------------
+
+
+async def test_pusher_debounces_a_burst_into_one_push_and_survives_a_failing_build(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    build = FakeBuild()
+    failures = [RuntimeError("translation bug")]
+
+    def flaky() -> Resources:
+        if failures:
+            raise failures.pop()
+        return build()
+
+    pushed: list[list[TypeDelta]] = []
+    more = asyncio.Event()
+
+    def on_push(deltas: list[TypeDelta]) -> None:
+        pushed.append(deltas)
+        more.set()
+
+    holder = SnapshotHolder(flaky)
+    pusher = Pusher(holder, on_push, debouncer=Debouncer(quiet=0.02, max_delay=1.0))
+    assert await pusher.push_now() == []  # the build failed: logged, previous snapshot kept
+    assert "translation bug" in caplog.text
+    assert holder.current.version == 0
+
+    build.resources = {ADDRESS_TYPE: {"a": ("1", "A")}}
+    task = spawn(pusher.run(), "test-pusher")
+    try:
+        for _ in range(5):
+            pusher.changed()
+        await asyncio.wait_for(more.wait(), 5)
+        await asyncio.sleep(0.1)  # no second push follows the burst
+    finally:
+        task.cancel()
+    assert len(pushed) == 1
+    assert [d.type_url for d in pushed[0]] == [ADDRESS_TYPE]
+    assert holder.current.version == 1
