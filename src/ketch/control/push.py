@@ -351,6 +351,7 @@ CertIsCurrent = Callable[[str, int], bool]
 class Caller:
     node: str
     method: str  # "certificate" or "token"
+    serial: int | None = None  # of the node certificate, to re-check it later
 
 
 def authenticate(
@@ -371,7 +372,7 @@ def authenticate(
             raise Unauthenticated(
                 f"node certificate of {node.node_name} was revoked or replaced by a newer join"
             )
-        return Caller(node.node_name, "certificate")
+        return Caller(node.node_name, "certificate", serial)
     header = next((v for k, v in metadata if k.lower() == "authorization"), None)
     if header is None:
         raise Unauthenticated(
@@ -671,6 +672,30 @@ class PushServer:
         for stream in victims:
             stream.close(code, message)
         return len(victims)
+
+    async def revalidate(self) -> list[str]:
+        """Re-check the certificate of every certificate-authenticated stream and end those
+        whose certificate is no longer current (`ketch node revoke` or a re-join, done by
+        another process: the token store is the shared record). The check reads the token
+        store, so it runs in a worker thread. Returns the nodes disconnected."""
+        held = {
+            (s.caller.node, s.caller.serial)
+            for s in self._streams.values()
+            if s.caller.serial is not None
+        }
+
+        def stale() -> set[tuple[str, int]]:
+            return {(n, serial) for n, serial in held if not self._cert_is_current(n, serial)}
+
+        gone = await asyncio.to_thread(stale)
+        for stream in list(self._streams.values()):
+            if (stream.caller.node, stream.caller.serial) in gone:
+                stream.close(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"node certificate of {stream.caller.node} was revoked or replaced by a "
+                    "newer join",
+                )
+        return sorted({n for n, _ in gone})
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The ADS service with only DeltaAggregatedResources (StreamAggregatedResources is

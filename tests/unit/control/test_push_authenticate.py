@@ -4,6 +4,7 @@ token, each refusal an `Unauthenticated` with a reason an operator can act on.""
 from __future__ import annotations
 
 import pytest
+from cryptography import x509
 
 from ketch.control.push import Caller, authenticate
 from ketch.identity.ca import CertificateAuthority
@@ -36,11 +37,12 @@ def auth(
 
 
 def test_node_certificate() -> None:
-    assert auth(NODE_A) == Caller("node-a", "certificate")
+    serial = x509.load_pem_x509_certificate(NODE_A).serial_number
+    assert auth(NODE_A) == Caller("node-a", "certificate", serial)
 
 
 def test_certificate_wins_over_a_token() -> None:
-    assert auth(NODE_A, (("authorization", "Bearer t0k3n"),)) == Caller("node-a", "certificate")
+    assert auth(NODE_A, (("authorization", "Bearer t0k3n"),)).method == "certificate"
 
 
 @pytest.mark.parametrize(

@@ -371,6 +371,22 @@ async def test_store_change_reaches_the_stream(env: Env) -> None:
     call.cancel()
 
 
+async def test_revalidate_ends_streams_of_revoked_certificates(env: Env) -> None:
+    a = env.stream(env.ca.issue_node("node-a"))
+    b = env.stream(env.ca.issue_node("node-b"))
+    for call in (a, b):
+        await call.write(req(AUTHORIZATION_TYPE))
+        await read(call)
+    assert await env.push.revalidate() == []
+    env.revoked.add("node-a")  # what `ketch node revoke` does to the token store
+    assert await env.push.revalidate() == ["node-a"]
+    code, details = await status_of(a)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in details
+    await until(lambda: [c.node for c in env.push.clients()] == ["node-b"])
+    b.cancel()
+
+
 # --- hostile clients ------------------------------------------------------------------------
 
 
