@@ -567,6 +567,13 @@ _EOF = object()  # inbox item: the client closed its side (or the transport fail
 _GARBAGE = object()  # inbox item: bytes that are not a DeltaDiscoveryRequest
 
 
+ABORT_TIMEOUT = 1.0
+
+
+class _Abandoned(Exception):
+    """The stream's status could not be delivered (the client reads nothing)."""
+
+
 def _parse_request(data: bytes) -> Any:
     """gRPC's own deserializer failure logs a traceback; ours hands the servicer a marker
     and the stream is closed with INVALID_ARGUMENT instead."""
@@ -743,6 +750,8 @@ class PushServer:
         why = "closed by the control plane"  # _close logged the reason
         try:
             why = await self._serve(stream, context)
+        except _Abandoned:
+            why = "abandoned: the client reads nothing, not even the closing status"
         except asyncio.CancelledError:
             why = "cancelled (client went away or server stopping)"
             raise
@@ -942,7 +951,13 @@ class PushServer:
             close.code.name,
             close.message,
         )
-        await context.abort(close.code, close.message)
+        try:
+            # Sending the status waits for the transport; a client that reads nothing may
+            # never take it, so the stream is let go after a bound either way.
+            async with asyncio.timeout(ABORT_TIMEOUT):
+                await context.abort(close.code, close.message)
+        except TimeoutError:
+            raise _Abandoned from None
         raise AssertionError("unreachable")
 
 

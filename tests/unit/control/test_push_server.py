@@ -524,3 +524,33 @@ async def test_stream_caps_and_idle_streams(tmp: Path, caplog: pytest.LogCapture
             await ch.close(None)
         await e.running.stop(None)
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_client_that_does_not_read_is_dropped(
+    tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    e = await _env(tmp, Limits(write_timeout=0.5, policy_grace=0.0))
+
+    def big(version: str) -> tuple[str, Any]:  # under the client's 4 MiB message limit
+        return version, any_pb2.Any(type_url=ADDRESS_TYPE, value=bytes(1024 * 1024))
+
+    try:
+        call = e.stream(e.ca.issue_node("node-a"))
+        await call.write(req(ADDRESS_TYPE))
+        await until(lambda: len(e.push.clients()) == 1)
+        # Pushes the client never reads: once the HTTP/2 windows are full the server's
+        # write blocks, and the stream is dropped after `write_timeout`.
+        for i in range(64):
+            e.build.resources[ADDRESS_TYPE]["w1"] = big(str(i))
+            await e.rebuild()
+            await asyncio.sleep(0.01)
+            if not e.push.clients():
+                break
+        await until(lambda: e.push.clients() == [], within=10)
+        assert "client read nothing for 0.5s" in caplog.text
+        assert not [r for r in caplog.records if r.exc_info]
+        call.cancel()
+    finally:
+        for ch in e.channels:
+            await ch.close(None)
+        await e.running.stop(None)
