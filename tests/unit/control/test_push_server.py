@@ -136,7 +136,7 @@ def _validate_token(token: str) -> str:
     raise Unauthenticated("unknown token")
 
 
-async def _env(tmp: Path, limits: Limits) -> Env:
+async def _env(tmp: Path, limits: Limits, **kw: Any) -> Env:
     ca = CertificateAuthority.create(TD)
     build = FakeBuild()
     holder = SnapshotHolder(build)
@@ -148,6 +148,7 @@ async def _env(tmp: Path, limits: Limits) -> Env:
         cert_is_current=lambda node, _serial: node not in revoked,
         validate_token=_validate_token,
         limits=limits,
+        **kw,
     )
     running = await serve_push(
         push,
@@ -385,6 +386,20 @@ async def test_revalidate_ends_streams_of_revoked_certificates(env: Env) -> None
     assert "revoked" in details
     await until(lambda: [c.node for c in env.push.clients()] == ["node-b"])
     b.cancel()
+
+
+async def test_syncz_can_be_refused(tmp: Path) -> None:
+    e = await _env(tmp, Limits(), allow_debug=lambda caller: caller.node == "admin")
+    try:
+        call = e.stream(e.ca.issue_node("node-a"))
+        await call.write(req(SYNCZ_TYPE))
+        code, details = await status_of(call)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "may not read istio.io/debug/syncz" in details
+    finally:
+        for ch in e.channels:
+            await ch.close(None)
+        await e.running.stop(None)
 
 
 # --- hostile clients ------------------------------------------------------------------------
