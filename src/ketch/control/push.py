@@ -9,13 +9,18 @@ Data path (istiod's, `XDS.md` section 4):
 
 The core is pure and tested with tables: `diff` (name -> version maps), `Debouncer` (times
 in, "push now" out; no clock of its own), `SnapshotHolder` (old snapshot, new snapshot ->
-ordered `TypeDelta`s) and `authenticate` (certificate or token -> node name). The I/O is the
-store watch loop (`watch_store`) and the gRPC servicer further down.
+ordered `TypeDelta`s) and `authenticate` (certificate or token -> node name). The per-stream
+protocol state is a `ServerStream` (`LocalServerStream` here until `ketch.xds.session`
+lands). The I/O, in this order below: the store watch loop (`watch_store`), the `Pusher`
+(debouncer on the event loop's clock), the delta ADS servicer with the client registry
+(`PushServer`) and its listeners (`serve_push`).
 
 Ordering ("go beyond istiod"): istiod pushes Address before Authorization
 (`xds/ads.go` PushOrder), so a Workload can name a policy the proxy has not received yet and
 ztunnel evaluates without it for a moment. Ketch pushes Authorization first
-(`PUSH_ORDER`), so a workload never references a policy the proxy lacks.
+(`PUSH_ORDER`), within every push and for a stream's first answers (Address waits for the
+Authorization subscription, `Limits.policy_grace` at most), so a workload never references
+a policy the proxy lacks. docs/control-plane.md ("Push") has the whole picture.
 """
 
 from __future__ import annotations
