@@ -158,6 +158,18 @@ def run_control_plane(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning, error.")
     ] = "info",
+    xds: Annotated[
+        bool,
+        typer.Option(
+            "--xds",
+            help="Also serve delta ADS (config push to node proxies) on xds.sock. "
+            "Experimental: the snapshot is empty until the translation is wired in.",
+        ),
+    ] = False,
+    xds_listen: Annotated[
+        str | None,
+        typer.Option("--xds-listen", help="With --xds, also serve ADS on HOST:PORT (mTLS)."),
+    ] = None,
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT."""
     from ketch.control import plane
@@ -176,6 +188,8 @@ def run_control_plane(
         ca_chain=ca_chain,
         workload_ttl=_parse_ttl(workload_ttl),
         store_path=state.store_path if state_dir is None else None,
+        xds=xds or xds_listen is not None,
+        xds_listen=xds_listen,
     )
 
     async def main() -> None:

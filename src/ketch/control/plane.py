@@ -8,23 +8,38 @@ Layout of the state directory (default /var/lib/ketch):
     join.sock         node join, server-authenticated TLS (nodes present a bootstrap token)
     trust-bundle.pem  the roots nodes must trust (copied to them out of band, or read here)
 
+    xds.sock          delta ADS (with `--xds`), mTLS with the node certificate
+
 Unix sockets are the default transport because node proxies run in other network namespaces
-on the same machine; TCP listeners (`--listen`, `--join-listen`) are there for remote nodes.
-xDS push is served from here by a later issue.
+on the same machine; TCP listeners (`--listen`, `--join-listen`, `--xds-listen`) are there for
+remote nodes.
+
+With `xds` on, the push pipeline of `ketch.control.push` runs here (docs/control-plane.md,
+"Push"): store watch -> debounce -> rebuild with `build(store)` -> delta ADS to every node.
+Until the translation lands (branch `translate`), the default `build` serves an empty
+snapshot: nodes connect, subscribe and ACK, and `istio.io/debug/syncz` reports them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ketch.identity.ca import CertificateAuthority, write_private_file
 from ketch.identity.directory import StoreNodeDirectory
-from ketch.identity.server import RunningCa, serve_ca
+from ketch.identity.server import SERVER_CERT_TTL, RunningCa, serve_ca
 from ketch.identity.tokens import TokenStore
+from ketch.store.base import Store
+from ketch.util.tasks import spawn
+
+if TYPE_CHECKING:  # the push pipeline (grpc, Envoy protos) loads only with --xds
+    from ketch.control.push import Pusher, PushServer, Resources, RunningPush
 
 log = logging.getLogger("ketch.control")
 
@@ -40,6 +55,9 @@ class ControlPlaneConfig:
     ca_chain: Path | None = None  # ... and the chain up to the root
     workload_ttl: timedelta = timedelta(hours=24)
     store_path: Path | None = None
+    xds: bool = False  # serve delta ADS (the push pipeline) on xds.sock
+    xds_listen: str | None = None  # ... and on HOST:PORT
+    xds_revalidate: float = 10.0  # seconds between re-checks of open streams' certificates
 
     @property
     def store_file(self) -> Path:
@@ -60,6 +78,10 @@ class ControlPlaneConfig:
     @property
     def trust_bundle_file(self) -> Path:
         return self.state_dir / "trust-bundle.pem"
+
+    @property
+    def xds_socket(self) -> Path:
+        return self.state_dir / "xds.sock"
 
 
 def load_ca(config: ControlPlaneConfig) -> CertificateAuthority:
@@ -84,8 +106,85 @@ def token_store(state_dir: Path) -> TokenStore:
     return TokenStore.in_state_dir(state_dir / "ca")
 
 
-async def run(config: ControlPlaneConfig, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set."""
+def empty_build(_store: Store) -> Resources:
+    """The snapshot until the translation is wired in: no resources of any type."""
+    return {}
+
+
+@dataclass
+class RunningPushPipeline:
+    server: PushServer
+    running: RunningPush
+    pusher: Pusher
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.running.stop()
+
+
+async def _revalidate_every(server: PushServer, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        for node in await server.revalidate():
+            log.warning("ended the xDS streams of node %s: its certificate is revoked", node)
+
+
+async def start_push(
+    config: ControlPlaneConfig,
+    ca: CertificateAuthority,
+    store: Store,
+    tokens: TokenStore,
+    build: Callable[[Store], Resources],
+) -> RunningPushPipeline:
+    """Build the first snapshot, serve delta ADS, and follow the store from the revision
+    the first build started at (nothing between the two is missed)."""
+    from ketch.control.push import (
+        Pusher,
+        PushServer,
+        SnapshotHolder,
+        serve_push,
+        watch_store,
+    )
+
+    holder = SnapshotHolder(lambda: build(store))
+    server = PushServer(
+        lambda: holder.current,
+        trust_domain=ca.trust_domain,
+        cert_is_current=tokens.is_current,
+    )
+    pusher = Pusher(holder, server.notify)
+    revision = await asyncio.to_thread(store.revision)
+    await pusher.push_now()
+    config.xds_socket.unlink(missing_ok=True)
+    running = await serve_push(
+        server,
+        ca.issue_server(ttl=SERVER_CERT_TTL),
+        ca.trust_bundle_pem,
+        address=config.xds_listen,
+        unix_path=config.xds_socket,
+    )
+    pipeline = RunningPushPipeline(server, running, pusher)
+    pipeline.tasks = [
+        spawn(pusher.run(), "xds-pusher"),
+        spawn(watch_store(store, pusher.changed, since=revision), "xds-store-watch"),
+        spawn(_revalidate_every(server, config.xds_revalidate), "xds-revalidate"),
+    ]
+    return pipeline
+
+
+async def run(
+    config: ControlPlaneConfig,
+    stop: asyncio.Event,
+    *,
+    build: Callable[[Store], Resources] = empty_build,
+) -> None:
+    """Serve until `stop` is set. `build` is the snapshot function of the push pipeline
+    (only used with `config.xds`)."""
     from ketch.store.sqlite import SqliteStore
 
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -95,10 +194,11 @@ async def run(config: ControlPlaneConfig, stop: asyncio.Event) -> None:
     store = SqliteStore(config.store_file)
     for sock in (config.ca_socket, config.join_socket):
         sock.unlink(missing_ok=True)
+    tokens = token_store(config.state_dir)
     running: RunningCa = await serve_ca(
         ca,
         StoreNodeDirectory(store),
-        token_store(config.state_dir),
+        tokens,
         address=config.listen,
         unix_path=config.ca_socket,
         join_address=config.join_listen,
@@ -113,9 +213,19 @@ async def run(config: ControlPlaneConfig, stop: asyncio.Event) -> None:
         f" and {running.join_address}" if running.join_address else "",
         config.store_file,
     )
+    pipeline: RunningPushPipeline | None = None
     try:
+        if config.xds:
+            pipeline = await start_push(config, ca, store, tokens, build)
+            log.info(
+                "xDS (delta ADS) unix:%s%s",
+                config.xds_socket,
+                f" and {pipeline.running.address}" if pipeline.running.address else "",
+            )
         await stop.wait()
     finally:
+        if pipeline is not None:
+            await pipeline.stop()
         await running.stop()
         store.close()
         log.info("control plane stopped")
