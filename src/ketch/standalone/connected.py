@@ -14,21 +14,19 @@ the config file and the in-process CA:
 - the proxy state from the control plane's xDS (`ketch.ztunnel.xds_client.XdsClient`), with
   readiness held (`state manager`) until the first response of every type is applied.
 
-The xDS session and conversion are `ketch.xds` (branch `xds`, not merged yet): looked up
-when the proxy starts; without them this mode refuses to start with a clear message. Tests
-inject stand-ins.
+The xDS session and conversion are `ketch.xds` (`ClientStream`, `convert.decode_all`).
+This module, and with it grpc and the envoy protos, is imported only when `--control-plane`
+is given, so file mode starts without them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 
@@ -37,8 +35,6 @@ from ketch.identity.client import GrpcCaClient, NodeCredentials, join_node
 from ketch.identity.csr import generate_key_and_csr
 from ketch.identity.errors import IdentityError
 from ketch.identity.spiffe import SpiffeId
-from ketch.mesh import Authorization, Service, Workload
-from ketch.ztunnel.xds_client import ClientSession
 
 log = logging.getLogger("ketch.ztunnel.standalone")
 
@@ -156,32 +152,6 @@ async def node_files(
     files = NodeFiles.from_join(creds)
     files.write(node_dir)
     return files
-
-
-@dataclass(frozen=True)
-class XdsCodec:
-    """The xDS protocol pieces from `ketch.xds`: a session per proxy, the two decoders."""
-
-    new_session: Callable[[], ClientSession]
-    decode_address: Callable[[Any], Workload | Service]
-    decode_authorization: Callable[[Any], Authorization]
-
-
-def ketch_xds_codec() -> XdsCodec:
-    """`ketch.xds.session.ClientStream` and `ketch.xds.convert` (branch `xds`)."""
-    try:
-        session = importlib.import_module("ketch.xds.session")
-        convert = importlib.import_module("ketch.xds.convert")
-    except ImportError as e:
-        raise ConnectError(
-            f"this build has no xDS protocol package (ketch.xds: {e}); "
-            "run with --config until it is merged"
-        ) from e
-    return XdsCodec(
-        new_session=session.ClientStream,
-        decode_address=convert.address_from_proto,
-        decode_authorization=convert.authorization_from_proto,
-    )
 
 
 class NodeSession:

@@ -57,7 +57,7 @@ from ketch.ztunnel.proxy import ProxyError, Ztunnel
 from ketch.ztunnel.state import ProxyState
 
 if TYPE_CHECKING:  # connected mode (grpc, envoy protos) is imported when used
-    from ketch.standalone.connected import NodeFiles, NodeSession, XdsCodec
+    from ketch.standalone.connected import NodeFiles, NodeSession
     from ketch.ztunnel.xds_client import XdsClient
 
 log = logging.getLogger("ketch.ztunnel.standalone")
@@ -128,9 +128,8 @@ def _stat_signature(path: Path) -> tuple[int, ...] | None:
 class StandaloneProxy:
     """One node's proxy process (see the module docstring)."""
 
-    def __init__(self, opts: StandaloneOptions, *, codec: XdsCodec | None = None) -> None:
+    def __init__(self, opts: StandaloneOptions) -> None:
         self.opts = opts
-        self._codec = codec  # connected mode: default ketch.xds
         self.node_session: NodeSession | None = None
         self.xds: XdsClient | None = None
         self.stop_requested = asyncio.Event()
@@ -182,12 +181,8 @@ class StandaloneProxy:
         )
 
     async def _start_connected(self, control_plane: str) -> None:
-        from ketch.standalone.connected import (
-            ConnectError,
-            NodeSession,
-            ketch_xds_codec,
-            node_files,
-        )
+        from ketch.standalone.connected import ConnectError, NodeSession, node_files
+        from ketch.xds import ClientStream
         from ketch.ztunnel.xds_client import XdsClient, grpc_target, make_node, node_credentials
         from ketch.ztunnel.xds_state import StateApplier
 
@@ -200,7 +195,6 @@ class StandaloneProxy:
             raise StandaloneError("--control-plane needs --node-dir")
         self.node = opts.node
         try:
-            codec = self._codec or ketch_xds_codec()
             files = await node_files(
                 control_plane,
                 opts.node,
@@ -218,8 +212,8 @@ class StandaloneProxy:
         assert self.zt is not None
         self.xds = XdsClient(
             target,
-            codec.new_session(),
-            StateApplier(self.zt, codec.decode_address, codec.decode_authorization),
+            ClientStream(),
+            StateApplier(self.zt),
             make_node(self.node),
             credentials=node_credentials(files.trust_bundle_pem, files.key_pem, files.chain_pem),
         )

@@ -17,12 +17,13 @@ needs, both wildcard: `istio.workload.Address` (workloads and services) and
 - Reconnect: a new channel per attempt after a backoff of 10 ms doubling up to 15 s, reset
   by a response; "normal" terminations (the server ended the stream, UNKNOWN, CANCELLED,
   DEADLINE_EXCEEDED, "transport is closing", GOAWAY) reconnect after 10 ms, as ztunnel.
-- `synced`: the first response of every type was applied (ztunnel's readiness
-  `types_to_expect`); it stays true across reconnects.
+- `synced`: a response of every type was ACKed (`ClientStream.ready()`: ztunnel's
+  readiness `types_to_expect`; a response with a rejected resource does not count); it
+  stays true across reconnects.
 
 The per-stream protocol state (versions held, nonces, the ACK/NACK message
-`"<name>: <reason>; ..."`) is `ketch.xds.session.ClientStream` (branch `xds`); this module
-needs only the small `ClientSession` protocol below.
+`"<name>: <reason>; ..."`) is `ketch.xds.session.ClientStream`, the `Node` is
+`ketch.xds.node.ztunnel_node`; this module adds only the I/O.
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from ketch.util.tasks import spawn
-from ketch.ztunnel.xds_state import TYPES, ApplyFn
+from ketch.xds import Apply, ClientStream, ztunnel_node
 
 log = logging.getLogger("ketch.ztunnel.xds")
 
@@ -57,17 +58,6 @@ NORMAL_CODES = frozenset(
     }
 )
 NORMAL_DETAILS = ("transport is closing", "GOAWAY")
-
-
-class ClientSession(Protocol):
-    """The delta-xDS client state machine (`ketch.xds.session.ClientStream`): it outlives
-    streams, so what it holds is announced in the next stream's initial requests."""
-
-    def initial_requests(self, node: Any) -> list[Any]: ...
-
-    def on_response(self, response: Any, apply: ApplyFn) -> Any: ...
-
-    def synced(self, type_url: str) -> bool: ...
 
 
 class Backoff:
@@ -104,20 +94,17 @@ def node_credentials(
 
 def make_node(
     node_name: str, *, ip: str = "", namespace: str = "ketch-system", cluster_id: str = "Kubernetes"
-) -> Any:
-    """The envoy `Node`: ztunnel's id `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`
-    (Ketch's node proxy is not a pod: the node name stands in) and metadata (XDS.md §1)."""
-    node = base_pb2.Node(id=f"ztunnel~{ip}~{node_name}.{namespace}~{namespace}.svc.cluster.local")
-    node.metadata.update(
-        {
-            "NAME": node_name,
-            "NAMESPACE": namespace,
-            "NODE_NAME": node_name,
-            "INSTANCE_IPS": ip,
-            "CLUSTER_ID": cluster_id,
-        }
+) -> Node:
+    """ztunnel's `Node` (`ketch.xds.ztunnel_node`): id
+    `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (Ketch's node proxy is not a pod: the
+    node name stands in for the pod name) and metadata with `CLUSTER_ID` as ztunnel sends it."""
+    return ztunnel_node(
+        instance_ip=ip,
+        pod_name=node_name,
+        pod_namespace=namespace,
+        node_name=node_name,
+        meta={"CLUSTER_ID": cluster_id},
     )
-    return node
 
 
 def grpc_target(target: str) -> str:
@@ -143,20 +130,19 @@ class XdsClient:
     def __init__(
         self,
         target: str,
-        session: ClientSession,
-        apply: ApplyFn,
-        node: Any,
+        session: ClientStream,
+        apply: Apply,
+        node: Node,
         *,
         credentials: grpc.ChannelCredentials | None = None,
         server_name: str = SERVER_NAME,
-        types: Sequence[str] = TYPES,
         backoff: Backoff | None = None,
     ) -> None:
         self.target = grpc_target(target)
         self.session = session
         self.apply = apply
         self.node = node
-        self.types = tuple(types)
+        self.types = session.types
         self.stats = XdsStats()
         self.credentials = credentials  # may be replaced (node certificate renewed): next channel
         self._server_name = server_name
@@ -169,8 +155,8 @@ class XdsClient:
 
     @property
     def synced(self) -> bool:
-        """The first response of every type has been applied (stays true afterwards)."""
-        if not self._synced.is_set() and all(self.session.synced(t) for t in self.types):
+        """A response of every type has been ACKed (stays true afterwards)."""
+        if not self._synced.is_set() and self.session.ready():
             self._synced.set()
         return self._synced.is_set()
 

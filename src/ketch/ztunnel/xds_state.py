@@ -13,10 +13,11 @@ applied on its own, a rejected one leaves the others of the same response applie
   IP another object holds in the result is rejected (`_claim_conflicts`: order-independent,
   swaps within one response work); should the snapshot still be inconsistent, the upserts
   are applied one by one in name order and only the ones that break it are rejected.
-- `StateApplier`: the callback itself. Decodes each resource with the injected decoders
-  (`ketch.xds.convert.address_from_proto` / `authorization_from_proto` once that lands),
-  applies the good ones with `apply_changes` and swaps the state through `update_state`
-  (`Ztunnel.update_state` closes inbound connections the new policy denies).
+- `StateApplier`: the callback itself (`ketch.xds.session.Apply`, called by
+  `ClientStream.on_response` with `(name, Any)` pairs). Decodes the resources with
+  `ketch.xds.convert.decode_all` (a resource it cannot convert is rejected with its
+  `Rejected.reason`), applies the good ones with `apply_changes` and swaps the state through
+  `update_state` (`Ztunnel.update_state` closes inbound connections the new policy denies).
 """
 
 from __future__ import annotations
@@ -24,32 +25,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from google.protobuf import any_pb2
 
 from ketch.mesh import Authorization, IpAddr, MeshError, Service, Workload
+from ketch.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, decode_all, resource_name
 from ketch.ztunnel.state import ProxyState
 
 log = logging.getLogger("ketch.ztunnel.xds")
 
-ADDRESS_TYPE = "type.googleapis.com/istio.workload.Address"
-AUTHORIZATION_TYPE = "type.googleapis.com/istio.security.Authorization"
-TYPES = (ADDRESS_TYPE, AUTHORIZATION_TYPE)
-
 MeshObject = Workload | Service | Authorization
 
-
-class XdsResource(Protocol):
-    """What the apply callback needs of an envoy `Resource`: its name and its `Any`."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def resource(self) -> Any: ...
-
-
-# apply(type_url, upserts, removals) -> {name: reason} for every rejected resource
-ApplyFn = Callable[[str, Sequence[XdsResource], Sequence[str]], Mapping[str, str]]
+#: decode(type_url, [(name, Any)]) -> ({name: object}, {name: rejection reason})
+Decoder = Callable[
+    [str, Iterable[tuple[str, any_pb2.Any]]],
+    tuple[Mapping[str, MeshObject], Mapping[str, str]],
+]
 
 
 class StateTarget(Protocol):
@@ -59,11 +51,6 @@ class StateTarget(Protocol):
     def state(self) -> ProxyState: ...
 
     def update_state(self, new: ProxyState) -> object: ...
-
-
-def resource_name(obj: MeshObject) -> str:
-    """Istio's xDS resource name of a mesh object."""
-    return obj.uid if isinstance(obj, Workload) else obj.key
 
 
 def apply_changes(
@@ -172,31 +159,24 @@ def _one_clause(why: str) -> str:
 
 @dataclass
 class StateApplier:
-    """The xDS client's `apply` callback (see the module docstring). The decoders raise
-    any `Exception` for a resource they cannot convert; its text is the NACK reason
-    (made one line without `; `, so the joined NACK message stays parseable)."""
+    """The xDS client's `apply` callback (see the module docstring). `decode` is
+    `ketch.xds.convert.decode_all` (replaceable in tests); every reason is made one line
+    without `; `, so the joined NACK message stays parseable."""
 
     target: StateTarget
-    decode_address: Callable[[Any], Workload | Service]
-    decode_authorization: Callable[[Any], Authorization]
+    decode: Decoder = decode_all
 
     def __call__(
-        self, type_url: str, upserts: Sequence[XdsResource], removals: Sequence[str]
+        self,
+        type_url: str,
+        upserts: Sequence[tuple[str, any_pb2.Any]],
+        removals: Sequence[str],
     ) -> dict[str, str]:
-        rejected: dict[str, str] = {}
-        decoded: dict[str, MeshObject] = {}
-        decode: Callable[[Any], MeshObject] | None = {
-            ADDRESS_TYPE: self.decode_address,
-            AUTHORIZATION_TYPE: self.decode_authorization,
-        }.get(type_url)
-        for r in upserts:
-            if decode is None:
-                rejected[r.name] = f"unsupported type {type_url}"
-                continue
-            try:
-                decoded[r.name] = decode(r.resource)
-            except Exception as e:  # any conversion failure NACKs this resource only
-                rejected[r.name] = str(e) or type(e).__name__
+        if type_url in (ADDRESS_TYPE, AUTHORIZATION_TYPE):
+            decoded, bad = self.decode(type_url, upserts)
+            rejected = dict(bad)
+        else:
+            decoded, rejected = {}, {name: f"unsupported type {type_url}" for name, _ in upserts}
         old = self.target.state
         new, more = apply_changes(old, type_url, decoded, removals)
         rejected.update(more)

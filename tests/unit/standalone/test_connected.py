@@ -2,9 +2,9 @@
 the control plane's certificate service, readiness held until synced.
 
 The control plane here is one in-process grpc.aio server with Ketch's certificate and join
-services and a fake ADS (tests/unit/ztunnel/fake_ads.py), on `ca.sock` (mTLS) and
-`join.sock` (server TLS) as the real one lays them out. xDS session and conversion are the
-stand-ins of tests/unit/ztunnel/xds_standin.py until `ketch.xds` lands.
+services and a fake ADS (tests/unit/ztunnel/fake_ads.py: the real `ketch.xds` ServerStream
+over real istio protos), on `ca.sock` (mTLS) and `join.sock` (server TLS) as the real one
+lays them out. The proxy uses the real `ketch.xds` ClientStream and conversion.
 """
 
 from __future__ import annotations
@@ -35,17 +35,10 @@ from ketch.mesh import Action, Authorization, Scope, Workload
 from ketch.proto.gen.istio.v1.auth import ca_pb2_grpc
 from ketch.proto.gen.ketch.v1 import node_pb2_grpc
 from ketch.standalone import connected
-from ketch.standalone.connected import (
-    ConnectError,
-    NodeFiles,
-    NodeSession,
-    XdsCodec,
-    ketch_xds_codec,
-)
+from ketch.standalone.connected import NodeFiles, NodeSession
 from ketch.standalone.run import StandaloneError, StandaloneOptions, StandaloneProxy
 from tests.unit.ztunnel.fake_ads import FakeAds
 from tests.unit.ztunnel.test_xds_client import eventually
-from tests.unit.ztunnel.xds_standin import StandinSession, decode_address, decode_authorization
 
 W1 = Workload(
     uid="Kubernetes//Pod/default/a",
@@ -55,7 +48,6 @@ W1 = Workload(
     service_account="cart",
 )
 P1 = Authorization(name="deny", namespace="default", scope=Scope.NAMESPACE, action=Action.DENY)
-CODEC = XdsCodec(StandinSession, decode_address, decode_authorization)
 
 
 @dataclass
@@ -133,7 +125,7 @@ def options(cp: ControlPlane, **kw: Any) -> StandaloneOptions:
 async def test_join_sync_and_workload_certificates(cp: ControlPlane) -> None:
     await cp.start()
     token = cp.tokens.create("node-1")
-    p = StandaloneProxy(options(cp, token=token), codec=CODEC)
+    p = StandaloneProxy(options(cp, token=token))
     try:
         await p.start()
         # joined once: the node's key stays in its directory, private
@@ -173,7 +165,7 @@ async def test_join_sync_and_workload_certificates(cp: ControlPlane) -> None:
     finally:
         await p.close()
     # a second start reuses the node certificate: the one-time token is spent
-    p2 = StandaloneProxy(options(cp, token=token), codec=CODEC)
+    p2 = StandaloneProxy(options(cp, token=token))
     try:
         await p2.start()
         await eventually(lambda: p2.is_ready())
@@ -187,7 +179,7 @@ async def test_readiness_held_until_synced(cp: ControlPlane) -> None:
         issued.chain_bytes,
         cp.ca.trust_bundle_pem,
     ).write(cp.dir / "node")
-    p = StandaloneProxy(options(cp), codec=CODEC)
+    p = StandaloneProxy(options(cp))
     try:
         await p.start()  # the control plane is not up yet: start does not wait for it
         assert p.pending() == ["state manager"]
@@ -200,7 +192,7 @@ async def test_readiness_held_until_synced(cp: ControlPlane) -> None:
 
 
 async def test_no_node_certificate_and_no_token_is_a_clear_error(cp: ControlPlane) -> None:
-    p = StandaloneProxy(options(cp), codec=CODEC)
+    p = StandaloneProxy(options(cp))
     with pytest.raises(StandaloneError, match="join once with --token"):
         await p.start()
     await p.close()
@@ -208,7 +200,7 @@ async def test_no_node_certificate_and_no_token_is_a_clear_error(cp: ControlPlan
 
 async def test_bad_token_is_a_clear_error(cp: ControlPlane) -> None:
     await cp.start()
-    p = StandaloneProxy(options(cp, token="ketch-node-guess"), codec=CODEC)
+    p = StandaloneProxy(options(cp, token="ketch-node-guess"))
     with pytest.raises(StandaloneError, match="joining the control plane"):
         await p.start()
     await p.close()
@@ -224,18 +216,9 @@ async def test_bad_token_is_a_clear_error(cp: ControlPlane) -> None:
 )
 async def test_flag_combinations(cp: ControlPlane, kw: dict[str, Any], match: str) -> None:
     opts = options(cp)
-    p = StandaloneProxy(StandaloneOptions(**{**opts.__dict__, **kw}), codec=CODEC)
+    p = StandaloneProxy(StandaloneOptions(**{**opts.__dict__, **kw}))
     with pytest.raises(StandaloneError, match=match):
         await p.start()
-
-
-def test_without_ketch_xds_the_mode_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(name: str) -> Any:
-        raise ImportError(f"No module named {name!r}")
-
-    monkeypatch.setattr(connected.importlib, "import_module", missing)
-    with pytest.raises(ConnectError, match="run with --config"):
-        ketch_xds_codec()
 
 
 def test_default_join_address_and_trust_bundle_sit_next_to_ca_sock() -> None:
@@ -295,3 +278,16 @@ async def test_node_certificate_renewal_schedule(tmp: Path) -> None:
     assert 3600 <= half < 3700  # 2 h (notBefore is backdated a little)
     assert sleeps == [half, connected.RENEW_RETRY]
     assert session.files is files
+
+
+def test_file_mode_does_not_import_the_connected_mode() -> None:
+    """grpc, the envoy protos and ketch.xds load only with --control-plane (start-up time)."""
+    code = (
+        "import sys, ketch.standalone.run, ketch.cli.ztunnel_cmd\n"
+        "heavy = ('ketch.xds', 'grpc', 'envoy', 'ketch.standalone.connected')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"

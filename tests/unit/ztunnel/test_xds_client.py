@@ -1,10 +1,8 @@
 """The node proxy's xDS client against a real grpc.aio ADS server on a unix socket.
 
-The fake server speaks delta xDS as istiod does for ztunnel (XDS.md §2-3): wildcard
-subscriptions, a first response per type computed from `initial_resource_versions` (only
-changed resources, removed names for the ones it no longer has), pushes, and it records every
-request (ACKs/NACKs). Session and conversion are the stand-ins of `xds_standin.py` until
-`ketch.xds` lands.
+The fake server (tests/unit/ztunnel/fake_ads.py) runs the real `ketch.xds` server state
+machine per stream over real istio protos; the client side is the real `ClientStream` and
+`convert.decode_all`, so both ends of the wire are the production code.
 """
 
 from __future__ import annotations
@@ -21,19 +19,15 @@ import pytest
 
 from ketch.identity.ca import CertificateAuthority
 from ketch.mesh import Action, Authorization, Rule, Scope, Service, ServicePort, Workload
+from ketch.proto.gen.istio.workload import workload_pb2
+from ketch.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, ClientStream, to_any
 from ketch.ztunnel.connections import Direction
 from ketch.ztunnel.proxy import Ztunnel
 from ketch.ztunnel.rbac import Connection
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.xds_client import Backoff, XdsClient, make_node, node_credentials
-from ketch.ztunnel.xds_state import ADDRESS_TYPE, AUTHORIZATION_TYPE, StateApplier
+from ketch.ztunnel.xds_state import StateApplier
 from tests.unit.ztunnel.fake_ads import FakeAds, serve, v
-from tests.unit.ztunnel.xds_standin import (
-    StandinSession,
-    decode_address,
-    decode_authorization,
-    encode,
-)
 
 
 def wl(name: str, ip: str) -> Workload:
@@ -90,8 +84,8 @@ def proxy() -> Ztunnel:
 async def client(tmp_path: Path, proxy: Ztunnel) -> AsyncIterator[XdsClient]:
     c = XdsClient(
         str(tmp_path / "ads.sock"),
-        StandinSession(),
-        StateApplier(proxy, decode_address, decode_authorization),
+        ClientStream(),
+        StateApplier(proxy),
         make_node("node-1"),
     )
     yield c
@@ -182,20 +176,20 @@ async def test_rejected_resource_is_nacked_by_name_and_the_others_apply(
     try:
         await client.start()
         await eventually(lambda: client.synced)
-        bad = {
-            "workload": {
-                "uid": "Kubernetes//Pod/default/bad",
-                "name": "bad",
-                "namespace": "default",
-                "addresses": ["not-an-ip"],
-            }
-        }
+        bad = workload_pb2.Address(
+            workload=workload_pb2.Workload(
+                uid="Kubernetes//Pod/default/bad",
+                name="bad",
+                namespace="default",
+                addresses=[b"\x0a\x00\x07"],  # 3 bytes: not an IP
+            )
+        )
         clash = wl("clash", "10.0.0.1")  # W1's address
         nonce = fake.push(
             ADDRESS_TYPE,
             {
                 **v({W2: "1", clash: "1"}),
-                "Kubernetes//Pod/default/bad": ("1", encode(bad)),
+                "Kubernetes//Pod/default/bad": ("1", to_any(bad)),
             },
         )
         await eventually(lambda: fake.answer_to(nonce))
@@ -203,14 +197,19 @@ async def test_rejected_resource_is_nacked_by_name_and_the_others_apply(
         assert nack.HasField("error_detail")
         parts = dict(p.split(": ", 1) for p in nack.error_detail.message.split("; "))
         assert set(parts) == {"Kubernetes//Pod/default/bad", clash.uid}
-        assert "not-an-ip" in parts["Kubernetes//Pod/default/bad"]
+        assert "got 3 bytes" in parts["Kubernetes//Pod/default/bad"]
         assert "10.0.0.1" in parts[clash.uid]
         assert set(proxy.state.workloads) == {W1.uid, W2.uid}
         assert client.stats.nacks == 1
 
-        nonce = fake.push(ADDRESS_TYPE, v({W3: "1"}))
+        # the control plane fixes its config: the next push resends what the NACKed response
+        # carried (W2 again) and removes the rejected names
+        nonce = fake.push(ADDRESS_TYPE, v({W3: "1"}), [clash.uid, "Kubernetes//Pod/default/bad"])
         await eventually(lambda: fake.answer_to(nonce))
         assert not fake.answer_to(nonce).HasField("error_detail")
+        resent = fake.sent[-1]
+        assert {r.name for r in resent.resources} == {W2.uid, W3.uid}
+        assert set(resent.removed_resources) == {clash.uid, "Kubernetes//Pod/default/bad"}
         assert set(proxy.state.workloads) == {W1.uid, W2.uid, W3.uid}
     finally:
         await server.stop(0)
@@ -304,16 +303,16 @@ async def test_mtls_with_the_node_certificate(tmp_path: Path, proxy: Ztunnel) ->
     node = ca.issue_node("node-1")
     good = XdsClient(
         f"unix:{sock}",
-        StandinSession(),
-        StateApplier(proxy, decode_address, decode_authorization),
+        ClientStream(),
+        StateApplier(proxy),
         make_node("node-1"),
         credentials=node_credentials(ca.trust_bundle_pem, node.key_pem, node.chain_bytes),
     )
     stranger = CertificateAuthority.create().issue_node("node-1")
     bad = XdsClient(
         f"unix:{sock}",
-        StandinSession(),
-        StateApplier(proxy, decode_address, decode_authorization),
+        ClientStream(),
+        StateApplier(proxy),
         make_node("node-1"),
         credentials=node_credentials(ca.trust_bundle_pem, stranger.key_pem, stranger.chain_bytes),
     )
@@ -345,7 +344,7 @@ def test_backoff_doubles_to_15s_and_normal_ends_wait_10ms() -> None:
     assert b.next() == 0.01
 
 
-class _FlakySession(StandinSession):
+class _FlakySession(ClientStream):
     """Fails on its second response: a protocol error the client must recover from."""
 
     def __init__(self) -> None:
@@ -368,7 +367,7 @@ async def test_a_session_error_restarts_the_stream_and_keeps_the_state(
     c = XdsClient(
         str(tmp_path / "ads.sock"),
         session,
-        StateApplier(proxy, decode_address, decode_authorization),
+        StateApplier(proxy),
         make_node("node-1"),
     )
     try:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
 import pytest
+from google.protobuf import any_pb2
 
 from ketch.mesh import Action, Authorization, Scope, Service, ServicePort, Workload
+from ketch.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, to_address, to_any
 from ketch.ztunnel.state import ProxyState
 from ketch.ztunnel.xds_state import (
-    ADDRESS_TYPE,
-    AUTHORIZATION_TYPE,
     MeshObject,
     StateApplier,
     apply_changes,
@@ -243,12 +242,6 @@ def test_nothing_applied_returns_the_same_state() -> None:
     assert set(why) == {W_CLASH.uid}
 
 
-@dataclass
-class _Res:
-    name: str
-    resource: Any
-
-
 class _Target:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
@@ -260,27 +253,37 @@ class _Target:
         return []
 
 
-def _decode(obj: Any) -> Any:
-    if isinstance(obj, Exception):
-        raise obj
-    return obj
-
-
 def test_state_applier_decodes_applies_and_rejects_per_resource() -> None:
+    """Real istio protos through `ketch.xds.convert.decode_all`."""
     target = _Target(BASE)
-    apply = StateApplier(target, _decode, _decode)
+    apply = StateApplier(target)
+    garbage = any_pb2.Any(type_url=ADDRESS_TYPE, value=b"\xff\xff\xff")
     rejected = apply(
         ADDRESS_TYPE,
         [
-            _Res(W1_MOVED.uid, W1_MOVED),
-            _Res("bad", ValueError("bad\nbytes; really")),
-            _Res("x", KeyError()),
+            (W1_MOVED.uid, to_any(to_address(W1_MOVED))),
+            ("bad", garbage),
+            ("x", to_any(to_address(W_CLASH))),  # named other than its uid
         ],
         [W2.uid],
     )
-    assert rejected == {"bad": "bad bytes, really", "x": "KeyError"}
+    assert set(rejected) == {"bad", "x"}
+    assert "does not match" in rejected["x"] or W_CLASH.uid in rejected["x"]
     assert target.state.workloads == {W1.uid: W1_MOVED}
     assert target.updates == 1
     # all rejected, nothing removed: the proxy's state is not swapped
-    assert apply(AUTHORIZATION_TYPE, [_Res("bad", ValueError("no"))], []) == {"bad": "no"}
+    assert set(apply(AUTHORIZATION_TYPE, [("bad", garbage)], [])) == {"bad"}
     assert target.updates == 1
+    # a type the node proxy does not take: every resource rejected, the state kept
+    assert apply("type.googleapis.com/other", [("o", garbage)], []) == {
+        "o": "unsupported type type.googleapis.com/other"
+    }
+    assert target.updates == 1
+
+
+def test_state_applier_reasons_fit_the_nack_message() -> None:
+    def decode(type_url: str, upserts: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        return {}, {name: "bad\nbytes; really" for name, _ in upserts}
+
+    apply = StateApplier(_Target(BASE), decode)
+    assert apply(ADDRESS_TYPE, [("bad", any_pb2.Any())], []) == {"bad": "bad bytes, really"}
