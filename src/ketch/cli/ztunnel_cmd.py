@@ -1,4 +1,5 @@
-"""`ketch ztunnel run`: the node proxy as a process, from a standalone YAML config.
+"""`ketch ztunnel run`: the node proxy as a process, from a standalone YAML config or joined
+to a control plane (`--control-plane`).
 
 The proxy modules are imported inside the command, so `ketch get` does not pay for them.
 """
@@ -83,6 +84,13 @@ def run(
             help="Roots to trust when joining (default: trust-bundle.pem next to a unix --control-plane).",
         ),
     ] = None,
+    pods: Annotated[
+        Path | None,
+        typer.Option(
+            "--pods",
+            help="With --control-plane: YAML list of the pods to serve ({name, namespace, netns, serviceAccount, uid}); reloaded when it changes. A stand-in for the node agent's ZDS handoff.",
+        ),
+    ] = None,
     node: Annotated[
         str | None,
         typer.Option("--node", help="This node's name (default: the config's `node`)."),
@@ -108,7 +116,9 @@ def run(
     ] = 30.0,
     reload_interval: Annotated[
         float,
-        typer.Option("--reload-interval", min=0.05, help="Seconds between config file checks."),
+        typer.Option(
+            "--reload-interval", min=0.05, help="Seconds between config (or --pods) file checks."
+        ),
     ] = 1.0,
     workload_ttl: Annotated[
         str | None,
@@ -168,6 +178,7 @@ def run(
             token=token,
             join_address=join_address,
             trust_bundle=trust_bundle,
+            pods=pods,
         )
     except (StandaloneError, ValueError) as e:
         fail(str(e))

@@ -23,8 +23,10 @@ With `control_plane` set instead of `config`/`ca_dir` (`ketch ztunnel run --cont
 steps 1, 2 and 5 are replaced (`ketch.standalone.connected`): the node joins with a bootstrap
 token once (or reads its node certificate from `node_dir`), pod certificates come from the
 control plane's certificate service, the state from its xDS (`XdsClient`), and readiness
-holds `state manager` until the first xDS response of every type is applied. Pods arrive
-from the node agent (ZDS, not built yet): in this mode none are enrolled from a file.
+holds `state manager` until a response of every xDS type is ACKed. Pods would arrive from
+the node agent (ZDS, not built yet); as its stand-in, `pods` (`--pods FILE`, read by
+`ketch.standalone.pods`) lists them with their netns, enrolled and watched exactly as the
+config file's pods in step 4 and 5.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import errno
 import ipaddress
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -48,7 +51,7 @@ from ketch.identity.ca import CertificateAuthority
 from ketch.identity.errors import IdentityError
 from ketch.identity.local import CaClient, InProcessCaClient
 from ketch.identity.manager import CertificateManager
-from ketch.standalone.config import ConfigError, LoadedConfig, LocalPod, read_config
+from ketch.standalone.config import ConfigError, LocalPod, read_config
 from ketch.util.tasks import spawn
 from ketch.ztunnel.admin import HttpEndpoint, admin_routes, metrics_routes, readiness_routes
 from ketch.ztunnel.metrics import ZtunnelMetrics
@@ -108,6 +111,7 @@ class StandaloneOptions:
     token: str | None = None  # bootstrap token for the first join
     join_address: str | None = None  # default: join.sock next to a unix control_plane
     trust_bundle: Path | None = None  # for the join; default: next to a unix control_plane
+    pods: Path | None = None  # the pods to serve (stand-in for ZDS; ketch.standalone.pods)
 
 
 def split_pem(blob: bytes) -> list[bytes]:
@@ -160,6 +164,10 @@ class StandaloneProxy:
         opts = self.opts
         if opts.config is None or opts.ca_dir is None:
             raise StandaloneError("give --config and --ca-dir, or --control-plane")
+        if opts.pods is not None:
+            raise StandaloneError(
+                "--pods is for --control-plane (with --config, pods are the workloads with netns)"
+            )
         self._signature = _stat_signature(opts.config)
         loaded = read_config(opts.config)  # ConfigError: the caller reports it
         for w in loaded.warnings:
@@ -170,7 +178,7 @@ class StandaloneProxy:
         except (IdentityError, ValueError, OSError) as e:
             raise StandaloneError(f"--ca-dir {opts.ca_dir}: {e}") from e
         await self._start_proxy(loaded.state, InProcessCaClient(ca), ca.trust_bundle)
-        await self._sync_pods(loaded)
+        await self._sync_pods(loaded.pods_on(self.node))
         self._synced = True
         log.info(
             "standalone node proxy for node %r: %d workload(s), %d local pod(s), config %s",
@@ -182,6 +190,7 @@ class StandaloneProxy:
 
     async def _start_connected(self, control_plane: str) -> None:
         from ketch.standalone.connected import ConnectError, NodeSession, node_files
+        from ketch.standalone.pods import read_pods
         from ketch.xds import ClientStream
         from ketch.ztunnel.xds_client import XdsClient, grpc_target, make_node, node_credentials
         from ketch.ztunnel.xds_state import StateApplier
@@ -194,6 +203,13 @@ class StandaloneProxy:
         if opts.node_dir is None:
             raise StandaloneError("--control-plane needs --node-dir")
         self.node = opts.node
+        pods: tuple[LocalPod, ...] = ()
+        if opts.pods is not None:
+            self._signature = _stat_signature(opts.pods)
+            try:
+                pods = read_pods(opts.pods)
+            except ConfigError as e:
+                raise StandaloneError("--pods: " + "\n  ".join(e.problems)) from e
         try:
             files = await node_files(
                 control_plane,
@@ -225,10 +241,14 @@ class StandaloneProxy:
 
         session.on_renew.append(renewed)
         self._tasks.append(spawn(session.run(), name="standalone-node-cert"))
+        await self._sync_pods(pods)
         log.info(
-            "node proxy for node %r: state and certificates from the control plane at %s",
+            "node proxy for node %r: state and certificates from the control plane at %s; "
+            "%d pod(s) from %s",
             self.node,
             target,
+            len(self._desired),
+            opts.pods or "nowhere (no --pods)",
         )
 
     async def _start_proxy(self, state: ProxyState, ca: CaClient, trust: list[bytes]) -> None:
@@ -412,16 +432,19 @@ class StandaloneProxy:
     # ------------------------------------------------------------------ config
 
     async def reload(self, *, force: bool = False) -> bool:
-        """Apply the config file if it changed (or `force`); retry failed enrollments.
-        Returns True if a new config was applied."""
-        if self.opts.config is None:  # connected mode: the state comes over xDS
+        """Apply the config file (connected mode: the pods file) if it changed (or `force`);
+        retry failed enrollments. Returns True if a new version was applied."""
+        watched = self.opts.config or self.opts.pods
+        if watched is None:  # connected mode without --pods: the state comes over xDS
             return False
-        sig = _stat_signature(self.opts.config)
+        sig = _stat_signature(watched)
         if not force and sig == self._signature:
             if self._failed:
                 await self._enroll_missing()
             return False
         self._signature = sig
+        if self.opts.config is None:
+            return await self._reload_pods(watched)
         try:
             loaded = read_config(self.opts.config)
         except ConfigError as e:
@@ -435,7 +458,7 @@ class StandaloneProxy:
             log.warning("%s", w)
         assert self.zt is not None
         closed = self.zt.update_state(loaded.state)
-        await self._sync_pods(loaded)
+        await self._sync_pods(loaded.pods_on(self.node))
         log.info(
             "config %s reloaded: %d workload(s), %d local pod(s); %d connection(s) closed by policy",
             self.opts.config,
@@ -445,9 +468,26 @@ class StandaloneProxy:
         )
         return True
 
-    async def _sync_pods(self, loaded: LoadedConfig) -> None:
+    async def _reload_pods(self, path: Path) -> bool:
+        from ketch.standalone.pods import read_pods
+
+        try:
+            pods = read_pods(path)
+        except ConfigError as e:
+            log.error(
+                "pods file %s rejected, keeping the last good list:\n  %s",
+                path,
+                "\n  ".join(e.problems),
+            )
+            return False
+        await self._sync_pods(pods)
+        log.info("pods file %s reloaded: %d pod(s)", path, len(self._desired))
+        return True
+
+    async def _sync_pods(self, pods: Iterable[LocalPod]) -> None:
+        """Enroll the pods listed (config file or pods file) and remove the others."""
         assert self.zt is not None
-        self._desired = {p.uid: p for p in loaded.pods_on(self.node)}
+        self._desired = {p.uid: p for p in pods}
         for uid, pod in list(self._enrolled.items()):
             if self._desired.get(uid) != pod:
                 del self._enrolled[uid]

@@ -35,7 +35,9 @@ from ketch.mesh import Action, Authorization, Scope, Workload
 from ketch.proto.gen.istio.v1.auth import ca_pb2_grpc
 from ketch.proto.gen.ketch.v1 import node_pb2_grpc
 from ketch.standalone import connected
+from ketch.standalone.config import ConfigError
 from ketch.standalone.connected import NodeFiles, NodeSession
+from ketch.standalone.pods import parse_pods
 from ketch.standalone.run import StandaloneError, StandaloneOptions, StandaloneProxy
 from tests.unit.ztunnel.fake_ads import FakeAds
 from tests.unit.ztunnel.test_xds_client import eventually
@@ -291,3 +293,76 @@ def test_file_mode_does_not_import_the_connected_mode() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert proc.stdout.strip() == "[]"
+
+
+async def test_pods_file_stands_in_for_zds(cp: ControlPlane) -> None:
+    """--pods: enrolled like file mode's pods (a missing netns is retried and holds
+    readiness as `workload manager`), re-read when it changes, a bad version ignored."""
+    await cp.start()
+    pods = cp.dir / "pods.yaml"
+    pods.write_text(f"- {{name: a, namespace: default, netns: {cp.dir / 'no-such-netns'}}}\n")
+    p = StandaloneProxy(options(cp, token=cp.tokens.create("node-1"), pods=pods))
+    try:
+        await p.start()
+        await eventually(lambda: p.xds is not None and p.xds.synced)
+        assert p.pending() == ["workload manager"]
+        (status,) = p.pod_status()
+        assert status["uid"] == "Kubernetes//Pod/default/a"  # istiod's uid, as xDS names it
+        assert status["state"] == "not_enrolled"
+        assert "cannot open netns" in status["error"]
+
+        pods.write_text("- {name: a, netns: x, bogus: 1}\n")
+        assert await p.reload(force=True) is False  # rejected: the last good list is kept
+        assert [s["uid"] for s in p.pod_status()] == ["Kubernetes//Pod/default/a"]
+
+        pods.write_text("[]\n")
+        assert await p.reload(force=True) is True
+        assert p.pod_status() == []
+        assert p.is_ready()
+    finally:
+        await p.close()
+
+
+async def test_bad_pods_file_at_start_is_a_clear_error(cp: ControlPlane) -> None:
+    pods = cp.dir / "pods.yaml"
+    pods.write_text("- {name: a}\n")
+    p = StandaloneProxy(options(cp, pods=pods))
+    with pytest.raises(StandaloneError, match=r"--pods: .*\[0\]\.netns: Field required"):
+        await p.start()
+    await p.close()
+
+
+async def test_pods_file_is_for_connected_mode(tmp: Path) -> None:
+    p = StandaloneProxy(
+        StandaloneOptions(config=tmp / "mesh.yaml", ca_dir=tmp / "ca", pods=tmp / "pods.yaml")
+    )
+    with pytest.raises(StandaloneError, match="--pods is for --control-plane"):
+        await p.start()
+
+
+def test_parse_pods() -> None:
+    assert parse_pods("") == ()
+    (a, b) = parse_pods(
+        "- {name: a, netns: web-a}\n"
+        "- {name: b, namespace: app, netns: /proc/1/ns/net, serviceAccount: sa, uid: u-b}\n"
+    )
+    assert (a.uid, a.namespace, a.service_account, a.netns_path) == (
+        "Kubernetes//Pod/default/a",
+        "default",
+        "default",
+        "/run/netns/web-a",
+    )
+    assert (b.uid, b.namespace, b.service_account, b.netns_path) == (
+        "u-b",
+        "app",
+        "sa",
+        "/proc/1/ns/net",
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_pods("- {name: a, netns: x}\n- {name: a, netns: y}\n- 7\n", "p.yaml")
+    assert (
+        e.value.problems[0] == "p.yaml: [1]: pod Kubernetes//Pod/default/a is already listed at [0]"
+    )
+    assert e.value.problems[1].startswith("p.yaml: [2]: ")
+    with pytest.raises(ConfigError, match="expected a list of pods"):
+        parse_pods("{name: a}")
