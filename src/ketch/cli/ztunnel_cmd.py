@@ -77,6 +77,13 @@ def run(
             help="The control plane's join listener (default: join.sock next to a unix --control-plane).",
         ),
     ] = None,
+    xds_address: Annotated[
+        str | None,
+        typer.Option(
+            "--xds-address",
+            help="The control plane's delta ADS (default: xds.sock next to a unix --control-plane, else the --control-plane address).",
+        ),
+    ] = None,
     trust_bundle: Annotated[
         Path | None,
         typer.Option(
@@ -178,6 +185,7 @@ def run(
             token=token,
             join_address=join_address,
             trust_bundle=trust_bundle,
+            xds_address=xds_address,
             pods=pods,
         )
     except (StandaloneError, ValueError) as e:

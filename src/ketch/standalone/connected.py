@@ -11,8 +11,9 @@ the config file and the in-process CA:
   with the node certificate), so no CA key is on the node; `NodeSession` renews the node
   certificate at half-life (a new key, signed over the same mTLS channel), writes it to the
   node directory and moves the certificate client and the xDS credentials to it;
-- the proxy state from the control plane's xDS (`ketch.ztunnel.xds_client.XdsClient`), with
-  readiness held (`state manager`) until the first response of every type is applied.
+- the proxy state from the control plane's xDS (`ketch.ztunnel.xds_client.XdsClient`, on
+  `xds.sock` next to a unix `ca.sock` by default), with readiness held (`state manager`)
+  until a response of every type is ACKed.
 
 The xDS session and conversion are `ketch.xds` (`ClientStream`, `convert.decode_all`).
 This module, and with it grpc and the envoy protos, is imported only when `--control-plane`
@@ -98,7 +99,9 @@ def is_unix(target: str) -> bool:
 
 
 def unix_path(target: str) -> Path:
-    return Path(target.removeprefix("unix:"))
+    """`unix:/p`, `unix:///p` (gRPC's URI form) or `/p` -> `/p`."""
+    rest = target.removeprefix("unix:")
+    return Path(rest[2:] if rest.startswith("///") else rest)
 
 
 def default_join_target(control_plane: str) -> str | None:
@@ -106,6 +109,15 @@ def default_join_target(control_plane: str) -> str | None:
     if is_unix(control_plane):
         return f"unix:{unix_path(control_plane).with_name('join.sock')}"
     return None
+
+
+def default_xds_target(control_plane: str) -> str:
+    """The control plane's delta ADS: `xds.sock` next to a unix `ca.sock` (the control
+    plane's `--xds` layout); over TCP, the same address unless `--xds-address` says
+    otherwise."""
+    if is_unix(control_plane):
+        return f"unix:{unix_path(control_plane).with_name('xds.sock')}"
+    return control_plane
 
 
 def default_trust_bundle(control_plane: str) -> Path | None:

@@ -111,6 +111,7 @@ class StandaloneOptions:
     token: str | None = None  # bootstrap token for the first join
     join_address: str | None = None  # default: join.sock next to a unix control_plane
     trust_bundle: Path | None = None  # for the join; default: next to a unix control_plane
+    xds_address: str | None = None  # default: xds.sock next to a unix control_plane
     pods: Path | None = None  # the pods to serve (stand-in for ZDS; ketch.standalone.pods)
 
 
@@ -189,7 +190,12 @@ class StandaloneProxy:
         )
 
     async def _start_connected(self, control_plane: str) -> None:
-        from ketch.standalone.connected import ConnectError, NodeSession, node_files
+        from ketch.standalone.connected import (
+            ConnectError,
+            NodeSession,
+            default_xds_target,
+            node_files,
+        )
         from ketch.standalone.pods import read_pods
         from ketch.xds import ClientStream
         from ketch.ztunnel.xds_client import XdsClient, grpc_target, make_node, node_credentials
@@ -226,8 +232,9 @@ class StandaloneProxy:
         self.node_session = session = NodeSession(target, files, opts.node_dir)
         await self._start_proxy(ProxyState(), session, trust)
         assert self.zt is not None
+        xds_target = grpc_target(opts.xds_address or default_xds_target(control_plane))
         self.xds = XdsClient(
-            target,
+            xds_target,
             ClientStream(),
             StateApplier(self.zt),
             make_node(self.node),
@@ -243,10 +250,11 @@ class StandaloneProxy:
         self._tasks.append(spawn(session.run(), name="standalone-node-cert"))
         await self._sync_pods(pods)
         log.info(
-            "node proxy for node %r: state and certificates from the control plane at %s; "
+            "node proxy for node %r: certificates from %s, state over xDS from %s; "
             "%d pod(s) from %s",
             self.node,
             target,
+            xds_target,
             len(self._desired),
             opts.pods or "nowhere (no --pods)",
         )
