@@ -1,0 +1,372 @@
+"""End to end over the real path: a real control plane process with `--xds`, two node
+netns with a pod each, two real `ketch ztunnel run --control-plane` processes joined with
+bootstrap tokens, pods enrolled from `--pods` files (the ZDS stand-in), the mesh written
+with `ketch apply`, and traffic between the pods through HBONE, by pod IP and by service
+VIP; then an AuthorizationPolicy applied and deleted through the store takes effect on
+new connections within seconds.
+
+NOTE (branch wire-client): the control plane's translation (`plane.run` building the
+snapshot from the store with `translate_all`) is wired on branch wire-push. Without it the
+control plane serves an empty snapshot: everything up to the first xDS response is checked
+(join, xDS connected and ACKed on both nodes, pods enrolled, certificates not yet), and the
+rest of the test is an explicit xfail as long as `ketch control-plane run --help` still says
+the snapshot is empty. After both branches are merged it runs in full.
+
+`KETCH_E2E_TRANSLATE_SHIM=1` runs the control plane through a small shim that passes a
+`translate_all` build to `ketch.control.plane.run` (the same thing `--xds` will do), so the
+data path can be checked before the merge. Remove the shim once wire-push is merged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ketch.netns import install_rules
+from ketch.netns.fabric import Fabric, Node, Pod
+from tests.integration.conftest import unique_prefix
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+KETCH = str(Path(sys.executable).with_name("ketch"))
+TD = "cluster.local"
+MTLS = 'connection_security_policy="mutual_tls"'
+OPENED = "istio_tcp_connections_opened_total{"
+EMPTY_SNAPSHOT_HELP = "the snapshot is empty until the translation is wired in"
+
+_SHIM = textwrap.dedent(
+    """
+    import asyncio, logging, signal, sys
+    from pathlib import Path
+    from ketch.control import plane
+    from ketch.control.translate.snapshot import translate_all
+    from ketch.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, snapshot
+
+    def build(store):
+        snap = translate_all(store.list().items)
+        return {
+            ADDRESS_TYPE: snapshot([*snap.workloads.values(), *snap.services.values()]),
+            AUTHORIZATION_TYPE: snapshot(snap.authorizations.values()),
+        }
+
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, stop.set)
+        cfg = plane.ControlPlaneConfig(state_dir=Path(sys.argv[1]), xds=True)
+        await plane.run(cfg, stop, build=build)
+
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(main())
+    """
+)
+
+
+def _deadline(seconds: float) -> Callable[[], bool]:
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() < end
+
+
+@dataclass
+class Mesh:
+    fabric: Fabric
+    node1: Node
+    node2: Node
+    a: Pod
+    b: Pod
+    state: Path  # the control plane's state dir (sockets, ketch.db, CA)
+    logs: Path
+    env: dict[str, str]
+    plane: subprocess.Popen[Any] | None = None
+    proxies: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- the CLI, the store
+
+    def ketch(self, *args: str, stdin: str | None = None) -> str:
+        r = subprocess.run(
+            [KETCH, *args], input=stdin, capture_output=True, text=True, env=self.env, timeout=60
+        )
+        assert r.returncode == 0, f"ketch {' '.join(args)}: {r.stderr}"
+        return r.stdout
+
+    def apply(self, *docs: dict[str, Any]) -> None:
+        self.ketch("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+
+    # ---------------------------------------------------------------- processes
+
+    def start_plane(self) -> None:
+        log = open(self.logs / "plane.log", "wb")  # noqa: SIM115
+        if os.environ.get("KETCH_E2E_TRANSLATE_SHIM") == "1":
+            argv = [sys.executable, "-c", _SHIM, str(self.state)]
+        else:
+            argv = [KETCH, "control-plane", "run", "--xds", "--state-dir", str(self.state)]
+        self.plane = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        alive = _deadline(30)
+        while not all((self.state / s).exists() for s in ("ca.sock", "join.sock", "xds.sock")):
+            assert self.plane.poll() is None, self.log("plane")
+            assert alive(), "control plane did not start:\n" + self.log("plane")
+            time.sleep(0.05)
+
+    def pods_file(self, node: Node, *pods: Pod) -> Path:
+        path = self.state / f"pods-{node.name}.yaml"
+        doc = [
+            {"name": p.name, "namespace": "app", "serviceAccount": p.name, "netns": p.netns}
+            for p in pods
+        ]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(doc))
+        os.replace(tmp, path)
+        return path
+
+    def start_proxy(self, node: Node, token: str, pods: Path) -> None:
+        log = open(self.logs / f"{node.name}.log", "wb")  # noqa: SIM115
+        self.proxies[node.name] = node.exec(
+            [
+                KETCH,
+                "ztunnel",
+                "run",
+                "--control-plane",
+                f"unix://{self.state / 'ca.sock'}",
+                "--token",
+                token,
+                "--node",
+                node.name,
+                "--node-dir",
+                str(self.state / f"node-{node.name}"),
+                "--pods",
+                str(pods),
+                "--reload-interval",
+                "0.2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs_all(self) -> str:
+        return "\n".join(
+            f"===== {n}\n{self.log(n)[-6000:]}" for n in ("plane", self.node1.name, self.node2.name)
+        )
+
+    def stop_plane(self) -> int | None:
+        if self.plane is None or self.plane.poll() is not None:
+            return self.plane.returncode if self.plane else None
+        self.plane.send_signal(signal.SIGTERM)
+        try:
+            return self.plane.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.plane.kill()
+            self.plane.wait()
+            return None
+
+    # ---------------------------------------------------------------- node endpoints
+
+    def http(self, node: Node, port: int, path: str) -> tuple[int, str]:
+        r = node.run(
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            check=False,
+        )
+        body, _, code = r.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def dump(self, node: Node) -> dict[str, Any]:
+        code, body = self.http(node, 15000, "/config_dump")
+        return json.loads(body) if code == 200 else {}
+
+    def metric_lines(self, node: Node, *needles: str) -> list[str]:
+        _, text = self.http(node, 15020, "/metrics")
+        return [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith(OPENED) and all(n in ln for n in needles)
+        ]
+
+    def curl_from_a(self, url: str, timeout: float = 3) -> subprocess.CompletedProcess[str]:
+        return self.a.run(["curl", "-sS", "--max-time", str(timeout), url], check=False)
+
+    def wait(self, what: str, cond: Callable[[], object], within: float = 20) -> None:
+        alive = _deadline(within)
+        while not cond():
+            for name, proc in self.proxies.items():
+                assert proc.poll() is None, f"proxy on {name} exited:\n{self.logs_all()}"
+            assert self.plane is not None
+            assert self.plane.poll() is None, self.logs_all()
+            assert alive(), f"{what}: not within {within}s\n{self.logs_all()}"
+            time.sleep(0.2)
+
+
+def _pod(p: Pod, node: Node) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": p.name,
+            "namespace": "app",
+            "labels": {"app": p.name},
+            "annotations": {"ambient.istio.io/redirection": "enabled"},
+        },
+        "spec": {
+            "nodeName": node.name,
+            "serviceAccountName": p.name,
+            "containers": [{"name": "main", "command": ["sleep", "infinity"]}],
+        },
+        # kept by `ketch apply` on create (server-set status is kept only on update)
+        "status": {
+            "phase": "Running",
+            "podIP": p.ip,
+            "podIPs": [{"ip": p.ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+NAMESPACE = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}
+SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "web", "namespace": "app"},
+    "spec": {"selector": {"app": "b"}, "ports": [{"port": 80, "targetPort": 8080}]},
+}
+DENY_A = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "AuthorizationPolicy",
+    "metadata": {"name": "deny-a", "namespace": "app"},
+    "spec": {
+        "action": "DENY",
+        "rules": [{"from": [{"source": {"principals": [f"{TD}/ns/app/sa/a"]}}]}],
+    },
+}
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    state = Path(tempfile.mkdtemp(prefix="kx-"))  # unix socket paths are short
+    fab = Fabric(unique_prefix("x"))
+    m: Mesh | None = None
+    try:
+        n1, n2 = fab.add_node("node1"), fab.add_node("node2")
+        a, b = fab.add_pod(n1, "a"), fab.add_pod(n2, "b")
+        for p in (a, b):
+            install_rules(p.netns)
+        www = tmp_path / "www"
+        www.mkdir()
+        (www / "index.html").write_text("hello from b\n")
+        b.exec(
+            ["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", str(www)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        b.wait_for_tcp("127.0.0.1", 8080)
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        env = {**os.environ, "KETCH_STORE": str(state / "ketch.db")}
+        m = Mesh(fab, n1, n2, a, b, state, logs, env)
+        yield m
+    finally:
+        fab.close()  # the node proxies first (started in the fabric), by PID
+        if m is not None:
+            m.stop_plane()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_control_plane_to_node_proxies_over_xds(mesh: Mesh) -> None:
+    m = mesh
+    m.start_plane()
+    tokens = {
+        n.name: m.ketch("node", "token", "create", n.name).strip() for n in (m.node1, m.node2)
+    }
+    m.apply(NAMESPACE, _pod(m.a, m.node1), _pod(m.b, m.node2), SERVICE)
+    vip = json.loads(m.ketch("get", "service", "web", "-n", "app", "-o", "json"))["spec"][
+        "clusterIP"
+    ]
+    m.start_proxy(m.node1, tokens["node1"], m.pods_file(m.node1, m.a))
+    m.start_proxy(m.node2, tokens["node2"], m.pods_file(m.node2, m.b))
+
+    # joined, connected to xds.sock, both types ACKed; the pod from --pods is enrolled
+    for node, pod in ((m.node1, m.a), (m.node2, m.b)):
+        m.wait(
+            f"{node.name} synced",
+            lambda node=node: m.dump(node).get("xds", {}).get("synced") is True,
+        )
+        xds = m.dump(node)["xds"]
+        assert xds["target"] == f"unix:{m.state / 'xds.sock'}"
+        assert xds["nacks"] == 0, xds
+        assert (m.state / f"node-{node.name}" / "node-key.pem").exists()
+        assert [p["name"] for p in m.dump(node)["pods"]] == [pod.name]
+
+    # the snapshot: both workloads and the service, on both nodes
+    def has_mesh(node: Node) -> bool:
+        dump = m.dump(node)
+        names = {w["name"] for w in dump.get("workloads", [])}
+        return {"a", "b"} <= names and any(s.get("name") == "web" for s in dump["services"])
+
+    try:
+        m.wait("workloads pushed", lambda: has_mesh(m.node1) and has_mesh(m.node2), within=15)
+    except AssertionError:
+        if EMPTY_SNAPSHOT_HELP in " ".join(m.ketch("control-plane", "run", "--help").split()):
+            pytest.xfail(
+                "the control plane serves an empty snapshot (translation wired on branch "
+                "wire-push); verified up to xDS sync and pod enrollment"
+            )
+        raise
+
+    # readiness: synced and every pod enrolled
+    for node in (m.node1, m.node2):
+        m.wait(
+            f"{node.name} ready", lambda node=node: m.http(node, 15021, "/healthz/ready")[0] == 200
+        )
+
+    # by pod IP, through HBONE: mutual TLS at the destination with the pods' identities
+    r = m.curl_from_a(f"http://{m.b.ip}:8080/", timeout=10)
+    assert (r.returncode, r.stdout) == (0, "hello from b\n"), r.stderr + m.logs_all()
+    (line,) = m.metric_lines(m.node2, 'reporter="destination"', MTLS)
+    assert f'source_principal="spiffe://{TD}/ns/app/sa/a"' in line
+    assert f'destination_principal="spiffe://{TD}/ns/app/sa/b"' in line
+
+    # by the service VIP (port 80 -> targetPort 8080)
+    r = m.curl_from_a(f"http://{vip}:80/", timeout=10)
+    assert (r.returncode, r.stdout) == (0, "hello from b\n"), r.stderr + m.logs_all()
+    assert m.metric_lines(m.node1, 'reporter="source"', 'destination_service_name="web"', MTLS)
+
+    # a DENY policy through the store refuses a's new connections within seconds ...
+    m.apply(DENY_A)
+    m.wait("deny-a enforced", lambda: m.curl_from_a(f"http://{m.b.ip}:8080/").returncode != 0)
+    assert m.curl_from_a(f"http://{vip}:80/").returncode != 0
+    assert "denied by DENY policy app/deny-a" in m.log(m.node2.name)
+    # ... and deleting it restores access
+    m.ketch("delete", "authorizationpolicy", "deny-a", "-n", "app")
+    m.wait("deny-a lifted", lambda: m.curl_from_a(f"http://{m.b.ip}:8080/").returncode == 0)
+    r = m.curl_from_a(f"http://{vip}:80/")
+    assert (r.returncode, r.stdout) == (0, "hello from b\n"), r.stderr
+    for node in (m.node1, m.node2):
+        assert m.dump(node)["xds"]["nacks"] == 0
