@@ -147,6 +147,8 @@ class Mesh:
                 token,
                 "--node",
                 node.name,
+                "--node-ip",
+                node.ip,
                 "--node-dir",
                 str(self.state / f"node-{node.name}"),
                 "--pods",

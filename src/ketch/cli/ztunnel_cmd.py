@@ -91,6 +91,14 @@ def run(
             help="Roots to trust when joining (default: trust-bundle.pem next to a unix --control-plane).",
         ),
     ] = None,
+    node_ip: Annotated[
+        str,
+        typer.Option(
+            "--node-ip",
+            envvar="INSTANCE_IP",
+            help="With --control-plane: this node's IP, sent in the xDS Node id as ztunnel's INSTANCE_IP (istiod-style servers want one).",
+        ),
+    ] = "",
     pods: Annotated[
         Path | None,
         typer.Option(
@@ -186,6 +194,7 @@ def run(
             join_address=join_address,
             trust_bundle=trust_bundle,
             xds_address=xds_address,
+            node_ip=node_ip,
             pods=pods,
         )
     except (StandaloneError, ValueError) as e:

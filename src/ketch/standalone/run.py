@@ -112,6 +112,7 @@ class StandaloneOptions:
     join_address: str | None = None  # default: join.sock next to a unix control_plane
     trust_bundle: Path | None = None  # for the join; default: next to a unix control_plane
     xds_address: str | None = None  # default: xds.sock next to a unix control_plane
+    node_ip: str = ""  # the node's IP for the xDS Node id (ztunnel's INSTANCE_IP)
     pods: Path | None = None  # the pods to serve (stand-in for ZDS; ketch.standalone.pods)
 
 
@@ -208,6 +209,11 @@ class StandaloneProxy:
             raise StandaloneError("--control-plane needs --node (this node's name)")
         if opts.node_dir is None:
             raise StandaloneError("--control-plane needs --node-dir")
+        if opts.node_ip:
+            try:
+                ipaddress.ip_address(opts.node_ip)
+            except ValueError:
+                raise StandaloneError(f"--node-ip: {opts.node_ip!r} is not an IP address") from None
         self.node = opts.node
         pods: tuple[LocalPod, ...] = ()
         if opts.pods is not None:
@@ -237,7 +243,7 @@ class StandaloneProxy:
             xds_target,
             ClientStream(),
             StateApplier(self.zt),
-            make_node(self.node),
+            make_node(self.node, ip=opts.node_ip),
             credentials=node_credentials(files.trust_bundle_pem, files.key_pem, files.chain_pem),
         )
         await self.xds.start()

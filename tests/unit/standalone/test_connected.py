@@ -39,6 +39,7 @@ from ketch.standalone.config import ConfigError
 from ketch.standalone.connected import NodeFiles, NodeSession
 from ketch.standalone.pods import parse_pods
 from ketch.standalone.run import StandaloneError, StandaloneOptions, StandaloneProxy
+from ketch.xds import parse_node
 from tests.unit.ztunnel.fake_ads import FakeAds
 from tests.unit.ztunnel.test_xds_client import eventually
 
@@ -210,10 +211,25 @@ async def test_bad_token_is_a_clear_error(cp: ControlPlane) -> None:
     assert not (cp.dir / "node" / connected.KEY_FILE).exists()
 
 
+async def test_node_ip_goes_into_the_xds_node(cp: ControlPlane) -> None:
+    await cp.start()
+    p = StandaloneProxy(options(cp, token=cp.tokens.create("node-1"), node_ip="172.18.0.1"))
+    try:
+        await p.start()
+        await eventually(lambda: p.is_ready())
+        node = next(r for r in cp.fake.requests if r.HasField("node")).node
+        assert node.id == "ztunnel~172.18.0.1~node-1.ketch-system~ketch-system.svc.cluster.local"
+        assert parse_node(node).ip == "172.18.0.1"
+        assert node.metadata["INSTANCE_IPS"] == "172.18.0.1"
+    finally:
+        await p.close()
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
         ({"node": None}, "needs --node"),
+        ({"node_ip": "node-1"}, "--node-ip: 'node-1' is not an IP address"),
         ({"config": Path("x.yaml")}, "replaces --config"),
     ],
 )
