@@ -370,5 +370,14 @@ def test_control_plane_to_node_proxies_over_xds(mesh: Mesh) -> None:
     m.wait("deny-a lifted", lambda: m.curl_from_a(f"http://{m.b.ip}:8080/").returncode == 0)
     r = m.curl_from_a(f"http://{vip}:80/")
     assert (r.returncode, r.stdout) == (0, "hello from b\n"), r.stderr
+
+    # the --pods file is followed: a pod taken out is un-enrolled (its traffic then fails
+    # closed, the redirection rules stay), put back it is served again
+    m.pods_file(m.node1)
+    m.wait("a un-enrolled", lambda: "pod app/a (Kubernetes//Pod/app/a) removed" in m.log("node1"))
+    assert m.dump(m.node1)["pods"] == []
+    assert m.curl_from_a(f"http://{m.b.ip}:8080/").returncode != 0
+    m.pods_file(m.node1, m.a)
+    m.wait("a back", lambda: m.curl_from_a(f"http://{m.b.ip}:8080/").returncode == 0)
     for node in (m.node1, m.node2):
         assert m.dump(node)["xds"]["nacks"] == 0
