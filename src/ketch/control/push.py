@@ -10,8 +10,7 @@ Data path (istiod's, `XDS.md` section 4):
 The core is pure and tested with tables: `diff` (name -> version maps), `Debouncer` (times
 in, "push now" out; no clock of its own), `SnapshotHolder` (old snapshot, new snapshot ->
 ordered `TypeDelta`s) and `authenticate` (certificate or token -> node name). The per-stream
-protocol state is a `ServerStream` (`LocalServerStream` here until `ketch.xds.session`
-lands). The I/O, in this order below: the store watch loop (`watch_store`), the `Pusher`
+protocol state is `ketch.xds.session.ServerStream` (one per stream). The I/O, in this order below: the store watch loop (`watch_store`), the `Pusher`
 (debouncer on the event loop's clock), the delta ADS servicer with the client registry
 (`PushServer`) and its listeners (`serve_push`).
 
@@ -35,11 +34,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from ketch.identity.authorize import node_from_cert
@@ -47,12 +45,11 @@ from ketch.identity.ca import IssuedCert
 from ketch.identity.errors import IdentityError, Unauthenticated
 from ketch.store.base import RevisionTooOldError, Store, StoreError, WatchEvent
 from ketch.util.tasks import spawn
+from ketch.xds.session import ServerStream
+from ketch.xds.syncz import client_config
+from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, SYNCZ_TYPE
 
 log = logging.getLogger("ketch.control.push")
-
-ADDRESS_TYPE = "type.googleapis.com/istio.workload.Address"
-AUTHORIZATION_TYPE = "type.googleapis.com/istio.security.Authorization"
-SYNCZ_TYPE = "istio.io/debug/syncz"
 
 # Within one push: policies first, then the addresses that name them (see module docstring).
 PUSH_ORDER: tuple[str, ...] = (AUTHORIZATION_TYPE, ADDRESS_TYPE)
@@ -394,125 +391,6 @@ def authenticate(
     return Caller(validate_token(token.strip()), "token")
 
 
-# --- the per-stream protocol state machine ------------------------------------------------
-
-
-class ServerStream(Protocol):
-    """What the servicer needs of one stream's delta-xDS state (subscriptions, what the
-    client holds, nonces, ACK/NACK). To be `ketch.xds.session.ServerStream` once that lands
-    on main; `LocalServerStream` below is the stand-in."""
-
-    def on_request(self, request: Any) -> list[str]:
-        """Take a DeltaDiscoveryRequest; return the type URLs that now need a response."""
-        ...
-
-    def respond(self, type_url: str, resources: Mapping[str, Entry], full: bool) -> Any | None:
-        """A DeltaDiscoveryResponse bringing the client to `resources` (all of the type when
-        `full`, else only upserts), or None when the client already has it all."""
-        ...
-
-    def status(self, type_url: str) -> str:
-        """istiod's sync status: NOT_SENT, SYNCED, STALE or ERROR (`xds/statusgen.go`)."""
-        ...
-
-
-@dataclass
-class _TypeState:
-    wildcard: bool = False
-    names: set[str] = field(default_factory=set)
-    known: dict[str, str] = field(default_factory=dict)  # what the client holds
-    dirty: bool = True  # subscription changed since the last response
-    sent_nonce: str = ""
-    acked_nonce: str = ""
-    error: str | None = None
-
-
-class LocalServerStream:
-    """REPLACE with ketch.xds.session.ServerStream when branch `xds` is merged.
-
-    Just enough of the delta-xDS server side for the push servicer: wildcard or named
-    subscriptions, `initial_resource_versions` (a reconnecting client is sent only what
-    differs, and told what was removed), nonces, ACK/NACK per type (stale nonces ignored;
-    a NACK is recorded and nothing is resent until the resource changes, as istiod).
-    """
-
-    def __init__(self) -> None:
-        self._types: dict[str, _TypeState] = {}
-        self._nonce = 0
-
-    def on_request(self, request: Any) -> list[str]:
-        type_url: str = request.type_url
-        state = self._types.get(type_url)
-        if request.response_nonce:
-            if state is None or request.response_nonce != state.sent_nonce:
-                return []  # stale or unknown nonce: ignored
-            if request.HasField("error_detail"):
-                state.error = request.error_detail.message or "NACK without a message"
-            else:
-                state.acked_nonce, state.error = request.response_nonce, None
-        first = state is None
-        if state is None:
-            state = self._types[type_url] = _TypeState(
-                known=dict(request.initial_resource_versions)
-            )
-            state.wildcard = not request.resource_names_subscribe
-        changed = first
-        for name in request.resource_names_subscribe:
-            if name == "*":
-                changed |= not state.wildcard
-                state.wildcard = True
-            elif name not in state.names:
-                state.names.add(name)
-                changed = True
-        for name in request.resource_names_unsubscribe:
-            if name == "*":
-                changed |= state.wildcard
-                state.wildcard = False
-            elif name in state.names:
-                state.names.discard(name)
-                state.known.pop(name, None)  # the client forgets it itself
-                changed = True
-        state.dirty |= changed
-        return [type_url] if changed else []
-
-    def respond(self, type_url: str, resources: Mapping[str, Entry], full: bool) -> Any | None:
-        state = self._types.get(type_url)
-        if state is None:
-            return None  # not subscribed
-        wanted = {n: e for n, e in resources.items() if state.wildcard or n in state.names}
-        changed = sorted(n for n, (v, _) in wanted.items() if state.known.get(n) != v)
-        removed = sorted(n for n in state.known if n not in wanted) if full else []
-        # Named subscriptions to names that do not exist are answered as removed, so an
-        # on-demand lookup is not left waiting.
-        if full and state.dirty:
-            removed = sorted(
-                {*removed, *(n for n in state.names if n not in wanted and n not in state.known)}
-            )
-        if not changed and not removed and not state.dirty:
-            return None
-        self._nonce += 1
-        nonce = str(self._nonce)
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            type_url=type_url, nonce=nonce, removed_resources=removed
-        )
-        for name in changed:
-            version, message = wanted[name]
-            response.resources.add(name=name, version=version).resource.CopyFrom(message)
-            state.known[name] = version
-        for name in removed:
-            state.known.pop(name, None)
-        state.sent_nonce, state.dirty = nonce, False
-        return response
-
-    def status(self, type_url: str) -> str:
-        state = self._types.get(type_url)
-        if state is None or not state.sent_nonce:
-            return "NOT_SENT"
-        if state.error is not None:
-            return "ERROR"
-        return "SYNCED" if state.acked_nonce == state.sent_nonce else "STALE"
-
-
 # --- I/O: the delta ADS servicer ----------------------------------------------------------
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -622,8 +500,9 @@ class PushServer:
     a reader task feeds it requests, `notify()` feeds it pushes, `disconnect()` ends it.
     Each subscription is answered from the current snapshot; each push sends what the
     client lacks, Authorization before Address. `istio.io/debug/syncz` on the same stream
-    returns one Resource per connected stream: a google.protobuf.Struct (packed in the
-    Resource's Any) holding `ClientStatus.to_json()`.
+    (for callers `allow_debug` admits) returns one Resource per connected stream: an
+    `envoy.service.status.v3.ClientConfig` (`_syncz`). `clients()` is the same registry as
+    Python objects.
     """
 
     def __init__(
@@ -634,7 +513,7 @@ class PushServer:
         cert_is_current: CertIsCurrent,
         validate_token: TokenValidator | None = None,
         limits: Limits | None = None,
-        session_factory: Callable[[], ServerStream] = LocalServerStream,
+        session_factory: Callable[[Sequence[str]], ServerStream] = ServerStream,
         served_types: Sequence[str] = PUSH_ORDER,
         allow_debug: Callable[[Caller], bool] = lambda _caller: True,
     ) -> None:
@@ -668,7 +547,7 @@ class PushServer:
                 connected_since=s.since,
                 node_id=s.node_id,
                 metadata=dict(s.metadata),
-                types={t: s.session.status(t) for t in self._served},
+                types={t: s.session.status(t).state.value for t in self._served},
             )
             for s in sorted(self._streams.values(), key=lambda s: s.id)
         ]
@@ -746,7 +625,9 @@ class PushServer:
             log.warning("refused xDS stream from node %s (%s): %s", caller.node, peer, refusal)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         self._next_id += 1
-        stream = _Stream(self._next_id, caller, peer, self._session_factory(), self.limits.inbox)
+        stream = _Stream(
+            self._next_id, caller, peer, self._session_factory(self._served), self.limits.inbox
+        )
         self._streams[stream.id] = stream
         log.info(
             "xDS stream %d opened by node %s (%s, %s)", stream.id, caller.node, caller.method, peer
@@ -859,9 +740,10 @@ class PushServer:
                 stream.held = False
             snapshot = self._snapshot()
             for type_url in push_order(answer):
-                response = stream.session.respond(type_url, snapshot.of(type_url), True)
+                response = stream.session.respond(
+                    type_url, snapshot.of(type_url), version=str(snapshot.version)
+                )
                 if response is not None:
-                    response.system_version_info = str(snapshot.version)
                     await self._write(stream, context, response)
 
     def _check(self, stream: _Stream, request: Any) -> _Close | None:
@@ -914,18 +796,29 @@ class PushServer:
             )
 
     def _syncz(self) -> Any:
+        """One `ClientConfig` per connected stream (istiod's syncz shape, what istioctl
+        proxy-status reads), named `<node>/<stream id>`; Ketch's own facts about the stream
+        ride in the node metadata under `KETCH_*` keys (istioctl ignores them)."""
         self._syncz_nonce += 1
         response = discovery_pb2.DeltaDiscoveryResponse(
-            type_url=SYNCZ_TYPE, nonce=f"syncz-{self._syncz_nonce}"
+            type_url=SYNCZ_TYPE,
+            nonce=f"syncz-{self._syncz_nonce}",
+            system_version_info=str(self._snapshot().version),
         )
         version = str(self._snapshot().version)
-        for client in self.clients():
-            body = struct_pb2.Struct()
-            body.update(client.to_json())
-            resource = response.resources.add(
-                name=f"{client.node}/{client.stream}", version=version
+        for s in sorted(self._streams.values(), key=lambda s: s.id):
+            config = client_config(s.session, self._served)
+            config.node.metadata.update(
+                {
+                    "KETCH_NODE": s.caller.node,
+                    "KETCH_AUTH": s.caller.method,
+                    "KETCH_PEER": s.peer,
+                    "KETCH_STREAM": str(s.id),
+                    "KETCH_CONNECTED_SINCE": datetime.fromtimestamp(s.since, UTC).isoformat(),
+                }
             )
-            resource.resource.Pack(body)
+            resource = response.resources.add(name=f"{s.caller.node}/{s.id}", version=version)
+            resource.resource.Pack(config)
         return response
 
     async def _write(
