@@ -162,14 +162,23 @@ def run_control_plane(
         bool,
         typer.Option(
             "--xds",
-            help="Also serve delta ADS (config push to node proxies) on xds.sock. "
-            "Experimental: the snapshot is empty until the translation is wired in.",
+            help="Also serve delta ADS (config push to node proxies) on xds.sock: the "
+            "store's workloads, services and L4 policies as Istio's Address and "
+            "Authorization resources. Experimental.",
         ),
     ] = False,
     xds_listen: Annotated[
         str | None,
         typer.Option("--xds-listen", help="With --xds, also serve ADS on HOST:PORT (mTLS)."),
     ] = None,
+    cluster_id: Annotated[
+        str,
+        typer.Option("--cluster-id", help="Cluster id in workload uids (istiod's CLUSTER_ID)."),
+    ] = "Kubernetes",
+    root_namespace: Annotated[
+        str,
+        typer.Option("--root-namespace", help="Namespace of mesh-wide policies."),
+    ] = "istio-system",
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT."""
     from ketch.control import plane
@@ -190,6 +199,8 @@ def run_control_plane(
         store_path=state.store_path if state_dir is None else None,
         xds=xds or xds_listen is not None,
         xds_listen=xds_listen,
+        cluster_id=cluster_id,
+        root_namespace=root_namespace,
     )
 
     async def main() -> None:

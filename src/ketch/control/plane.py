@@ -16,8 +16,9 @@ remote nodes.
 
 With `xds` on, the push pipeline of `ketch.control.push` runs here (docs/control-plane.md,
 "Push"): store watch -> debounce -> rebuild with `build(store)` -> delta ADS to every node.
-Until the translation lands (branch `translate`), the default `build` serves an empty
-snapshot: nodes connect, subscribe and ACK, and `istio.io/debug/syncz` reports them.
+The default `build` is `ketch.control.build.MeshBuild`: the store's Pods, Services,
+Namespaces, Nodes, Gateways, AuthorizationPolicies and PeerAuthentications, translated
+(`ketch.control.translate`) and encoded as Istio's Address and Authorization resources.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class ControlPlaneConfig:
     xds: bool = False  # serve delta ADS (the push pipeline) on xds.sock
     xds_listen: str | None = None  # ... and on HOST:PORT
     xds_revalidate: float = 10.0  # seconds between re-checks of open streams' certificates
+    cluster_id: str = "Kubernetes"  # in workload uids and CLUSTER_ID (istiod's default)
+    root_namespace: str = "istio-system"  # where mesh-wide policies live
 
     @property
     def store_file(self) -> Path:
@@ -107,8 +110,19 @@ def token_store(state_dir: Path) -> TokenStore:
 
 
 def empty_build(_store: Store) -> Resources:
-    """The snapshot until the translation is wired in: no resources of any type."""
+    """A snapshot with no resources of any type (tests, or a plane serving nothing)."""
     return {}
+
+
+def mesh_build(config: ControlPlaneConfig) -> Callable[[Store], Resources]:
+    """The real `build`: translate the store and encode it (`ketch.control.build`)."""
+    from ketch.control.build import MeshBuild
+
+    return MeshBuild(
+        cluster_id=config.cluster_id,
+        trust_domain=config.trust_domain,
+        root_namespace=config.root_namespace,
+    )
 
 
 @dataclass
@@ -181,10 +195,10 @@ async def run(
     config: ControlPlaneConfig,
     stop: asyncio.Event,
     *,
-    build: Callable[[Store], Resources] = empty_build,
+    build: Callable[[Store], Resources] | None = None,
 ) -> None:
     """Serve until `stop` is set. `build` is the snapshot function of the push pipeline
-    (only used with `config.xds`)."""
+    (only used with `config.xds`; default `mesh_build(config)`)."""
     from ketch.store.sqlite import SqliteStore
 
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -216,7 +230,7 @@ async def run(
     pipeline: RunningPushPipeline | None = None
     try:
         if config.xds:
-            pipeline = await start_push(config, ca, store, tokens, build)
+            pipeline = await start_push(config, ca, store, tokens, build or mesh_build(config))
             log.info(
                 "xDS (delta ADS) unix:%s%s",
                 config.xds_socket,
