@@ -214,3 +214,36 @@ def run_control_plane(
         asyncio.run(main())
     except (IdentityError, ValueError) as e:
         fail(str(e))
+
+
+def proxy_status(
+    state_dir: StateDirOpt = None,
+    xds_address: Annotated[
+        str | None,
+        typer.Option(
+            "--xds-address",
+            help="The control plane's xDS server: HOST:PORT, unix:PATH or a socket path. "
+            "Default: <state-dir>/xds.sock.",
+        ),
+    ] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+) -> None:
+    """Node proxies connected to the control plane's xDS server and their sync status per
+    type (SYNCED, STALE, NOT_SENT, ERROR), like `istioctl proxy-status`.
+
+    Needs the admin credential the control plane (run with --xds) writes to
+    <state-dir>/admin: run as the control plane's user.
+    """
+    import json
+
+    from ketch.cli.proxy_status import proxy_status as fetch
+    from ketch.cli.proxy_status import render
+
+    if output not in ("table", "json"):
+        fail(f"--output {output!r}: expected table or json")
+    table = fetch(xds_address, _state_dir(state_dir))
+    if output == "json":
+        out.print(json.dumps(table, indent=2), markup=False)
+        return
+    for line in render(table):
+        out.print(line, markup=False)

@@ -9,6 +9,8 @@ Layout of the state directory (default /var/lib/ketch):
     trust-bundle.pem  the roots nodes must trust (copied to them out of band, or read here)
 
     xds.sock          delta ADS (with `--xds`), mTLS with the node certificate
+    admin/            (with `--xds`) cert.pem + key.pem (0600): the operator's credential
+                      for `ketch proxy-status` (syncz), re-issued at every start
 
 Unix sockets are the default transport because node proxies run in other network namespaces
 on the same machine; TCP listeners (`--listen`, `--join-listen`, `--xds-listen`) are there for
@@ -85,6 +87,27 @@ class ControlPlaneConfig:
     @property
     def xds_socket(self) -> Path:
         return self.state_dir / "xds.sock"
+
+    @property
+    def admin_dir(self) -> Path:
+        return self.state_dir / "admin"
+
+
+ADMIN_NODE = "ketch-admin"
+"""The node name in the admin certificate. Only the serial the plane wrote to `admin/` at
+this start is accepted (a real node joining under this name gets no debug access)."""
+
+
+def write_admin_credential(ca: CertificateAuthority, admin_dir: Path) -> int:
+    """Issue the operator's xDS client certificate (a node certificate for `ADMIN_NODE`,
+    valid for the life of a server certificate) into `admin_dir` (0700, key 0600): whoever
+    can read the state directory may call syncz. Returns its serial."""
+    cert = ca.issue_node(ADMIN_NODE, ttl=SERVER_CERT_TTL)
+    admin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    admin_dir.chmod(0o700)
+    write_private_file(admin_dir / "key.pem", cert.key_pem)
+    write_private_file(admin_dir / "cert.pem", cert.chain_bytes)
+    return cert.certificate.serial_number
 
 
 def load_ca(config: ControlPlaneConfig) -> CertificateAuthority:
@@ -166,10 +189,18 @@ async def start_push(
     )
 
     holder = SnapshotHolder(lambda: build(store))
+    admin_serial = write_admin_credential(ca, config.admin_dir)
+
+    def is_admin(node: str, serial: int | None) -> bool:
+        return node == ADMIN_NODE and serial == admin_serial
+
     server = PushServer(
         lambda: holder.current,
         trust_domain=ca.trust_domain,
-        cert_is_current=tokens.is_current,
+        cert_is_current=lambda node, serial: (
+            is_admin(node, serial) or tokens.is_current(node, serial)
+        ),
+        allow_debug=lambda caller: is_admin(caller.node, caller.serial),
     )
     pusher = Pusher(holder, server.notify)
     revision = await asyncio.to_thread(store.revision)

@@ -720,7 +720,7 @@ class PushServer:
                 self._note_node(stream, request)
                 if request.type_url == SYNCZ_TYPE:
                     if not request.response_nonce:  # a request, not an ACK of a syncz answer
-                        await self._write(stream, context, self._syncz())
+                        await self._write(stream, context, self._syncz(stream))
                     continue
                 stream.subscribed.add(request.type_url)
                 answer.update(stream.session.on_request(request))
@@ -795,10 +795,12 @@ class PushServer:
                 claimed,
             )
 
-    def _syncz(self) -> Any:
+    def _syncz(self, asker: _Stream) -> Any:
         """One `ClientConfig` per connected stream (istiod's syncz shape, what istioctl
         proxy-status reads), named `<node>/<stream id>`; Ketch's own facts about the stream
-        ride in the node metadata under `KETCH_*` keys (istioctl ignores them)."""
+        ride in the node metadata under `KETCH_*` keys (istioctl ignores them). The asking
+        stream is left out when it subscribed to nothing (a pure debug connection, as
+        istiod leaves out istioctl's own)."""
         self._syncz_nonce += 1
         response = discovery_pb2.DeltaDiscoveryResponse(
             type_url=SYNCZ_TYPE,
@@ -807,6 +809,8 @@ class PushServer:
         )
         version = str(self._snapshot().version)
         for s in sorted(self._streams.values(), key=lambda s: s.id):
+            if s is asker and not s.subscribed:
+                continue
             config = client_config(s.session, self._served)
             config.node.metadata.update(
                 {

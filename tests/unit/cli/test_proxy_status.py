@@ -1,0 +1,125 @@
+"""`ketch proxy-status` against an in-process control plane (`--xds`, real build) with a node
+proxy connected over gRPC; its errors when the plane is not there; the table alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from ketch.cli.common import CliError
+from ketch.cli.proxy_status import Credentials, fetch_syncz, render, rows
+from ketch.control import plane
+from ketch.identity.ca import CertificateAuthority
+from tests.unit.control.plane_helpers import Proxy, apply, running_plane
+from tests.unit.control.test_plane_build import NS, POD, UID
+
+
+def ketch(config: plane.ControlPlaneConfig, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ketch.cli.main", "--store", str(config.store_file), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+    )
+
+
+async def test_proxy_status_shows_a_synced_node_proxy() -> None:
+    async with running_plane() as config:
+        proxy = Proxy(config, "node-a")
+        try:
+            apply(config, NS, POD)
+            await proxy.start()
+            await proxy.until(lambda: UID in proxy.held[proxy.client.types[0]])
+            await proxy.until(proxy.client.ready)
+
+            state = str(config.state_dir)
+            table = await asyncio.to_thread(ketch, config, "proxy-status", "--state-dir", state)
+            assert table.returncode == 0, table.stderr
+            header, *lines = table.stdout.splitlines()
+            assert header.split() == [
+                "NODE", "ADDRESS", "AUTHORIZATION", "CONNECTED", "SINCE", "VERSION"
+            ]  # fmt: skip
+            [line] = lines
+            node, address, authorization, _date, _time, version = line.split()
+            assert (node, address, authorization, version) == ("node-a", "SYNCED", "SYNCED", "1")
+
+            as_json = await asyncio.to_thread(
+                ketch, config, "proxy-status", "--state-dir", state, "-o", "json",
+                "--xds-address", str(config.xds_socket),
+            )  # fmt: skip
+            assert as_json.returncode == 0, as_json.stderr
+            [client] = json.loads(as_json.stdout)
+            assert client["node"] == "node-a"
+            assert client["auth"] == "certificate"
+            assert client["nodeId"].startswith("ztunnel~")
+            assert client["clusterId"] == "Kubernetes"
+            assert {t: v["status"] for t, v in client["types"].items()} == {
+                "type.googleapis.com/istio.workload.Address": "SYNCED",
+                "type.googleapis.com/istio.security.Authorization": "SYNCED",
+            }
+            assert client["connectedSince"]
+        finally:
+            await proxy.close()
+
+
+async def test_a_node_certificate_may_not_read_syncz() -> None:
+    async with running_plane() as config:
+        ca = CertificateAuthority.create("cluster.local", state_dir=config.ca_dir)
+        node = ca.issue_node("node-a")
+        serial = x509.load_pem_x509_certificate(node.cert_pem).serial_number
+        plane.token_store(config.state_dir).replace_certs("node-a", serial)
+        creds = Credentials(ca.trust_bundle_pem, node.chain_bytes, node.key_pem)
+        with pytest.raises(CliError, match="PERMISSION_DENIED"):
+            await fetch_syncz(f"unix:{config.xds_socket}", creds)
+
+
+def test_no_control_plane_is_a_clear_error() -> None:
+    state = Path(tempfile.mkdtemp(prefix="kps-"))
+    config = plane.ControlPlaneConfig(state_dir=state)
+    proc = ketch(config, "proxy-status", "--state-dir", str(state))
+    assert proc.returncode == 1
+    assert "no " in proc.stderr
+    assert "--xds" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_a_stopped_plane_or_wrong_address_is_a_clear_error() -> None:
+    async with running_plane() as config:
+        state = str(config.state_dir)
+        # a TCP address where nothing listens (the credentials are there)
+        proc = await asyncio.to_thread(
+            ketch, config, "proxy-status", "--state-dir", state, "--xds-address", "127.0.0.1:1"
+        )
+        assert proc.returncode == 1
+        assert "cannot reach the control plane's xDS server at 127.0.0.1:1" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    # the plane stopped: its socket is gone
+    proc = await asyncio.to_thread(ketch, config, "proxy-status", "--state-dir", state)
+    assert proc.returncode == 1
+    assert "not running, or runs without --xds" in proc.stderr
+
+
+def test_render_is_a_table_with_a_column_per_type() -> None:
+    from envoy.service.status.v3 import csds_pb2
+
+    c = csds_pb2.ClientConfig()
+    c.node.id = "ztunnel~10.0.0.1~z.istio-system~istio-system.svc.cluster.local"
+    c.node.metadata.update(
+        {"KETCH_NODE": "n1", "KETCH_CONNECTED_SINCE": "2026-01-02T03:04:05+00:00"}
+    )
+    a = c.generic_xds_configs.add(type_url="type.googleapis.com/istio.workload.Address")
+    a.config_status = csds_pb2.ConfigStatus.Value("ERROR")
+    a.version_info = "7"
+    a.error_state.details = "w1: bad"
+    lines = render(rows([c]))
+    assert lines[1].split() == ["n1", "ERROR", "NOT_SENT", "2026-01-02", "03:04:05", "7"]
+    assert rows([c])[0]["types"]["type.googleapis.com/istio.workload.Address"]["error"] == "w1: bad"
