@@ -247,3 +247,5 @@ def proxy_status(
         return
     for line in render(table):
         out.print(line, markup=False)
+    if not table:
+        err.print("no node proxy is connected to the control plane")

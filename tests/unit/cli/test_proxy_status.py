@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -15,7 +17,7 @@ import pytest
 from cryptography import x509
 
 from ketch.cli.common import CliError
-from ketch.cli.proxy_status import Credentials, fetch_syncz, render, rows
+from ketch.cli.proxy_status import Credentials, fetch_syncz, load_credentials, render, rows
 from ketch.control import plane
 from ketch.identity.ca import CertificateAuthority
 from tests.unit.control.plane_helpers import Proxy, apply, running_plane
@@ -80,6 +82,20 @@ async def test_a_node_certificate_may_not_read_syncz() -> None:
         creds = Credentials(ca.trust_bundle_pem, node.chain_bytes, node.key_pem)
         with pytest.raises(CliError, match="PERMISSION_DENIED"):
             await fetch_syncz(f"unix:{config.xds_socket}", creds)
+
+
+async def test_admin_credential_is_private_and_reissued_at_every_start() -> None:
+    state = Path(tempfile.mkdtemp(prefix="kps-")) / "state"
+    async with running_plane(state) as config:
+        assert stat.S_IMODE(config.admin_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((config.admin_dir / "key.pem").stat().st_mode) == 0o600
+        old = load_credentials(state)
+        assert await fetch_syncz(f"unix:{config.xds_socket}", old) == []
+    async with running_plane(state) as config:
+        with pytest.raises(CliError, match="UNAUTHENTICATED"):
+            await fetch_syncz(f"unix:{config.xds_socket}", old)
+        assert await fetch_syncz(f"unix:{config.xds_socket}", load_credentials(state)) == []
+    shutil.rmtree(state.parent)
 
 
 def test_no_control_plane_is_a_clear_error() -> None:

@@ -24,10 +24,11 @@ from ketch.xds.session import ClientStream
 
 
 @asynccontextmanager
-async def running_plane() -> AsyncIterator[plane.ControlPlaneConfig]:
-    """A running plane with `--xds` and the default (real) build, in a fresh state dir."""
+async def running_plane(state_dir: Path | None = None) -> AsyncIterator[plane.ControlPlaneConfig]:
+    """A running plane with `--xds` and the default (real) build, in `state_dir` (kept) or
+    a fresh one (removed afterwards)."""
     tmp = Path(tempfile.mkdtemp(prefix="kplane-"))  # short: unix socket path limit
-    cfg = plane.ControlPlaneConfig(state_dir=tmp / "state", xds=True)
+    cfg = plane.ControlPlaneConfig(state_dir=state_dir or tmp / "state", xds=True)
     stop = asyncio.Event()
     task = spawn(plane.run(cfg, stop), "test-plane")
     try:
