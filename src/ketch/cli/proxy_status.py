@@ -5,7 +5,8 @@ It asks the control plane's xDS server for `istio.io/debug/syncz` on a delta ADS
 and gets istiod's answer shape: one `envoy.service.status.v3.ClientConfig` per connected
 stream (per type URL a status and the version sent), with Ketch's facts about the stream in
 the node metadata (`KETCH_NODE`, `KETCH_AUTH`, `KETCH_PEER`, `KETCH_STREAM`,
-`KETCH_CONNECTED_SINCE`).
+`KETCH_CONNECTED_SINCE`). The control plane answers the same on StreamAggregatedResources
+(SotW), the RPC istioctl uses.
 
 Who may ask: the xDS socket takes only client certificates of the mesh CA, and syncz only
 from the admin certificate the control plane writes to `<state-dir>/admin/` when it starts
@@ -45,8 +46,8 @@ class Credentials:
 def load_credentials(state_dir: Path) -> Credentials:
     """The admin credential and trust bundle the control plane wrote to its state dir."""
     files = (
-        state_dir / "trust-bundle.pem",
-        state_dir / "admin" / "cert.pem",
+        state_dir / "admin" / "root-cert.pem",
+        state_dir / "admin" / "cert-chain.pem",
         state_dir / "admin" / "key.pem",
     )
     try:

@@ -9,8 +9,9 @@ Layout of the state directory (default /var/lib/ketch):
     trust-bundle.pem  the roots nodes must trust (copied to them out of band, or read here)
 
     xds.sock          delta ADS (with `--xds`), mTLS with the node certificate
-    admin/            (with `--xds`) cert.pem + key.pem (0600): the operator's credential
-                      for `ketch proxy-status` (syncz), re-issued at every start
+    admin/            (with `--xds`) the operator's credential for `ketch proxy-status`
+                      (syncz), re-issued at every start, in Istio's file names:
+                      cert-chain.pem, key.pem (0600), root-cert.pem
 
 Unix sockets are the default transport because node proxies run in other network namespaces
 on the same machine; TCP listeners (`--listen`, `--join-listen`, `--xds-listen`) are there for
@@ -98,7 +99,9 @@ ADMIN_NODE = "ketch-admin"
 this start is accepted (a real node joining under this name gets no debug access)."""
 
 
-def write_admin_credential(ca: CertificateAuthority, admin_dir: Path) -> int:
+def write_admin_credential(
+    ca: CertificateAuthority, admin_dir: Path, trust_bundle_pem: bytes
+) -> int:
     """Issue the operator's xDS client certificate (a node certificate for `ADMIN_NODE`,
     valid for the life of a server certificate) into `admin_dir` (0700, key 0600): whoever
     can read the state directory may call syncz. Returns its serial."""
@@ -106,7 +109,8 @@ def write_admin_credential(ca: CertificateAuthority, admin_dir: Path) -> int:
     admin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     admin_dir.chmod(0o700)
     write_private_file(admin_dir / "key.pem", cert.key_pem)
-    write_private_file(admin_dir / "cert.pem", cert.chain_bytes)
+    write_private_file(admin_dir / "cert-chain.pem", cert.chain_bytes)
+    write_private_file(admin_dir / "root-cert.pem", trust_bundle_pem)
     return cert.certificate.serial_number
 
 
@@ -189,7 +193,7 @@ async def start_push(
     )
 
     holder = SnapshotHolder(lambda: build(store))
-    admin_serial = write_admin_credential(ca, config.admin_dir)
+    admin_serial = write_admin_credential(ca, config.admin_dir, ca.trust_bundle_pem)
 
     def is_admin(node: str, serial: int | None) -> bool:
         return node == ADMIN_NODE and serial == admin_serial

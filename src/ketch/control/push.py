@@ -466,6 +466,13 @@ def _parse_request(data: bytes) -> Any:
         return _GARBAGE
 
 
+def _parse_sotw_request(data: bytes) -> Any:
+    try:
+        return discovery_pb2.DiscoveryRequest.FromString(data)
+    except DecodeError:
+        return _GARBAGE
+
+
 class _Stream:
     def __init__(self, sid: int, caller: Caller, peer: str, session: ServerStream, inbox: int):
         self.id = sid
@@ -589,27 +596,29 @@ class PushServer:
         return sorted({n for n, _ in gone})
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
-        """The ADS service with only DeltaAggregatedResources (StreamAggregatedResources is
-        answered UNIMPLEMENTED by gRPC). Registered by hand rather than with
+        """The ADS service: DeltaAggregatedResources for node proxies, and
+        StreamAggregatedResources (SotW) for `istio.io/debug/syncz` only, as istioctl asks
+        it. Registered by hand rather than with
         `ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server` for the tolerant
-        request parser (`_parse_request`)."""
-        method = grpc.stream_stream_rpc_method_handler(
+        request parsers (`_parse_request`)."""
+        delta = grpc.stream_stream_rpc_method_handler(
             self.DeltaAggregatedResources,
             request_deserializer=_parse_request,
             response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
         )
+        sotw = grpc.stream_stream_rpc_method_handler(
+            self.StreamAggregatedResources,
+            request_deserializer=_parse_sotw_request,
+            response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+        )
         return grpc.method_handlers_generic_handler(
-            ADS_SERVICE, {"DeltaAggregatedResources": method}
+            ADS_SERVICE,
+            {"DeltaAggregatedResources": delta, "StreamAggregatedResources": sotw},
         )
 
-    # --- one stream ---
-
-    async def DeltaAggregatedResources(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
-        peer = context.peer()
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         try:
-            caller = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 authenticate,
                 _peer_cert(context),
                 tuple(context.invocation_metadata() or ()),
@@ -618,8 +627,58 @@ class PushServer:
                 validate_token=self._validate_token,
             )
         except IdentityError as err:
-            log.warning("refused xDS stream from %s: %s", peer, err)
+            log.warning("refused xDS stream from %s: %s", context.peer(), err)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
+        raise AssertionError("unreachable")
+
+    async def StreamAggregatedResources(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """State-of-the-world ADS, for syncz only (istioctl proxy-status's request): each
+        `DiscoveryRequest` of `istio.io/debug/syncz` without a response nonce is answered
+        with one `ClientConfig` per node proxy stream; ACKs are ignored. Node proxies get
+        their config over delta ADS; any other type ends the stream (INVALID_ARGUMENT), as
+        does `first_request_timeout` without a request."""
+        caller = await self._authenticate(context)
+        if not self._allow_debug(caller):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {caller.node} may not read {SYNCZ_TYPE}; node proxies use "
+                "DeltaAggregatedResources",
+            )
+        it = aiter(requests)
+        while True:
+            try:
+                async with asyncio.timeout(self.limits.first_request_timeout):
+                    request = await anext(it)
+            except (StopAsyncIteration, TimeoutError):
+                return
+            if request is _GARBAGE or request.type_url != SYNCZ_TYPE:
+                what = "not a DiscoveryRequest" if request is _GARBAGE else request.type_url
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"StreamAggregatedResources serves only {SYNCZ_TYPE} (got "
+                    f"{what[:200]!r}); node proxies use DeltaAggregatedResources",
+                )
+            if request.response_nonce:
+                continue  # an ACK of a syncz answer
+            delta = self._syncz(None)
+            response = discovery_pb2.DiscoveryResponse(
+                type_url=SYNCZ_TYPE,
+                nonce=delta.nonce,
+                version_info=delta.system_version_info,
+                resources=[r.resource for r in delta.resources],
+            )
+            async with asyncio.timeout(self.limits.write_timeout):
+                await context.write(response)
+
+    # --- one stream ---
+
+    async def DeltaAggregatedResources(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        peer = context.peer()
+        caller = await self._authenticate(context)
         refusal = self._admission(caller)
         if refusal:
             log.warning("refused xDS stream from node %s (%s): %s", caller.node, peer, refusal)
@@ -795,7 +854,7 @@ class PushServer:
                 claimed,
             )
 
-    def _syncz(self, asker: _Stream) -> Any:
+    def _syncz(self, asker: _Stream | None) -> Any:
         """One `ClientConfig` per connected stream (istiod's syncz shape, what istioctl
         proxy-status reads), named `<node>/<stream id>`; Ketch's own facts about the stream
         ride in the node metadata under `KETCH_*` keys (istioctl ignores them). The asking

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -139,3 +140,63 @@ def test_render_is_a_table_with_a_column_per_type() -> None:
     lines = render(rows([c]))
     assert lines[1].split() == ["n1", "ERROR", "NOT_SENT", "2026-01-02", "03:04:05", "7"]
     assert rows([c])[0]["types"]["type.googleapis.com/istio.workload.Address"]["error"] == "w1: bad"
+
+
+async def test_sotw_syncz_as_istioctl_asks_it() -> None:
+    """istioctl proxy-status sends a SotW DiscoveryRequest for syncz on
+    StreamAggregatedResources; the admin gets istiod's answer, other types are refused."""
+    import grpc
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+    from envoy.service.status.v3 import csds_pb2
+
+    async with running_plane() as config:
+        proxy = Proxy(config, "node-a")
+        creds = load_credentials(config.state_dir)
+        channel = grpc.aio.secure_channel(
+            f"unix:{config.xds_socket}",
+            grpc.ssl_channel_credentials(creds.trust_bundle, creds.key, creds.cert_chain),
+            options=[("grpc.ssl_target_name_override", "ketch-control-plane")],
+        )
+        try:
+            await proxy.start()
+            await proxy.until(proxy.client.ready)
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call: Any = stub.StreamAggregatedResources()
+            await call.write(discovery_pb2.DiscoveryRequest(type_url="istio.io/debug/syncz"))
+            response = await asyncio.wait_for(call.read(), 5)
+            assert response.type_url == "istio.io/debug/syncz"
+            [packed] = response.resources
+            config_ = csds_pb2.ClientConfig()
+            assert packed.Unpack(config_)
+            assert config_.node.metadata.fields["KETCH_NODE"].string_value == "node-a"
+            assert {
+                csds_pb2.ConfigStatus.Name(g.config_status) for g in config_.generic_xds_configs
+            } == {"SYNCED"}
+            await call.write(
+                discovery_pb2.DiscoveryRequest(
+                    type_url="istio.io/debug/syncz", response_nonce=response.nonce
+                )
+            )  # an ACK: no answer
+            await call.write(
+                discovery_pb2.DiscoveryRequest(
+                    type_url="type.googleapis.com/istio.workload.Address"
+                )
+            )
+            assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.INVALID_ARGUMENT
+            assert "serves only istio.io/debug/syncz" in await call.details()
+
+            node_creds = grpc.ssl_channel_credentials(creds.trust_bundle, *proxy.credentials)
+            node_channel = grpc.aio.secure_channel(
+                f"unix:{config.xds_socket}",
+                node_creds,
+                options=[("grpc.ssl_target_name_override", "ketch-control-plane")],
+            )
+            refused: Any = ads_pb2_grpc.AggregatedDiscoveryServiceStub(
+                node_channel
+            ).StreamAggregatedResources()
+            # refused on opening, before any request (a write could race the abort)
+            assert await asyncio.wait_for(refused.code(), 5) == grpc.StatusCode.PERMISSION_DENIED
+            await node_channel.close(None)
+        finally:
+            await proxy.close()
+            await channel.close(None)

@@ -56,6 +56,7 @@ class Proxy:
     def __init__(self, config: plane.ControlPlaneConfig, node: str) -> None:
         ca = CertificateAuthority.create("cluster.local", state_dir=config.ca_dir)
         cert = ca.issue_node(node)
+        self.credentials = (cert.key_pem, cert.chain_bytes)
         serial = x509.load_pem_x509_certificate(cert.cert_pem).serial_number
         plane.token_store(config.state_dir).replace_certs(node, serial)  # as a join does
         self.channel = grpc.aio.secure_channel(
