@@ -13,13 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ketch.control.push import (
-    ADDRESS_TYPE,
-    AUTHORIZATION_TYPE,
     Debouncer,
     Snapshot,
     snapshot_delta,
 )
 from ketch.xds.session import ServerStream
+from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE
 
 names = st.sampled_from([f"n{i}" for i in range(6)])
 versions = st.sampled_from(["1", "2", "3"])

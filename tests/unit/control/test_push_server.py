@@ -27,9 +27,6 @@ from envoy.service.status.v3 import csds_pb2
 from google.protobuf import any_pb2
 
 from ketch.control.push import (
-    ADDRESS_TYPE,
-    AUTHORIZATION_TYPE,
-    SYNCZ_TYPE,
     Debouncer,
     Limits,
     Pusher,
@@ -45,6 +42,7 @@ from ketch.identity.errors import Unauthenticated
 from ketch.identity.spiffe import SpiffeId
 from ketch.store.memory import MemoryStore
 from ketch.util.tasks import spawn
+from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, SYNCZ_TYPE
 
 TD = "cluster.local"
 SERVER_NAME = "ketch-control-plane"
