@@ -162,14 +162,23 @@ def run_control_plane(
         bool,
         typer.Option(
             "--xds",
-            help="Also serve delta ADS (config push to node proxies) on xds.sock. "
-            "Experimental: the snapshot is empty until the translation is wired in.",
+            help="Also serve delta ADS (config push to node proxies) on xds.sock: the "
+            "store's workloads, services and L4 policies as Istio's Address and "
+            "Authorization resources. Experimental.",
         ),
     ] = False,
     xds_listen: Annotated[
         str | None,
         typer.Option("--xds-listen", help="With --xds, also serve ADS on HOST:PORT (mTLS)."),
     ] = None,
+    cluster_id: Annotated[
+        str,
+        typer.Option("--cluster-id", help="Cluster id in workload uids (istiod's CLUSTER_ID)."),
+    ] = "Kubernetes",
+    root_namespace: Annotated[
+        str,
+        typer.Option("--root-namespace", help="Namespace of mesh-wide policies."),
+    ] = "istio-system",
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT."""
     from ketch.control import plane
@@ -190,6 +199,8 @@ def run_control_plane(
         store_path=state.store_path if state_dir is None else None,
         xds=xds or xds_listen is not None,
         xds_listen=xds_listen,
+        cluster_id=cluster_id,
+        root_namespace=root_namespace,
     )
 
     async def main() -> None:
@@ -203,3 +214,38 @@ def run_control_plane(
         asyncio.run(main())
     except (IdentityError, ValueError) as e:
         fail(str(e))
+
+
+def proxy_status(
+    state_dir: StateDirOpt = None,
+    xds_address: Annotated[
+        str | None,
+        typer.Option(
+            "--xds-address",
+            help="The control plane's xDS server: HOST:PORT, unix:PATH or a socket path. "
+            "Default: <state-dir>/xds.sock.",
+        ),
+    ] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+) -> None:
+    """Node proxies connected to the control plane's xDS server and their sync status per
+    type (SYNCED, STALE, NOT_SENT, ERROR), like `istioctl proxy-status`.
+
+    Needs the admin credential the control plane (run with --xds) writes to
+    <state-dir>/admin: run as the control plane's user.
+    """
+    import json
+
+    from ketch.cli.proxy_status import proxy_status as fetch
+    from ketch.cli.proxy_status import render
+
+    if output not in ("table", "json"):
+        fail(f"--output {output!r}: expected table or json")
+    table = fetch(xds_address, _state_dir(state_dir))
+    if output == "json":
+        out.print(json.dumps(table, indent=2), markup=False)
+        return
+    for line in render(table):
+        out.print(line, markup=False)
+    if not table:
+        err.print("no node proxy is connected to the control plane")

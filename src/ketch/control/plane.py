@@ -9,6 +9,9 @@ Layout of the state directory (default /var/lib/ketch):
     trust-bundle.pem  the roots nodes must trust (copied to them out of band, or read here)
 
     xds.sock          delta ADS (with `--xds`), mTLS with the node certificate
+    admin/            (with `--xds`) the operator's credential for `ketch proxy-status`
+                      (syncz), re-issued at every start, in Istio's file names:
+                      cert-chain.pem, key.pem (0600), root-cert.pem
 
 Unix sockets are the default transport because node proxies run in other network namespaces
 on the same machine; TCP listeners (`--listen`, `--join-listen`, `--xds-listen`) are there for
@@ -16,8 +19,9 @@ remote nodes.
 
 With `xds` on, the push pipeline of `ketch.control.push` runs here (docs/control-plane.md,
 "Push"): store watch -> debounce -> rebuild with `build(store)` -> delta ADS to every node.
-Until the translation lands (branch `translate`), the default `build` serves an empty
-snapshot: nodes connect, subscribe and ACK, and `istio.io/debug/syncz` reports them.
+The default `build` is `ketch.control.build.MeshBuild`: the store's Pods, Services,
+Namespaces, Nodes, Gateways, AuthorizationPolicies and PeerAuthentications, translated
+(`ketch.control.translate`) and encoded as Istio's Address and Authorization resources.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class ControlPlaneConfig:
     xds: bool = False  # serve delta ADS (the push pipeline) on xds.sock
     xds_listen: str | None = None  # ... and on HOST:PORT
     xds_revalidate: float = 10.0  # seconds between re-checks of open streams' certificates
+    cluster_id: str = "Kubernetes"  # in workload uids and CLUSTER_ID (istiod's default)
+    root_namespace: str = "istio-system"  # where mesh-wide policies live
 
     @property
     def store_file(self) -> Path:
@@ -83,6 +89,30 @@ class ControlPlaneConfig:
     def xds_socket(self) -> Path:
         return self.state_dir / "xds.sock"
 
+    @property
+    def admin_dir(self) -> Path:
+        return self.state_dir / "admin"
+
+
+ADMIN_NODE = "ketch-admin"
+"""The node name in the admin certificate. Only the serial the plane wrote to `admin/` at
+this start is accepted (a real node joining under this name gets no debug access)."""
+
+
+def write_admin_credential(
+    ca: CertificateAuthority, admin_dir: Path, trust_bundle_pem: bytes
+) -> int:
+    """Issue the operator's xDS client certificate (a node certificate for `ADMIN_NODE`,
+    valid for the life of a server certificate) into `admin_dir` (0700, key 0600): whoever
+    can read the state directory may call syncz. Returns its serial."""
+    cert = ca.issue_node(ADMIN_NODE, ttl=SERVER_CERT_TTL)
+    admin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    admin_dir.chmod(0o700)
+    write_private_file(admin_dir / "key.pem", cert.key_pem)
+    write_private_file(admin_dir / "cert-chain.pem", cert.chain_bytes)
+    write_private_file(admin_dir / "root-cert.pem", trust_bundle_pem)
+    return cert.certificate.serial_number
+
 
 def load_ca(config: ControlPlaneConfig) -> CertificateAuthority:
     if config.ca_cert or config.ca_key:
@@ -107,8 +137,19 @@ def token_store(state_dir: Path) -> TokenStore:
 
 
 def empty_build(_store: Store) -> Resources:
-    """The snapshot until the translation is wired in: no resources of any type."""
+    """A snapshot with no resources of any type (tests, or a plane serving nothing)."""
     return {}
+
+
+def mesh_build(config: ControlPlaneConfig) -> Callable[[Store], Resources]:
+    """The real `build`: translate the store and encode it (`ketch.control.build`)."""
+    from ketch.control.build import MeshBuild
+
+    return MeshBuild(
+        cluster_id=config.cluster_id,
+        trust_domain=config.trust_domain,
+        root_namespace=config.root_namespace,
+    )
 
 
 @dataclass
@@ -152,10 +193,18 @@ async def start_push(
     )
 
     holder = SnapshotHolder(lambda: build(store))
+    admin_serial = write_admin_credential(ca, config.admin_dir, ca.trust_bundle_pem)
+
+    def is_admin(node: str, serial: int | None) -> bool:
+        return node == ADMIN_NODE and serial == admin_serial
+
     server = PushServer(
         lambda: holder.current,
         trust_domain=ca.trust_domain,
-        cert_is_current=tokens.is_current,
+        cert_is_current=lambda node, serial: (
+            is_admin(node, serial) or tokens.is_current(node, serial)
+        ),
+        allow_debug=lambda caller: is_admin(caller.node, caller.serial),
     )
     pusher = Pusher(holder, server.notify)
     revision = await asyncio.to_thread(store.revision)
@@ -181,10 +230,10 @@ async def run(
     config: ControlPlaneConfig,
     stop: asyncio.Event,
     *,
-    build: Callable[[Store], Resources] = empty_build,
+    build: Callable[[Store], Resources] | None = None,
 ) -> None:
     """Serve until `stop` is set. `build` is the snapshot function of the push pipeline
-    (only used with `config.xds`)."""
+    (only used with `config.xds`; default `mesh_build(config)`)."""
     from ketch.store.sqlite import SqliteStore
 
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -216,7 +265,7 @@ async def run(
     pipeline: RunningPushPipeline | None = None
     try:
         if config.xds:
-            pipeline = await start_push(config, ca, store, tokens, build)
+            pipeline = await start_push(config, ca, store, tokens, build or mesh_build(config))
             log.info(
                 "xDS (delta ADS) unix:%s%s",
                 config.xds_socket,

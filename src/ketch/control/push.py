@@ -10,8 +10,7 @@ Data path (istiod's, `XDS.md` section 4):
 The core is pure and tested with tables: `diff` (name -> version maps), `Debouncer` (times
 in, "push now" out; no clock of its own), `SnapshotHolder` (old snapshot, new snapshot ->
 ordered `TypeDelta`s) and `authenticate` (certificate or token -> node name). The per-stream
-protocol state is a `ServerStream` (`LocalServerStream` here until `ketch.xds.session`
-lands). The I/O, in this order below: the store watch loop (`watch_store`), the `Pusher`
+protocol state is `ketch.xds.session.ServerStream` (one per stream). The I/O, in this order below: the store watch loop (`watch_store`), the `Pusher`
 (debouncer on the event loop's clock), the delta ADS servicer with the client registry
 (`PushServer`) and its listeners (`serve_push`).
 
@@ -35,11 +34,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from ketch.identity.authorize import node_from_cert
@@ -47,12 +45,11 @@ from ketch.identity.ca import IssuedCert
 from ketch.identity.errors import IdentityError, Unauthenticated
 from ketch.store.base import RevisionTooOldError, Store, StoreError, WatchEvent
 from ketch.util.tasks import spawn
+from ketch.xds.session import ServerStream
+from ketch.xds.syncz import client_config
+from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, SYNCZ_TYPE
 
 log = logging.getLogger("ketch.control.push")
-
-ADDRESS_TYPE = "type.googleapis.com/istio.workload.Address"
-AUTHORIZATION_TYPE = "type.googleapis.com/istio.security.Authorization"
-SYNCZ_TYPE = "istio.io/debug/syncz"
 
 # Within one push: policies first, then the addresses that name them (see module docstring).
 PUSH_ORDER: tuple[str, ...] = (AUTHORIZATION_TYPE, ADDRESS_TYPE)
@@ -394,125 +391,6 @@ def authenticate(
     return Caller(validate_token(token.strip()), "token")
 
 
-# --- the per-stream protocol state machine ------------------------------------------------
-
-
-class ServerStream(Protocol):
-    """What the servicer needs of one stream's delta-xDS state (subscriptions, what the
-    client holds, nonces, ACK/NACK). To be `ketch.xds.session.ServerStream` once that lands
-    on main; `LocalServerStream` below is the stand-in."""
-
-    def on_request(self, request: Any) -> list[str]:
-        """Take a DeltaDiscoveryRequest; return the type URLs that now need a response."""
-        ...
-
-    def respond(self, type_url: str, resources: Mapping[str, Entry], full: bool) -> Any | None:
-        """A DeltaDiscoveryResponse bringing the client to `resources` (all of the type when
-        `full`, else only upserts), or None when the client already has it all."""
-        ...
-
-    def status(self, type_url: str) -> str:
-        """istiod's sync status: NOT_SENT, SYNCED, STALE or ERROR (`xds/statusgen.go`)."""
-        ...
-
-
-@dataclass
-class _TypeState:
-    wildcard: bool = False
-    names: set[str] = field(default_factory=set)
-    known: dict[str, str] = field(default_factory=dict)  # what the client holds
-    dirty: bool = True  # subscription changed since the last response
-    sent_nonce: str = ""
-    acked_nonce: str = ""
-    error: str | None = None
-
-
-class LocalServerStream:
-    """REPLACE with ketch.xds.session.ServerStream when branch `xds` is merged.
-
-    Just enough of the delta-xDS server side for the push servicer: wildcard or named
-    subscriptions, `initial_resource_versions` (a reconnecting client is sent only what
-    differs, and told what was removed), nonces, ACK/NACK per type (stale nonces ignored;
-    a NACK is recorded and nothing is resent until the resource changes, as istiod).
-    """
-
-    def __init__(self) -> None:
-        self._types: dict[str, _TypeState] = {}
-        self._nonce = 0
-
-    def on_request(self, request: Any) -> list[str]:
-        type_url: str = request.type_url
-        state = self._types.get(type_url)
-        if request.response_nonce:
-            if state is None or request.response_nonce != state.sent_nonce:
-                return []  # stale or unknown nonce: ignored
-            if request.HasField("error_detail"):
-                state.error = request.error_detail.message or "NACK without a message"
-            else:
-                state.acked_nonce, state.error = request.response_nonce, None
-        first = state is None
-        if state is None:
-            state = self._types[type_url] = _TypeState(
-                known=dict(request.initial_resource_versions)
-            )
-            state.wildcard = not request.resource_names_subscribe
-        changed = first
-        for name in request.resource_names_subscribe:
-            if name == "*":
-                changed |= not state.wildcard
-                state.wildcard = True
-            elif name not in state.names:
-                state.names.add(name)
-                changed = True
-        for name in request.resource_names_unsubscribe:
-            if name == "*":
-                changed |= state.wildcard
-                state.wildcard = False
-            elif name in state.names:
-                state.names.discard(name)
-                state.known.pop(name, None)  # the client forgets it itself
-                changed = True
-        state.dirty |= changed
-        return [type_url] if changed else []
-
-    def respond(self, type_url: str, resources: Mapping[str, Entry], full: bool) -> Any | None:
-        state = self._types.get(type_url)
-        if state is None:
-            return None  # not subscribed
-        wanted = {n: e for n, e in resources.items() if state.wildcard or n in state.names}
-        changed = sorted(n for n, (v, _) in wanted.items() if state.known.get(n) != v)
-        removed = sorted(n for n in state.known if n not in wanted) if full else []
-        # Named subscriptions to names that do not exist are answered as removed, so an
-        # on-demand lookup is not left waiting.
-        if full and state.dirty:
-            removed = sorted(
-                {*removed, *(n for n in state.names if n not in wanted and n not in state.known)}
-            )
-        if not changed and not removed and not state.dirty:
-            return None
-        self._nonce += 1
-        nonce = str(self._nonce)
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            type_url=type_url, nonce=nonce, removed_resources=removed
-        )
-        for name in changed:
-            version, message = wanted[name]
-            response.resources.add(name=name, version=version).resource.CopyFrom(message)
-            state.known[name] = version
-        for name in removed:
-            state.known.pop(name, None)
-        state.sent_nonce, state.dirty = nonce, False
-        return response
-
-    def status(self, type_url: str) -> str:
-        state = self._types.get(type_url)
-        if state is None or not state.sent_nonce:
-            return "NOT_SENT"
-        if state.error is not None:
-            return "ERROR"
-        return "SYNCED" if state.acked_nonce == state.sent_nonce else "STALE"
-
-
 # --- I/O: the delta ADS servicer ----------------------------------------------------------
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -588,6 +466,13 @@ def _parse_request(data: bytes) -> Any:
         return _GARBAGE
 
 
+def _parse_sotw_request(data: bytes) -> Any:
+    try:
+        return discovery_pb2.DiscoveryRequest.FromString(data)
+    except DecodeError:
+        return _GARBAGE
+
+
 class _Stream:
     def __init__(self, sid: int, caller: Caller, peer: str, session: ServerStream, inbox: int):
         self.id = sid
@@ -622,8 +507,9 @@ class PushServer:
     a reader task feeds it requests, `notify()` feeds it pushes, `disconnect()` ends it.
     Each subscription is answered from the current snapshot; each push sends what the
     client lacks, Authorization before Address. `istio.io/debug/syncz` on the same stream
-    returns one Resource per connected stream: a google.protobuf.Struct (packed in the
-    Resource's Any) holding `ClientStatus.to_json()`.
+    (for callers `allow_debug` admits) returns one Resource per connected stream: an
+    `envoy.service.status.v3.ClientConfig` (`_syncz`). `clients()` is the same registry as
+    Python objects.
     """
 
     def __init__(
@@ -634,7 +520,7 @@ class PushServer:
         cert_is_current: CertIsCurrent,
         validate_token: TokenValidator | None = None,
         limits: Limits | None = None,
-        session_factory: Callable[[], ServerStream] = LocalServerStream,
+        session_factory: Callable[[Sequence[str]], ServerStream] = ServerStream,
         served_types: Sequence[str] = PUSH_ORDER,
         allow_debug: Callable[[Caller], bool] = lambda _caller: True,
     ) -> None:
@@ -668,7 +554,7 @@ class PushServer:
                 connected_since=s.since,
                 node_id=s.node_id,
                 metadata=dict(s.metadata),
-                types={t: s.session.status(t) for t in self._served},
+                types={t: s.session.status(t).state.value for t in self._served},
             )
             for s in sorted(self._streams.values(), key=lambda s: s.id)
         ]
@@ -710,27 +596,29 @@ class PushServer:
         return sorted({n for n, _ in gone})
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
-        """The ADS service with only DeltaAggregatedResources (StreamAggregatedResources is
-        answered UNIMPLEMENTED by gRPC). Registered by hand rather than with
+        """The ADS service: DeltaAggregatedResources for node proxies, and
+        StreamAggregatedResources (SotW) for `istio.io/debug/syncz` only, as istioctl asks
+        it. Registered by hand rather than with
         `ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server` for the tolerant
-        request parser (`_parse_request`)."""
-        method = grpc.stream_stream_rpc_method_handler(
+        request parsers (`_parse_request`)."""
+        delta = grpc.stream_stream_rpc_method_handler(
             self.DeltaAggregatedResources,
             request_deserializer=_parse_request,
             response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
         )
+        sotw = grpc.stream_stream_rpc_method_handler(
+            self.StreamAggregatedResources,
+            request_deserializer=_parse_sotw_request,
+            response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+        )
         return grpc.method_handlers_generic_handler(
-            ADS_SERVICE, {"DeltaAggregatedResources": method}
+            ADS_SERVICE,
+            {"DeltaAggregatedResources": delta, "StreamAggregatedResources": sotw},
         )
 
-    # --- one stream ---
-
-    async def DeltaAggregatedResources(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
-        peer = context.peer()
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         try:
-            caller = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 authenticate,
                 _peer_cert(context),
                 tuple(context.invocation_metadata() or ()),
@@ -739,14 +627,66 @@ class PushServer:
                 validate_token=self._validate_token,
             )
         except IdentityError as err:
-            log.warning("refused xDS stream from %s: %s", peer, err)
+            log.warning("refused xDS stream from %s: %s", context.peer(), err)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
+        raise AssertionError("unreachable")
+
+    async def StreamAggregatedResources(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """State-of-the-world ADS, for syncz only (istioctl proxy-status's request): each
+        `DiscoveryRequest` of `istio.io/debug/syncz` without a response nonce is answered
+        with one `ClientConfig` per node proxy stream; ACKs are ignored. Node proxies get
+        their config over delta ADS; any other type ends the stream (INVALID_ARGUMENT), as
+        does `first_request_timeout` without a request."""
+        caller = await self._authenticate(context)
+        if not self._allow_debug(caller):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {caller.node} may not read {SYNCZ_TYPE}; node proxies use "
+                "DeltaAggregatedResources",
+            )
+        it = aiter(requests)
+        while True:
+            try:
+                async with asyncio.timeout(self.limits.first_request_timeout):
+                    request = await anext(it)
+            except (StopAsyncIteration, TimeoutError):
+                return
+            if request is _GARBAGE or request.type_url != SYNCZ_TYPE:
+                what = "not a DiscoveryRequest" if request is _GARBAGE else request.type_url
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"StreamAggregatedResources serves only {SYNCZ_TYPE} (got "
+                    f"{what[:200]!r}); node proxies use DeltaAggregatedResources",
+                )
+            if request.response_nonce:
+                continue  # an ACK of a syncz answer
+            delta = self._syncz(None)
+            response = discovery_pb2.DiscoveryResponse(
+                type_url=SYNCZ_TYPE,
+                nonce=delta.nonce,
+                version_info=delta.system_version_info,
+                resources=[r.resource for r in delta.resources],
+            )
+            async with asyncio.timeout(self.limits.write_timeout):
+                await context.write(response)
+
+    # --- one stream ---
+
+    async def DeltaAggregatedResources(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        peer = context.peer()
+        caller = await self._authenticate(context)
         refusal = self._admission(caller)
         if refusal:
             log.warning("refused xDS stream from node %s (%s): %s", caller.node, peer, refusal)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         self._next_id += 1
-        stream = _Stream(self._next_id, caller, peer, self._session_factory(), self.limits.inbox)
+        stream = _Stream(
+            self._next_id, caller, peer, self._session_factory(self._served), self.limits.inbox
+        )
         self._streams[stream.id] = stream
         log.info(
             "xDS stream %d opened by node %s (%s, %s)", stream.id, caller.node, caller.method, peer
@@ -839,7 +779,7 @@ class PushServer:
                 self._note_node(stream, request)
                 if request.type_url == SYNCZ_TYPE:
                     if not request.response_nonce:  # a request, not an ACK of a syncz answer
-                        await self._write(stream, context, self._syncz())
+                        await self._write(stream, context, self._syncz(stream))
                     continue
                 stream.subscribed.add(request.type_url)
                 answer.update(stream.session.on_request(request))
@@ -859,9 +799,10 @@ class PushServer:
                 stream.held = False
             snapshot = self._snapshot()
             for type_url in push_order(answer):
-                response = stream.session.respond(type_url, snapshot.of(type_url), True)
+                response = stream.session.respond(
+                    type_url, snapshot.of(type_url), version=str(snapshot.version)
+                )
                 if response is not None:
-                    response.system_version_info = str(snapshot.version)
                     await self._write(stream, context, response)
 
     def _check(self, stream: _Stream, request: Any) -> _Close | None:
@@ -913,19 +854,34 @@ class PushServer:
                 claimed,
             )
 
-    def _syncz(self) -> Any:
+    def _syncz(self, asker: _Stream | None) -> Any:
+        """One `ClientConfig` per connected stream (istiod's syncz shape, what istioctl
+        proxy-status reads), named `<node>/<stream id>`; Ketch's own facts about the stream
+        ride in the node metadata under `KETCH_*` keys (istioctl ignores them). The asking
+        stream is left out when it subscribed to nothing (a pure debug connection, as
+        istiod leaves out istioctl's own)."""
         self._syncz_nonce += 1
         response = discovery_pb2.DeltaDiscoveryResponse(
-            type_url=SYNCZ_TYPE, nonce=f"syncz-{self._syncz_nonce}"
+            type_url=SYNCZ_TYPE,
+            nonce=f"syncz-{self._syncz_nonce}",
+            system_version_info=str(self._snapshot().version),
         )
         version = str(self._snapshot().version)
-        for client in self.clients():
-            body = struct_pb2.Struct()
-            body.update(client.to_json())
-            resource = response.resources.add(
-                name=f"{client.node}/{client.stream}", version=version
+        for s in sorted(self._streams.values(), key=lambda s: s.id):
+            if s is asker and not s.subscribed:
+                continue
+            config = client_config(s.session, self._served)
+            config.node.metadata.update(
+                {
+                    "KETCH_NODE": s.caller.node,
+                    "KETCH_AUTH": s.caller.method,
+                    "KETCH_PEER": s.peer,
+                    "KETCH_STREAM": str(s.id),
+                    "KETCH_CONNECTED_SINCE": datetime.fromtimestamp(s.since, UTC).isoformat(),
+                }
             )
-            resource.resource.Pack(body)
+            resource = response.resources.add(name=f"{s.caller.node}/{s.id}", version=version)
+            resource.resource.Pack(config)
         return response
 
     async def _write(

@@ -18,11 +18,12 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
 from ketch.control import plane
-from ketch.control.push import ADDRESS_TYPE, AUTHORIZATION_TYPE, Resources
+from ketch.control.push import Resources
 from ketch.identity.ca import CertificateAuthority
 from ketch.store.base import Store
 from ketch.store.sqlite import SqliteStore
 from ketch.util.tasks import spawn
+from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE
 
 TD = "cluster.local"
 

@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 
 from ketch.control.push import (
-    ADDRESS_TYPE,
-    AUTHORIZATION_TYPE,
     Debouncer,
     Diff,
     Pusher,
@@ -27,6 +25,7 @@ from ketch.control.push import (
 from ketch.store.base import EventType, RevisionTooOldError, StoreError, WatchEvent
 from ketch.store.memory import MemoryStore
 from ketch.util.tasks import spawn
+from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE
 
 # --- diff -----------------------------------------------------------------------------------
 

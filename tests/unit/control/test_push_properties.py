@@ -13,13 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ketch.control.push import (
-    ADDRESS_TYPE,
-    AUTHORIZATION_TYPE,
     Debouncer,
-    LocalServerStream,
     Snapshot,
     snapshot_delta,
 )
+from ketch.xds.session import ServerStream
+from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE
 
 names = st.sampled_from([f"n{i}" for i in range(6)])
 versions = st.sampled_from(["1", "2", "3"])
@@ -54,7 +53,7 @@ def _entry(name: str, version: str) -> tuple[str, Any]:
 def test_a_client_following_the_stream_holds_the_snapshot(
     held_before: dict[str, str], snapshots_: list[dict[str, str]], acks: list[bool]
 ) -> None:
-    s = LocalServerStream()
+    s = ServerStream()
     client = dict(held_before)
     s.on_request(
         discovery_pb2.DeltaDiscoveryRequest(
@@ -62,7 +61,7 @@ def test_a_client_following_the_stream_holds_the_snapshot(
         )
     )
     for i, spec in enumerate(snapshots_):
-        response = s.respond(ADDRESS_TYPE, {n: _entry(n, v) for n, v in spec.items()}, True)
+        response = s.respond(ADDRESS_TYPE, {n: _entry(n, v) for n, v in spec.items()})
         if response is not None:
             for r in response.resources:
                 assert r.resource.value == f"{r.name}@{r.version}".encode()

@@ -12,7 +12,6 @@ refused with a meaningful status, and nothing logs a traceback.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import tempfile
@@ -24,12 +23,10 @@ from typing import Any
 import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, struct_pb2
+from envoy.service.status.v3 import csds_pb2
+from google.protobuf import any_pb2
 
 from ketch.control.push import (
-    ADDRESS_TYPE,
-    AUTHORIZATION_TYPE,
-    SYNCZ_TYPE,
     Debouncer,
     Limits,
     Pusher,
@@ -45,6 +42,7 @@ from ketch.identity.errors import Unauthenticated
 from ketch.identity.spiffe import SpiffeId
 from ketch.store.memory import MemoryStore
 from ketch.util.tasks import spawn
+from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, SYNCZ_TYPE
 
 TD = "cluster.local"
 SERVER_NAME = "ketch-control-plane"
@@ -307,16 +305,29 @@ async def test_nack_shows_as_error_in_registry_and_syncz(env: Env) -> None:
     assert answer.type_url == SYNCZ_TYPE
     clients = {}
     for resource in answer.resources:
-        body = struct_pb2.Struct()
-        assert resource.resource.Unpack(body)
-        clients[resource.name] = json.loads(json.dumps(dict(body.items()), default=dict))
+        config = csds_pb2.ClientConfig()
+        assert resource.resource.Unpack(config)
+        clients[resource.name] = config
     a = next(c for n, c in clients.items() if n.startswith("node-a/"))
-    assert a["types"] == {ADDRESS_TYPE: "ERROR", AUTHORIZATION_TYPE: "NOT_SENT"}
-    assert a["nodeId"] == node.id
-    assert a["metadata"] == {"NODE_NAME": "node-a", "CLUSTER_ID": "Kubernetes"}
-    assert a["auth"] == "certificate"
-    b = next(c for n, c in clients.items() if n.startswith("node-b/"))
-    assert b["auth"] == "token"
+    states = {
+        g.type_url: csds_pb2.ConfigStatus.Name(g.config_status) for g in a.generic_xds_configs
+    }
+    # istiod's shape: a type a ztunnel never subscribed to is UNKNOWN in syncz.
+    assert states == {ADDRESS_TYPE: "ERROR", AUTHORIZATION_TYPE: "UNKNOWN"}
+    error = next(g for g in a.generic_xds_configs if g.type_url == ADDRESS_TYPE).error_state
+    assert error.details == "w1: bad address"
+    assert a.node.id == node.id
+    meta = {k: v.string_value for k, v in a.node.metadata.fields.items()}
+    assert meta["CLUSTER_ID"] == "Kubernetes"
+    assert "OTHER" not in meta  # istiod copies only CLUSTER_ID, NAMESPACE, ISTIO_VERSION
+    assert "NODE_NAME" not in meta
+    assert meta["KETCH_NODE"] == "node-a"
+    assert meta["KETCH_AUTH"] == "certificate"
+    assert meta["KETCH_CONNECTED_SINCE"]
+    # the asking stream (subscribed to nothing) is not listed, as istiod skips istioctl
+    assert not any(n.startswith("node-b/") for n in clients)
+    # the registry keeps Ketch's own view (NOT_SENT: nothing sent of that type)
+    assert env.push.clients()[0].types == {ADDRESS_TYPE: "ERROR", AUTHORIZATION_TYPE: "NOT_SENT"}
     call.cancel()
     debug.cancel()
 
