@@ -4,17 +4,6 @@ bootstrap tokens, pods enrolled from `--pods` files (the ZDS stand-in), the mesh
 with `ketch apply`, and traffic between the pods through HBONE, by pod IP and by service
 VIP; then an AuthorizationPolicy applied and deleted through the store takes effect on
 new connections within seconds.
-
-NOTE (branch wire-client): the control plane's translation (`plane.run` building the
-snapshot from the store with `translate_all`) is wired on branch wire-push. Without it the
-control plane serves an empty snapshot: everything up to the first xDS response is checked
-(join, xDS connected and ACKed on both nodes, pods enrolled, certificates not yet), and the
-rest of the test is an explicit xfail as long as `ketch control-plane run --help` still says
-the snapshot is empty. After both branches are merged it runs in full.
-
-`KETCH_E2E_TRANSLATE_SHIM=1` runs the control plane through a small shim that passes a
-`translate_all` build to `ketch.control.plane.run` (the same thing `--xds` will do), so the
-data path can be checked before the merge. Remove the shim once wire-push is merged.
 """
 
 from __future__ import annotations
@@ -26,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,35 +34,6 @@ KETCH = str(Path(sys.executable).with_name("ketch"))
 TD = "cluster.local"
 MTLS = 'connection_security_policy="mutual_tls"'
 OPENED = "istio_tcp_connections_opened_total{"
-EMPTY_SNAPSHOT_HELP = "the snapshot is empty until the translation is wired in"
-
-_SHIM = textwrap.dedent(
-    """
-    import asyncio, logging, signal, sys
-    from pathlib import Path
-    from ketch.control import plane
-    from ketch.control.translate.snapshot import translate_all
-    from ketch.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, snapshot
-
-    def build(store):
-        snap = translate_all(store.list().items)
-        return {
-            ADDRESS_TYPE: snapshot([*snap.workloads.values(), *snap.services.values()]),
-            AUTHORIZATION_TYPE: snapshot(snap.authorizations.values()),
-        }
-
-    async def main():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for s in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(s, stop.set)
-        cfg = plane.ControlPlaneConfig(state_dir=Path(sys.argv[1]), xds=True)
-        await plane.run(cfg, stop, build=build)
-
-    logging.basicConfig(level=logging.INFO)
-    asyncio.run(main())
-    """
-)
 
 
 def _deadline(seconds: float) -> Callable[[], bool]:
@@ -111,10 +70,7 @@ class Mesh:
 
     def start_plane(self) -> None:
         log = open(self.logs / "plane.log", "wb")  # noqa: SIM115
-        if os.environ.get("KETCH_E2E_TRANSLATE_SHIM") == "1":
-            argv = [sys.executable, "-c", _SHIM, str(self.state)]
-        else:
-            argv = [KETCH, "control-plane", "run", "--xds", "--state-dir", str(self.state)]
+        argv = [KETCH, "control-plane", "run", "--xds", "--state-dir", str(self.state)]
         self.plane = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         alive = _deadline(30)
@@ -332,15 +288,7 @@ def test_control_plane_to_node_proxies_over_xds(mesh: Mesh) -> None:
         names = {w["name"] for w in dump.get("workloads", [])}
         return {"a", "b"} <= names and any(s.get("name") == "web" for s in dump["services"])
 
-    try:
-        m.wait("workloads pushed", lambda: has_mesh(m.node1) and has_mesh(m.node2), within=15)
-    except AssertionError:
-        if EMPTY_SNAPSHOT_HELP in " ".join(m.ketch("control-plane", "run", "--help").split()):
-            pytest.xfail(
-                "the control plane serves an empty snapshot (translation wired on branch "
-                "wire-push); verified up to xDS sync and pod enrollment"
-            )
-        raise
+    m.wait("workloads pushed", lambda: has_mesh(m.node1) and has_mesh(m.node2), within=15)
 
     # readiness: synced and every pod enrolled
     for node in (m.node1, m.node2):
