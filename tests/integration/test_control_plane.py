@@ -100,7 +100,8 @@ def test_node_joins_and_gets_only_its_own_pods_certificates(tmp_path: Path) -> N
 
         asyncio.run(as_node())
         line = ketch(env, "node", "list").split("node-a", 1)[1].splitlines()[0]
-        assert line.strip() == "not joined"
+        # the plane runs without --xds here: whether a proxy streams is unknown
+        assert line.split() == ["not", "joined", "unknown"]
     finally:
         cp.send_signal(signal.SIGTERM)
         try:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from ketch.cli.common import err, fail, open_store, out, state
+from ketch.cli.common import CliError, err, fail, open_store, out, state
 from ketch.store import NotFoundError
 
 node_app = typer.Typer(
@@ -103,15 +103,18 @@ def revoke(
 
 @node_app.command("list")
 def list_nodes(state_dir: StateDirOpt = None) -> None:
-    """Nodes in the store and their enrolment state."""
+    """Nodes in the store, their enrolment state and whether their node proxy is connected
+    to the control plane's xDS server now."""
     from ketch.control import plane
 
-    tokens = plane.token_store(_state_dir(state_dir))
+    sd = _state_dir(state_dir)
+    tokens = plane.token_store(sd)
     enrolled = {r.name: r for r in tokens.nodes()}
     pending = {n for n, _ in tokens.pending_tokens()}
     with open_store() as store:
         nodes = sorted(m["metadata"]["name"] for m in store.list("Node").items)
-    out.print(f"{'NAME':<30}ENROLMENT")
+    connected, why_unknown = _connected_nodes(sd)
+    out.print(f"{'NAME':<30}{'ENROLMENT':<40}XDS")
     for name in sorted(set(nodes) | set(enrolled)):
         if name in enrolled:
             what = "joined"
@@ -121,7 +124,28 @@ def list_nodes(state_dir: StateDirOpt = None) -> None:
             what = "not joined"
         if name not in nodes:
             what += " (Node object deleted: signing refused)"
-        out.print(f"{name:<30}{what}")
+        if connected is None:
+            xds = "unknown"
+        else:
+            xds = f"connected since {connected[name]}" if name in connected else "not connected"
+        out.print(f"{name:<30}{what:<40}{xds}")
+    if why_unknown:
+        err.print(f"XDS unknown: {why_unknown}")
+
+
+def _connected_nodes(state_dir: Path) -> tuple[dict[str, str] | None, str]:
+    """node -> connected-since of the node proxies streaming from the control plane now
+    (from its syncz, as `ketch proxy-status`), or (None, why) when it cannot be asked."""
+    from ketch.cli.proxy_status import proxy_status
+
+    try:
+        rows = proxy_status(None, state_dir)
+    except CliError as e:
+        return None, str(e)
+    since: dict[str, str] = {}
+    for row in rows:
+        since.setdefault(row["node"], row["connectedSince"] or "?")
+    return since, ""
 
 
 @cp_app.command("run")
