@@ -52,6 +52,7 @@ class Mesh:
     logs: Path
     env: dict[str, str]
     plane: subprocess.Popen[Any] | None = None
+    plane_log_at: int = 0  # where the plane's log of its current run starts
     proxies: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- the CLI, the store
@@ -69,15 +70,30 @@ class Mesh:
     # ---------------------------------------------------------------- processes
 
     def start_plane(self) -> None:
-        log = open(self.logs / "plane.log", "wb")  # noqa: SIM115
+        """Start the control plane (again: same state dir, its log appended to) and wait
+        until it serves xDS. A restart after SIGKILL finds the old sockets still there, so
+        "up" is the plane's own log line, written after this start."""
+        path = self.logs / "plane.log"
+        self.plane_log_at = path.stat().st_size if path.exists() else 0
+        log = open(path, "ab")  # noqa: SIM115
         argv = [KETCH, "control-plane", "run", "--xds", "--state-dir", str(self.state)]
         self.plane = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         alive = _deadline(30)
-        while not all((self.state / s).exists() for s in ("ca.sock", "join.sock", "xds.sock")):
+        while "xDS (delta ADS) unix:" not in self.plane_log():
             assert self.plane.poll() is None, self.log("plane")
             assert alive(), "control plane did not start:\n" + self.log("plane")
             time.sleep(0.05)
+        assert all((self.state / s).exists() for s in ("ca.sock", "join.sock", "xds.sock"))
+
+    def plane_log(self) -> str:
+        """The control plane's log since its last start."""
+        return self.log("plane")[self.plane_log_at :]
+
+    def kill_plane(self) -> None:
+        assert self.plane is not None
+        self.plane.send_signal(signal.SIGKILL)
+        self.plane.wait(timeout=10)
 
     def pods_file(self, node: Node, *pods: Pod) -> Path:
         path = self.state / f"pods-{node.name}.yaml"
@@ -169,16 +185,28 @@ class Mesh:
             if ln.startswith(OPENED) and all(n in ln for n in needles)
         ]
 
+    def ready(self, node: Node) -> bool:
+        return self.http(node, 15021, "/healthz/ready")[0] == 200
+
+    def vip(self, service: str) -> str:
+        obj = json.loads(self.ketch("get", "service", service, "-n", "app", "-o", "json"))
+        return str(obj["spec"]["clusterIP"])
+
     def curl_from_a(self, url: str, timeout: float = 3) -> subprocess.CompletedProcess[str]:
         return self.a.run(["curl", "-sS", "--max-time", str(timeout), url], check=False)
 
-    def wait(self, what: str, cond: Callable[[], object], within: float = 20) -> None:
+    def wait(
+        self, what: str, cond: Callable[[], object], within: float = 20, *, plane: bool = True
+    ) -> None:
+        """Poll `cond` until true; the proxies (and, unless `plane=False`, the control
+        plane) must stay up meanwhile."""
         alive = _deadline(within)
         while not cond():
             for name, proc in self.proxies.items():
                 assert proc.poll() is None, f"proxy on {name} exited:\n{self.logs_all()}"
-            assert self.plane is not None
-            assert self.plane.poll() is None, self.logs_all()
+            if plane:
+                assert self.plane is not None
+                assert self.plane.poll() is None, self.logs_all()
             assert alive(), f"{what}: not within {within}s\n{self.logs_all()}"
             time.sleep(0.2)
 
@@ -257,16 +285,15 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def test_control_plane_to_node_proxies_over_xds(mesh: Mesh) -> None:
-    m = mesh
+def _bring_up(m: Mesh) -> str:
+    """The control plane, the mesh (pods a and b, Service web) in its store, both node
+    proxies joined, synced, holding the mesh and ready. Returns web's VIP."""
     m.start_plane()
     tokens = {
         n.name: m.ketch("node", "token", "create", n.name).strip() for n in (m.node1, m.node2)
     }
     m.apply(NAMESPACE, _pod(m.a, m.node1), _pod(m.b, m.node2), SERVICE)
-    vip = json.loads(m.ketch("get", "service", "web", "-n", "app", "-o", "json"))["spec"][
-        "clusterIP"
-    ]
+    vip = m.vip("web")
     m.start_proxy(m.node1, tokens["node1"], m.pods_file(m.node1, m.a))
     m.start_proxy(m.node2, tokens["node2"], m.pods_file(m.node2, m.b))
 
@@ -292,9 +319,13 @@ def test_control_plane_to_node_proxies_over_xds(mesh: Mesh) -> None:
 
     # readiness: synced and every pod enrolled
     for node in (m.node1, m.node2):
-        m.wait(
-            f"{node.name} ready", lambda node=node: m.http(node, 15021, "/healthz/ready")[0] == 200
-        )
+        m.wait(f"{node.name} ready", lambda node=node: m.ready(node))
+    return vip
+
+
+def test_control_plane_to_node_proxies_over_xds(mesh: Mesh) -> None:
+    m = mesh
+    vip = _bring_up(m)
 
     # by pod IP, through HBONE: mutual TLS at the destination with the pods' identities
     r = m.curl_from_a(f"http://{m.b.ip}:8080/", timeout=10)
