@@ -192,6 +192,43 @@ class Mesh:
         obj = json.loads(self.ketch("get", "service", service, "-n", "app", "-o", "json"))
         return str(obj["spec"]["clusterIP"])
 
+    def store_names(self) -> dict[str, list[str]]:
+        """What the store says each proxy must hold, by xDS resource name, sorted."""
+
+        def items(kind: str) -> list[dict[str, Any]]:
+            return list(json.loads(self.ketch("get", kind, "-A", "-o", "json"))["items"])
+
+        def ns_name(o: dict[str, Any]) -> tuple[str, str]:
+            return o["metadata"].get("namespace", "default"), o["metadata"]["name"]
+
+        return {
+            "workloads": sorted(
+                "Kubernetes//Pod/{}/{}".format(*ns_name(o))
+                for o in items("pods")
+                if o.get("status", {}).get("podIP")
+            ),
+            "services": sorted(
+                "{0}/{1}.{0}.svc.cluster.local".format(*ns_name(o)) for o in items("services")
+            ),
+            "policies": sorted("{}/{}".format(*ns_name(o)) for o in items("authorizationpolicies")),
+        }
+
+    def dump_names(self, node: Node) -> dict[str, list[str]]:
+        """What a proxy holds (duplicates kept, so that they show)."""
+        d = self.dump(node)
+        return {
+            "workloads": sorted(w["uid"] for w in d.get("workloads", [])),
+            "services": sorted(f"{s['namespace']}/{s['hostname']}" for s in d.get("services", [])),
+            "policies": sorted(f"{p['namespace']}/{p['name']}" for p in d.get("policies", [])),
+        }
+
+    def set_log_level(self, node: Node, spec: str) -> None:
+        r = node.run(
+            ["curl", "-sS", "-f", "-X", "POST", f"http://127.0.0.1:15000/logging?level={spec}"],
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+
     def curl_from_a(self, url: str, timeout: float = 3) -> subprocess.CompletedProcess[str]:
         return self.a.run(["curl", "-sS", "--max-time", str(timeout), url], check=False)
 
@@ -360,3 +397,85 @@ def test_control_plane_to_node_proxies_over_xds(mesh: Mesh) -> None:
     m.wait("a back", lambda: m.curl_from_a(f"http://{m.b.ip}:8080/").returncode == 0)
     for node in (m.node1, m.node2):
         assert m.dump(node)["xds"]["nacks"] == 0
+
+
+APPLIED = "xds {}: {} upserted, {} removed, {} rejected"
+
+
+def test_control_plane_killed_and_restarted(mesh: Mesh) -> None:
+    """SIGKILL the control plane: the proxies keep serving on their last state (new
+    connections too) and stay ready. Restarted on the same state dir, both reconnect with
+    `initial_resource_versions`, get nothing they already hold (one empty answer per type),
+    hold exactly what the store says, and take a change made after the restart."""
+    m = mesh
+    vip = _bring_up(m)
+    for node in (m.node1, m.node2):
+        # StateApplier logs every applied response at debug: the evidence of what was resent
+        m.set_log_level(node, "ketch.ztunnel.xds:debug")
+    r = m.curl_from_a(f"http://{m.b.ip}:8080/", timeout=10)
+    assert (r.returncode, r.stdout) == (0, "hello from b\n"), r.stderr + m.logs_all()
+    held = {node.name: m.dump_names(node) for node in (m.node1, m.node2)}
+    assert held["node1"] == held["node2"] == m.store_names(), held
+
+    m.kill_plane()
+    for node in (m.node1, m.node2):
+        m.wait(
+            f"{node.name} saw the plane go",
+            lambda node=node: m.dump(node)["xds"]["connected"] is False,
+            plane=False,
+        )
+    # the last state keeps serving: new connections by pod IP and by VIP, through HBONE
+    opened = len(m.metric_lines(m.node2, 'reporter="destination"', MTLS))
+    for url in (f"http://{m.b.ip}:8080/", f"http://{vip}:80/"):
+        r = m.curl_from_a(url, timeout=10)
+        assert (r.returncode, r.stdout) == (0, "hello from b\n"), url + r.stderr + m.logs_all()
+    assert len(m.metric_lines(m.node2, 'reporter="destination"', MTLS)) >= opened
+    for node in (m.node1, m.node2):
+        assert m.ready(node), m.logs_all()
+        dump = m.dump(node)
+        assert dump["xds"]["synced"] is True
+        assert dump["xds"]["lastError"], dump["xds"]  # it did notice
+        assert m.dump_names(node) == held[node.name]
+    responses = {n.name: m.dump(n)["xds"]["responses"] for n in (m.node1, m.node2)}
+    log_at = {n.name: len(m.log(n.name)) for n in (m.node1, m.node2)}
+    time.sleep(2)  # a few reconnect attempts against the dead socket, with backoff
+
+    m.start_plane()
+    for node in (m.node1, m.node2):
+        m.wait(
+            f"{node.name} reconnected",
+            lambda node=node: (
+                f"opened by node {node.name} " in m.plane_log()
+                and m.dump(node)["xds"]["connected"] is True
+                and m.dump(node)["xds"]["responses"] >= responses[node.name] + 2
+            ),
+            within=40,
+        )
+    time.sleep(1)  # anything (wrongly) resent would arrive right behind the first answers
+    for node in (m.node1, m.node2):
+        xds = m.dump(node)["xds"]
+        # exactly one answer per type, both empty: the plane rebuilt the same versions and
+        # sent nothing the proxy announced in initial_resource_versions
+        assert xds["responses"] == responses[node.name] + 2, xds
+        since = m.log(node.name)[log_at[node.name] :]
+        applied = [ln for ln in since.splitlines() if "upserted" in ln]
+        assert len(applied) == 2, since
+        assert any(APPLIED.format("Address", 0, 0, 0) in ln for ln in applied), since
+        assert any(APPLIED.format("Authorization", 0, 0, 0) in ln for ln in applied), since
+        assert xds["nacks"] == 0, xds
+        assert m.dump_names(node) == m.store_names(), m.dump_names(node)
+        assert m.ready(node)
+    # one stream per node on the new plane, both SYNCED
+    status = json.loads(m.ketch("proxy-status", "--state-dir", str(m.state), "-o", "json"))
+    assert sorted(row["node"] for row in status) == ["node1", "node2"], status
+    for row in status:
+        assert {t["status"] for t in row["types"].values()} == {"SYNCED"}, row
+
+    # a change after the restart takes effect
+    m.apply(DENY_A)
+    m.wait("deny-a enforced", lambda: m.curl_from_a(f"http://{m.b.ip}:8080/").returncode != 0)
+    assert m.curl_from_a(f"http://{vip}:80/").returncode != 0
+    assert "denied by DENY policy app/deny-a" in m.log(m.node2.name)
+    for node in (m.node1, m.node2):
+        m.wait(f"{node.name} has deny-a", lambda node=node: m.dump_names(node) == m.store_names())
+        assert m.store_names()["policies"] == ["app/deny-a"]
