@@ -26,6 +26,8 @@ import yaml
 
 from ketch.netns import install_rules
 from ketch.netns.fabric import Fabric, Node, Pod
+from ketch.xds.types import ADDRESS_TYPE as ADDRESS
+from ketch.xds.types import AUTHORIZATION_TYPE as AUTHORIZATION
 from tests.integration.conftest import unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -479,3 +481,61 @@ def test_control_plane_killed_and_restarted(mesh: Mesh) -> None:
     for node in (m.node1, m.node2):
         m.wait(f"{node.name} has deny-a", lambda node=node: m.dump_names(node) == m.store_names())
         assert m.store_names()["policies"] == ["app/deny-a"]
+
+
+def test_rejected_resource_is_nacked_and_does_not_block_the_rest(mesh: Mesh) -> None:
+    """A Pod claiming pod a's IP is translated into a workload the proxies reject (the
+    address is held by a's workload): the push that carries it also carries a new Service,
+    which is applied; the NACK names the workload and why, `ketch proxy-status` shows
+    ERROR with that message, later pushes still apply, and deleting the clash clears it."""
+    m = mesh
+    _bring_up(m)
+    clash = _pod(m.a, m.node1)
+    clash["metadata"]["name"] = "a2"
+    clash["metadata"]["labels"] = {"app": "a2"}
+    web2 = {**SERVICE, "metadata": {"name": "web2", "namespace": "app"}}
+    m.apply(clash, web2)  # one apply, one push
+    vip2 = m.vip("web2")
+    uid = "Kubernetes//Pod/app/a2"
+    reason = f"{uid}: address {m.a.ip} is also claimed by Kubernetes//Pod/app/a"
+
+    for node in (m.node1, m.node2):
+        m.wait(f"{node.name} NACKed a2", lambda node=node: m.dump(node)["xds"]["nacks"] >= 1)
+        xds = m.dump(node)["xds"]
+        assert xds["lastNack"] == reason, xds
+        names = m.dump_names(node)
+        # the Service of the same push is held; a keeps its address; a2 is not held
+        assert "app/web2.app.svc.cluster.local" in names["services"], names
+        assert uid not in names["workloads"], names
+        assert m.ready(node)  # a rejected resource after the first sync does not unready
+        (a,) = [w for w in m.dump(node)["workloads"] if w["name"] == "a"]
+        assert a["workloadIps"] == [m.a.ip]
+        assert f"xds istio.workload.Address {uid} rejected: address {m.a.ip}" in m.log(node.name)
+    r = m.curl_from_a(f"http://{vip2}:80/", timeout=10)
+    assert (r.returncode, r.stdout) == (0, "hello from b\n"), r.stderr + m.logs_all()
+
+    def status() -> dict[str, dict[str, dict[str, Any]]]:
+        rows = json.loads(m.ketch("proxy-status", "--state-dir", str(m.state), "-o", "json"))
+        return {row["node"]: row["types"] for row in rows}
+
+    m.wait(
+        "proxy-status shows the NACK",
+        lambda: [t[ADDRESS]["status"] for t in status().values()] == ["ERROR", "ERROR"],
+    )
+    for node, types in status().items():
+        assert types[ADDRESS]["error"] == reason, (node, types)
+        assert types[AUTHORIZATION]["status"] == "SYNCED", (node, types)
+    table = m.ketch("proxy-status", "--state-dir", str(m.state))
+    assert table.count("ERROR") == 2, table
+
+    # the NACK blocks nothing later: a policy applied now is enforced
+    m.apply(DENY_A)
+    m.wait("deny-a enforced", lambda: m.curl_from_a(f"http://{m.b.ip}:8080/").returncode != 0)
+    # deleting the clashing pod: the plane sends the removal, the proxies ACK, SYNCED again
+    m.ketch("delete", "pod", "a2", "-n", "app")
+    m.wait(
+        "proxy-status SYNCED again",
+        lambda: [t[ADDRESS]["status"] for t in status().values()] == ["SYNCED", "SYNCED"],
+    )
+    for node in (m.node1, m.node2):
+        assert m.dump_names(node) == m.store_names()
