@@ -539,3 +539,71 @@ def test_rejected_resource_is_nacked_and_does_not_block_the_rest(mesh: Mesh) -> 
     )
     for node in (m.node1, m.node2):
         assert m.dump_names(node) == m.store_names()
+
+
+def test_node_revoke_ends_its_stream(mesh: Mesh) -> None:
+    """`ketch node revoke node1` (another process: the plane finds out at its periodic
+    revalidation, 10 s) ends node1's xDS stream; its reconnects are refused, so it gets no
+    further config, and the certificate service signs nothing for its pods. node2 keeps
+    its stream, its config and its certificates."""
+    m = mesh
+    _bring_up(m)
+    # pods c (node1) and d (node2) in the store, known to both proxies, not yet enrolled
+    c, d = m.fabric.add_pod(m.node1, "c"), m.fabric.add_pod(m.node2, "d")
+    for p in (c, d):
+        install_rules(p.netns)
+    m.apply(_pod(c, m.node1), _pod(d, m.node2))
+    for node in (m.node1, m.node2):
+        m.wait(f"{node.name} has c, d", lambda node=node: m.dump_names(node) == m.store_names())
+    held1 = m.dump_names(m.node1)
+
+    m.ketch("node", "revoke", "node1", "--state-dir", str(m.state))
+    m.wait(
+        "node1's stream ended",
+        lambda: "ended the xDS streams of node node1: its certificate is revoked" in m.plane_log(),
+        within=25,  # xds_revalidate is 10 s and has no CLI flag
+    )
+    assert "ended the xDS streams of node node2" not in m.plane_log()
+    m.wait(
+        "node1 refused on reconnect",
+        lambda: (m.dump(m.node1)["xds"]["lastError"] or "").startswith("UNAUTHENTICATED"),
+    )
+    assert m.dump(m.node1)["xds"]["connected"] is False
+    rows = json.loads(m.ketch("proxy-status", "--state-dir", str(m.state), "-o", "json"))
+    assert [row["node"] for row in rows] == ["node2"], rows
+    assert m.dump(m.node2)["xds"]["connected"] is True
+
+    # new config reaches node2 only; node1 keeps its last state
+    web3 = {**SERVICE, "metadata": {"name": "web3", "namespace": "app"}}
+    m.apply(web3)
+    m.wait("node2 has web3", lambda: m.dump_names(m.node2) == m.store_names())
+
+    # certificates: d's on node2 is issued, c's on node1 is refused
+    m.pods_file(m.node1, m.a, c)
+    m.pods_file(m.node2, m.b, d)
+
+    def cert_state(node: Node, sa: str) -> str | None:
+        for cert in m.dump(node).get("certificates", []):
+            if cert["identity"] == f"spiffe://{TD}/ns/app/sa/{sa}":
+                return str(cert["state"])
+        return None
+
+    m.wait("d's certificate on node2", lambda: cert_state(m.node2, "d") == "Available")
+    m.wait(
+        "c's certificate refused on node1",
+        lambda: (cert_state(m.node1, "c") or "").startswith("Unavailable: "),
+    )
+    assert "node certificate of node1 was revoked" in (cert_state(m.node1, "c") or "")
+    assert cert_state(m.node1, "a") == "Available"  # the one it had stays in use
+    (pc,) = [p for p in m.dump(m.node1)["pods"] if p["name"] == "c"]
+    assert pc["state"] == "waiting_for_certificate", pc  # c is not served
+    m.wait(
+        "d served on node2",
+        lambda: [p["state"] for p in m.dump(m.node2)["pods"] if p["name"] == "d"] == ["ready"],
+    )
+
+    assert m.dump_names(m.node1) == held1  # nothing new arrived on node1
+    assert m.dump(m.node1)["xds"]["connected"] is False
+    assert m.dump(m.node2)["xds"]["nacks"] == 0
+    # the refused reconnects leave nothing behind (the request-iterator fix)
+    assert "Task was destroyed but it is pending" not in m.log(m.node1.name)
