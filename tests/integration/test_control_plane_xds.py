@@ -4,6 +4,11 @@ bootstrap tokens, pods enrolled from `--pods` files (the ZDS stand-in), the mesh
 with `ketch apply`, and traffic between the pods through HBONE, by pod IP and by service
 VIP; then an AuthorizationPolicy applied and deleted through the store takes effect on
 new connections within seconds.
+
+On the same harness (`_bring_up`): the control plane SIGKILLed and restarted (the proxies
+serve on their last state, then resync with nothing resent), a resource the proxies reject
+(NACKed by name, ERROR in `ketch proxy-status`, the rest of the push applied), and
+`ketch node revoke` (the node's stream ends, no more config or certificates for it).
 """
 
 from __future__ import annotations
