@@ -58,6 +58,7 @@ NORMAL_CODES = frozenset(
     }
 )
 NORMAL_DETAILS = ("transport is closing", "GOAWAY")
+_END_OF_REQUESTS = object()  # ends a stream's request iterator
 
 
 class Backoff:
@@ -216,8 +217,8 @@ class XdsClient:
             outgoing.put_nowait(req)
 
         async def requests() -> AsyncIterator[Any]:
-            while True:
-                yield await outgoing.get()
+            while (req := await outgoing.get()) is not _END_OF_REQUESTS:
+                yield req
 
         channel = self._channel()
         try:
@@ -256,4 +257,7 @@ class XdsClient:
             return False
         finally:
             self._connected = False
+            # grpc stops reading the requests of a finished call without closing the
+            # iterator: end it, or its reader task is left pending at every attempt
+            outgoing.put_nowait(_END_OF_REQUESTS)
             await channel.close(None)

@@ -382,3 +382,42 @@ async def test_a_session_error_restarts_the_stream_and_keeps_the_state(
     finally:
         await c.stop()
         await server.stop(0)
+
+
+async def test_a_refused_stream_leaves_no_request_task_behind(
+    tmp_path: Path, client: XdsClient
+) -> None:
+    """The control plane refuses every stream (a revoked node: UNAUTHENTICATED). grpc
+    stops reading the request iterator of a finished call without closing it; the client
+    must end it, or every attempt leaves a pending task behind ("Task was destroyed but it
+    is pending", "aclose(): asynchronous generator is already running" in the log)."""
+
+    async def refuse(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "node certificate revoked")
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "envoy.service.discovery.v3.AggregatedDiscoveryService",
+                {"DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(refuse)},
+            ),
+        )
+    )
+    server.add_insecure_port(f"unix:{tmp_path / 'ads.sock'}")
+    await server.start()
+    try:
+        await client.start()
+        await eventually(lambda: client.stats.attempts >= 4)
+        assert (client.stats.last_error or "").startswith("UNAUTHENTICATED")
+        await client.stop()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        left = [
+            t
+            for t in asyncio.all_tasks()
+            if not t.done() and "_consume_request_iterator" in repr(t.get_coro())
+        ]
+        assert left == []
+    finally:
+        await server.stop(0)
