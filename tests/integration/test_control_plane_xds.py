@@ -562,6 +562,14 @@ def test_node_revoke_ends_its_stream(mesh: Mesh) -> None:
         m.wait(f"{node.name} has c, d", lambda node=node: m.dump_names(node) == m.store_names())
     held1 = m.dump_names(m.node1)
 
+    def xds_column() -> dict[str, str]:
+        out = m.ketch("node", "list", "--state-dir", str(m.state)).splitlines()[1:]
+        return {line.split()[0]: line[70:].strip() for line in out}  # NAME 30, ENROLMENT 40
+
+    listed = xds_column()
+    assert listed["node1"].startswith("connected since"), listed
+    assert listed["node2"].startswith("connected since"), listed
+
     m.ketch("node", "revoke", "node1", "--state-dir", str(m.state))
     m.wait(
         "node1's stream ended",
@@ -577,6 +585,9 @@ def test_node_revoke_ends_its_stream(mesh: Mesh) -> None:
     rows = json.loads(m.ketch("proxy-status", "--state-dir", str(m.state), "-o", "json"))
     assert [row["node"] for row in rows] == ["node2"], rows
     assert m.dump(m.node2)["xds"]["connected"] is True
+    listed = xds_column()
+    assert listed["node1"] == "not connected", listed
+    assert listed["node2"].startswith("connected since"), listed
 
     # new config reaches node2 only; node1 keeps its last state
     web3 = {**SERVICE, "metadata": {"name": "web3", "namespace": "app"}}
