@@ -84,6 +84,7 @@ class Mesh:
         self.plane_log_at = path.stat().st_size if path.exists() else 0
         log = open(path, "ab")  # noqa: SIM115
         argv = [KETCH, "control-plane", "run", "--xds", "--state-dir", str(self.state)]
+        argv += ["--xds-revalidate", "1"]  # a revoked node loses its stream within 1 s
         self.plane = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         alive = _deadline(30)
@@ -548,7 +549,7 @@ def test_rejected_resource_is_nacked_and_does_not_block_the_rest(mesh: Mesh) -> 
 
 def test_node_revoke_ends_its_stream(mesh: Mesh) -> None:
     """`ketch node revoke node1` (another process: the plane finds out at its periodic
-    revalidation, 10 s) ends node1's xDS stream; its reconnects are refused, so it gets no
+    revalidation, `--xds-revalidate`, 1 s here) ends node1's xDS stream; its reconnects are refused, so it gets no
     further config, and the certificate service signs nothing for its pods. node2 keeps
     its stream, its config and its certificates."""
     m = mesh
@@ -574,7 +575,7 @@ def test_node_revoke_ends_its_stream(mesh: Mesh) -> None:
     m.wait(
         "node1's stream ended",
         lambda: "ended the xDS streams of node node1: its certificate is revoked" in m.plane_log(),
-        within=25,  # xds_revalidate is 10 s and has no CLI flag
+        within=10,  # --xds-revalidate 1
     )
     assert "ended the xDS streams of node node2" not in m.plane_log()
     m.wait(

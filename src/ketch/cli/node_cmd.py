@@ -203,6 +203,15 @@ def run_control_plane(
         str,
         typer.Option("--root-namespace", help="Namespace of mesh-wide policies."),
     ] = "istio-system",
+    xds_revalidate: Annotated[
+        float,
+        typer.Option(
+            "--xds-revalidate",
+            min=0.1,
+            help="Seconds between re-checks of connected nodes' certificates: a node revoked "
+            "with `ketch node revoke` loses its xDS stream within this time.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT."""
     from ketch.control import plane
@@ -225,6 +234,7 @@ def run_control_plane(
         xds_listen=xds_listen,
         cluster_id=cluster_id,
         root_namespace=root_namespace,
+        xds_revalidate=xds_revalidate,
     )
 
     async def main() -> None:
