@@ -393,6 +393,8 @@ async def run(args: argparse.Namespace) -> Result:
             async with asyncio.timeout(args.timeout):
                 await asyncio.gather(*(cl.seen.wait() for cl in clients))
             res.changes.append(max(cl.seen_at for cl in clients) - t0)
+            if (k + 1) % 10 == 0:
+                log(f"change {k + 1}/{args.changes}: {res.changes[-1] * 1000:.0f} ms")
             await asyncio.sleep(args.gap)
         res.cpu_changes = proc_cpu_seconds(proc.pid) - cpu0
         if res.changes:
