@@ -1,0 +1,59 @@
+"""bench/xds_push.py's pure parts: the synthetic store translates without warnings into the
+expected resources, a changed policy keeps its resource name, percentiles and the report.
+The measuring itself runs only as `uv run --frozen python bench/xds_push.py`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import xds_push
+
+from ketch.control.build import MeshBuild
+from ketch.store.memory import MemoryStore
+from ketch.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE
+
+
+def test_synthetic_store_translates_cleanly() -> None:
+    store = MemoryStore()
+    store.apply(xds_push.make_objects(pods=60, services=6, policies=5, nodes=3))
+    warned: list[str] = []
+    resources = MeshBuild(warn=warned.append)(store)
+    assert warned == []
+    assert len(resources[ADDRESS_TYPE]) == 60 + 6
+    names = set(resources[AUTHORIZATION_TYPE])
+    assert names == {xds_push.policy_resource_name(p, 6) for p in range(5)}
+
+    before = resources[AUTHORIZATION_TYPE]
+    store.apply([xds_push.policy(3, 6, 1)])
+    after = MeshBuild()(store)[AUTHORIZATION_TYPE]
+    changed = {n for n in after if after[n][0] != before[n][0]}
+    assert changed == {xds_push.policy_resource_name(3, 6)}
+
+
+def test_many_namespaces_and_addresses_stay_valid() -> None:
+    objects = xds_push.make_objects(pods=300, services=250, policies=2, nodes=2)
+    assert sum(o["kind"] == "Namespace" for o in objects) == 2
+    ips = [o["status"]["podIP"] for o in objects if o["kind"] == "Pod"]
+    assert len(set(ips)) == 300
+    assert xds_push._ip(0, 65536 + 258) == "10.1.1.2"
+
+
+def test_percentile_interpolates() -> None:
+    assert xds_push.pct([1.0, 2.0, 3.0, 4.0, 5.0], 0.5) == 3.0
+    assert xds_push.pct([1.0, 2.0], 0.99) == 1.99
+    assert xds_push.pct([0.2], 0.99) == 0.2
+
+
+def test_report_states_targets() -> None:
+    args = argparse.Namespace(pods=10, services=1, policies=1, clients=2, changes=2, decode=False)
+    res = xds_push.Result(
+        args, objects=13, sync_s=0.5, sync_per_client=[0.4, 0.5], changes=[0.15, 0.25]
+    )
+    text = xds_push.report(res)
+    assert "full sync of 10 clients under 1 s: met (500 ms)" in text
+    # p99 of [150, 250] ms is 249 ms: 149 ms beyond the debounce
+    assert "MISSED (149 ms)" in text
