@@ -69,3 +69,25 @@ def two_nodes(fabric: Fabric) -> TwoNodes:
     node1 = fabric.add_node("node1")
     node2 = fabric.add_node("node2")
     return TwoNodes(fabric, node1, node2, fabric.add_pod(node1, "a"), fabric.add_pod(node2, "b"))
+
+
+def node_http(node: Node, port: int, path: str, *curl: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path from inside `node`'s netns (a node proxy's admin,
+    metrics or readiness endpoint) with curl: (status, body); status 0 if nothing answered."""
+    r = node.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            *curl,
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        check=False,
+    )
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code or 0), body

@@ -33,7 +33,7 @@ from ketch.netns import install_rules
 from ketch.netns.fabric import Fabric, Node, Pod
 from ketch.xds.types import ADDRESS_TYPE as ADDRESS
 from ketch.xds.types import AUTHORIZATION_TYPE as AUTHORIZATION
-from tests.integration.conftest import unique_prefix
+from tests.integration.conftest import node_http, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -164,22 +164,7 @@ class Mesh:
     # ---------------------------------------------------------------- node endpoints
 
     def http(self, node: Node, port: int, path: str) -> tuple[int, str]:
-        r = node.run(
-            [
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                f"http://127.0.0.1:{port}{path}",
-            ],
-            check=False,
-        )
-        body, _, code = r.stdout.rpartition("\n")
-        return int(code or 0), body
+        return node_http(node, port, path)
 
     def dump(self, node: Node) -> dict[str, Any]:
         code, body = self.http(node, 15000, "/config_dump")

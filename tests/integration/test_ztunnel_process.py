@@ -23,7 +23,7 @@ import yaml
 
 from ketch.netns import install_rules
 from ketch.netns.fabric import Fabric, Node, Pod
-from tests.integration.conftest import unique_prefix
+from tests.integration.conftest import node_http, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -102,23 +102,7 @@ class Cluster:
         return (self.logs / f"{node.name}-{tag}.log").read_text(errors="replace")
 
     def http(self, node: Node, port: int, path: str, *curl: str) -> tuple[int, str]:
-        r = node.run(
-            [
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                *curl,
-                f"http://127.0.0.1:{port}{path}",
-            ],
-            check=False,
-        )
-        body, _, code = r.stdout.rpartition("\n")
-        return int(code or 0), body
+        return node_http(node, port, path, *curl)
 
     def wait_ready(
         self, node: Node, proc: subprocess.Popen[Any], tag: str, port: int = 15021
