@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +92,23 @@ def node_http(node: Node, port: int, path: str, *curl: str) -> tuple[int, str]:
     )
     body, _, code = r.stdout.rpartition("\n")
     return int(code or 0), body
+
+
+def two_enrolled_nodes_with_web(fab: Fabric, www: Path) -> tuple[Node, Node, Pod, Pod]:
+    """node1 with pod a, node2 with pod b, both with the in-pod redirection rules, and
+    Python's http.server on b:8080 serving `www` (an index.html saying "hello from b")."""
+    from ketch.netns import install_rules
+
+    n1, n2 = fab.add_node("node1"), fab.add_node("node2")
+    a, b = fab.add_pod(n1, "a"), fab.add_pod(n2, "b")
+    for p in (a, b):
+        install_rules(p.netns)
+    www.mkdir()
+    (www / "index.html").write_text("hello from b\n")
+    b.exec(
+        ["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", str(www)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    b.wait_for_tcp("127.0.0.1", 8080)
+    return n1, n2, a, b

@@ -33,7 +33,7 @@ from ketch.netns import install_rules
 from ketch.netns.fabric import Fabric, Node, Pod
 from ketch.xds.types import ADDRESS_TYPE as ADDRESS
 from ketch.xds.types import AUTHORIZATION_TYPE as AUTHORIZATION
-from tests.integration.conftest import node_http, unique_prefix
+from tests.integration.conftest import node_http, two_enrolled_nodes_with_web, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -290,19 +290,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     fab = Fabric(unique_prefix("x"))
     m: Mesh | None = None
     try:
-        n1, n2 = fab.add_node("node1"), fab.add_node("node2")
-        a, b = fab.add_pod(n1, "a"), fab.add_pod(n2, "b")
-        for p in (a, b):
-            install_rules(p.netns)
-        www = tmp_path / "www"
-        www.mkdir()
-        (www / "index.html").write_text("hello from b\n")
-        b.exec(
-            ["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", str(www)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        b.wait_for_tcp("127.0.0.1", 8080)
+        n1, n2, a, b = two_enrolled_nodes_with_web(fab, tmp_path / "www")
         logs = tmp_path / "logs"
         logs.mkdir()
         env = {**os.environ, "KETCH_STORE": str(state / "ketch.db")}

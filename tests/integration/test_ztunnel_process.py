@@ -21,9 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ketch.netns import install_rules
 from ketch.netns.fabric import Fabric, Node, Pod
-from tests.integration.conftest import node_http, unique_prefix
+from tests.integration.conftest import node_http, two_enrolled_nodes_with_web, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -129,19 +128,7 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     fab = Fabric(unique_prefix("p"))
     try:
-        n1, n2 = fab.add_node("node1"), fab.add_node("node2")
-        a, b = fab.add_pod(n1, "a"), fab.add_pod(n2, "b")
-        for p in (a, b):
-            install_rules(p.netns)
-        www = tmp_path / "www"
-        www.mkdir()
-        (www / "index.html").write_text("hello from b\n")
-        b.exec(
-            ["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", str(www)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        b.wait_for_tcp("127.0.0.1", 8080)
+        n1, n2, a, b = two_enrolled_nodes_with_web(fab, tmp_path / "www")
         logs = tmp_path / "logs"
         logs.mkdir()
         c = Cluster(fab, n1, n2, a, b, tmp_path / "mesh.yaml", tmp_path / "ca", logs, [])
