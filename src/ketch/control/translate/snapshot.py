@@ -43,6 +43,7 @@ from ketch.control.translate.workloads import (
     PolicyIndex,
     locality_for_node,
     service_for,
+    service_index,
     waypoint_index,
     workload_for_pod,
 )
@@ -164,9 +165,8 @@ def translate_all(
     waypoints = waypoint_index(gateways)
 
     mesh_services: dict[str, MeshService] = {}
-    by_namespace: dict[str, list[Service]] = {}
-    for svc in sorted(services, key=_ref):
-        by_namespace.setdefault(_ns(svc), []).append(svc)
+    services.sort(key=_ref)
+    for svc in services:
         try:
             s = service_for(
                 svc,
@@ -180,14 +180,17 @@ def translate_all(
         if s is not None:
             mesh_services[s.key] = s
 
+    # per pod, only the Services of its namespace sharing a label with it are matched
+    by_namespace = service_index(services)
     workloads: dict[str, Workload] = {}
     for pod in sorted(pods, key=_ref):
         node = nodes.get(pod.spec.node_name or "")
+        candidates = by_namespace.get(_ns(pod))
         try:
             w = workload_for_pod(
                 pod,
                 namespace=namespaces.get(_ns(pod)),
-                services=by_namespace.get(_ns(pod), []),
+                services=candidates.matching(pod.labels) if candidates is not None else [],
                 policies_index=index,
                 cluster_id=cluster_id,
                 trust_domain=trust_domain,
