@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from ipaddress import ip_address
 from types import MappingProxyType
 from typing import Final, Generic, TypeVar
@@ -232,13 +233,20 @@ def workload_name(pod: Pod) -> str:
     return owner.name
 
 
+@lru_cache(maxsize=1 << 16)
+def _parse_ip(text: str) -> IpAddr:
+    """`ip_address` of a pod or service address, parsed once per string (addresses are
+    immutable; a rebuild parses the same 10000s of them again)."""
+    return ip_address(text)
+
+
 def pod_addresses(pod: Pod) -> tuple[IpAddr, ...]:
     """`status.podIPs`, else `status.podIP`; duplicates dropped, order kept."""
     status = pod.status
     if status is None:
         return ()
     raw = [p.ip for p in status.pod_ips or []] or ([status.pod_ip] if status.pod_ip else [])
-    return tuple(dict.fromkeys(ip_address(a) for a in raw))
+    return tuple(dict.fromkeys(_parse_ip(a) for a in raw))
 
 
 def locality_for_node(node: Node | None) -> Locality | None:
@@ -414,7 +422,7 @@ def service_for(
         return None
     ns = service.namespace or "default"
     raw = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
-    vips = tuple(dict.fromkeys(ip_address(v) for v in raw if v not in ("", "None")))
+    vips = tuple(dict.fromkeys(_parse_ip(v) for v in raw if v not in ("", "None")))
     ports: dict[int, ServicePort] = {}
     for p in spec.ports or []:
         # one entry per port number (a TCP and a UDP port may share it): the first
