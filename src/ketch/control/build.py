@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import any_pb2
 
 from ketch.api import Resource, ResourceError, from_manifest
-from ketch.control.translate.snapshot import translate_all
+from ketch.control.translate.snapshot import WorkloadCache, translate_all
 from ketch.control.translate.workloads import DEFAULT_CLUSTER_ID, DEFAULT_DOMAIN_SUFFIX
 from ketch.mesh import (
     DEFAULT_ROOT_NAMESPACE,
@@ -89,6 +89,8 @@ class MeshBuild:
     _encoded: dict[str, tuple[object, str, str, any_pb2.Any]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    #: the Workloads of the last build (`translate_all`'s `workload_cache`)
+    _workloads: WorkloadCache = field(default_factory=dict, repr=False, compare=False)
     #: how many manifests were validated / mesh objects encoded by the last build
     validated: int = field(default=0, repr=False, compare=False)
     encoded: int = field(default=0, repr=False, compare=False)
@@ -115,6 +117,7 @@ class MeshBuild:
             root_namespace=self.root_namespace,
             trust_domain=self.trust_domain,
             domain_suffix=self.domain_suffix,
+            workload_cache=self._workloads,
         )
         self._report(mesh.warnings)
         self.encoded = 0
@@ -175,7 +178,7 @@ class MeshBuild:
         for obj in objects:
             name = resource_name(obj)
             hit = self._encoded.get(name)
-            if hit is not None and hit[1] == self.network and hit[0] == obj:
+            if hit is not None and hit[1] == self.network and (hit[0] is obj or hit[0] == obj):
                 entry = hit
             else:
                 self.encoded += 1
