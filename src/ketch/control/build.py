@@ -12,7 +12,7 @@ One `list()` of the whole store is one consistent read: a Pod and the Service se
 are never taken from two different revisions. Translation warnings are logged when the set
 of warnings changes (each new warning once), not on every rebuild.
 
-Between rebuilds `MeshBuild` keeps two caches, so a push costs less than the first build
+Between rebuilds `MeshBuild` keeps three caches, so a push costs less than the first build
 while giving exactly what a fresh `MeshBuild` gives:
 
 - the validated `ketch.api` model of each manifest, keyed by its apiVersion, kind,
@@ -21,8 +21,10 @@ while giving exactly what a fresh `MeshBuild` gives:
   resourceVersion, or one that does not validate, is handed to `translate_all` as is);
 - the encoded `(version, Any)` of each mesh object by resource name, reused when the new
   object is equal to the one it was encoded from (mesh objects are frozen dataclasses).
+- the Workload of each pod (`translate_all`'s `workload_cache`), reused when its inputs are
+  the same cached models and equal values.
 
-Both keep only what the last build saw. The models and `Any`s are shared between builds
+Each keeps only what the last build saw. The models and `Any`s are shared between builds
 and must not be mutated (nothing in the translation or the push does).
 """
 
