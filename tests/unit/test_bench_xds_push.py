@@ -57,3 +57,74 @@ def test_report_states_targets() -> None:
     assert "full sync of 10 clients under 1 s: met (500 ms)" in text
     # p99 of [150, 250] ms is 249 ms: 149 ms beyond the debounce
     assert "MISSED (149 ms)" in text
+
+
+def test_mesh_build_caches_validate_and_encode_only_changes() -> None:
+    """A rebuilt MeshBuild re-validates only written manifests and re-encodes only changed
+    mesh objects, and gives exactly what a from-scratch build gives."""
+    store = MemoryStore()
+    store.apply(xds_push.make_objects(pods=60, services=6, policies=5, nodes=3))
+    build = MeshBuild()
+    first = build(store)
+    assert build.validated == len(store.list().items)
+    assert build.encoded == 60 + 6 + 5
+    assert build(store) == first == MeshBuild()(store)
+    assert (build.validated, build.encoded) == (0, 0)
+
+    # a policy rewrite with the same selector: one manifest, one Authorization
+    store.apply([xds_push.policy(3, 6, 1)])
+    after = build(store)
+    assert (build.validated, build.encoded) == (1, 1)
+    assert after == MeshBuild()(store)
+    assert after[ADDRESS_TYPE] == first[ADDRESS_TYPE]
+
+    # a pod relabelled away from its service: that pod's workload changes, and so does
+    # nothing else (the Service resource lists no endpoints)
+    pod = next(o for o in store.list().items if o["kind"] == "Pod")
+    relabelled = {**pod, "metadata": {**pod["metadata"], "labels": {"app": "elsewhere"}}}
+    store.apply([relabelled])
+    again = build(store)
+    assert (build.validated, build.encoded) == (1, 1)
+    assert again == MeshBuild()(store)
+    assert list(again[ADDRESS_TYPE]) == list(MeshBuild()(store)[ADDRESS_TYPE])
+
+    # a delete drops the object from the caches and the output
+    store.delete("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
+    gone = build(store)
+    assert (build.validated, build.encoded) == (0, 0)
+    assert gone == MeshBuild()(store)
+    assert len(gone[ADDRESS_TYPE]) == 60 + 6 - 1
+
+
+def test_translate_all_workload_cache_reuses_only_unchanged_pods() -> None:
+    """With `workload_cache`, a pod whose inputs are the same objects keeps its Workload
+    object; one whose Service, policy names or namespace changed is translated again; the
+    snapshot always equals an uncached translation."""
+    from ketch.api import from_manifest
+    from ketch.control.translate.snapshot import WorkloadCache, translate_all
+
+    manifests = xds_push.make_objects(pods=40, services=4, policies=4, nodes=2)
+    models = [from_manifest(m) for m in manifests]
+    cache: WorkloadCache = {}
+    first = translate_all(models, workload_cache=cache)
+    assert first == translate_all(models)
+    second = translate_all(models, workload_cache=cache)
+    assert second == first
+    assert all(second.workloads[u] is first.workloads[u] for u in first.workloads)
+
+    # a Service's target port changes: the pods it selects get new workloads
+    i = next(i for i, m in enumerate(manifests) if m["kind"] == "Service")
+    svc = manifests[i]
+    ports = [{**p, "targetPort": 9090} for p in svc["spec"]["ports"]]
+    models[i] = from_manifest({**svc, "spec": {**svc["spec"], "ports": ports}})
+    # a policy's selector changes: the pods it selected and now selects change names
+    j = next(j for j, m in enumerate(manifests) if m["kind"] == "AuthorizationPolicy")
+    pol = manifests[j]
+    other = {"app": "svc-3"}
+    models[j] = from_manifest({**pol, "spec": {**pol["spec"], "selector": {"matchLabels": other}}})
+    third = translate_all(models, workload_cache=cache)
+    assert third == translate_all(models)
+    assert third != first
+    changed = {u for u in third.workloads if third.workloads[u] is not first.workloads[u]}
+    assert changed == {u for u in third.workloads if third.workloads[u] != first.workloads[u]}
+    assert changed

@@ -43,6 +43,7 @@ from ketch.control.translate.workloads import (
     PolicyIndex,
     locality_for_node,
     service_for,
+    service_index,
     waypoint_index,
     workload_for_pod,
 )
@@ -105,6 +106,11 @@ def _resources(
     return out
 
 
+#: Workloads of an earlier `translate_all`, by pod: the inputs they were made from (the
+#: typed objects by identity, the rest by value) and the result.
+WorkloadCache = dict[str, tuple[tuple[object, ...], tuple[object, ...], Workload]]
+
+
 def translate_all(
     objects: Iterable[Resource | Mapping[str, Any]],
     *,
@@ -112,9 +118,16 @@ def translate_all(
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX,
+    workload_cache: WorkloadCache | None = None,
 ) -> MeshSnapshot:
     """The mesh snapshot of `objects`: typed `ketch.api` resources or manifests, any kinds
-    (those that do not matter are ignored)."""
+    (those that do not matter are ignored).
+
+    `workload_cache` (updated in place to hold this call's workloads) lets a caller that
+    passes the *same* typed objects again (`MeshBuild` reuses the model of an unchanged
+    manifest) skip `workload_for_pod` for a pod whose Pod, Namespace and selecting Services
+    are the same objects as last time and whose policy names, locality, waypoints and
+    settings are equal. The typed objects must not be mutated between calls."""
     warnings: list[str] = []
     namespaces: dict[str, Namespace] = {}
     nodes: dict[str, Node] = {}
@@ -164,9 +177,8 @@ def translate_all(
     waypoints = waypoint_index(gateways)
 
     mesh_services: dict[str, MeshService] = {}
-    by_namespace: dict[str, list[Service]] = {}
-    for svc in sorted(services, key=_ref):
-        by_namespace.setdefault(_ns(svc), []).append(svc)
+    services.sort(key=_ref)
+    for svc in services:
         try:
             s = service_for(
                 svc,
@@ -180,14 +192,40 @@ def translate_all(
         if s is not None:
             mesh_services[s.key] = s
 
+    # per pod, only the Services of its namespace sharing a label with it are matched
+    by_namespace = service_index(services)
     workloads: dict[str, Workload] = {}
+    settings = (cluster_id, trust_domain, root_namespace, domain_suffix)
+    waypoint_items = tuple(waypoints.items())
+    cached: WorkloadCache = {}
     for pod in sorted(pods, key=_ref):
         node = nodes.get(pod.spec.node_name or "")
+        candidates = by_namespace.get(_ns(pod))
+        selecting = candidates.matching(pod.labels) if candidates is not None else []
+        ref = _ref(pod)
+        if workload_cache is not None:
+            same: tuple[object, ...] = (pod, namespaces.get(_ns(pod)), *selecting)
+            equal: tuple[object, ...] = (
+                index.names_for(_ns(pod), pod.labels, root_namespace=root_namespace),
+                locality_for_node(node),
+                waypoint_items,
+                settings,
+            )
+            hit = workload_cache.get(ref)
+            if (
+                hit is not None
+                and len(hit[0]) == len(same)
+                and all(a is b for a, b in zip(hit[0], same, strict=True))
+                and hit[1] == equal
+            ):
+                cached[ref] = hit
+                workloads[hit[2].uid] = hit[2]
+                continue
         try:
             w = workload_for_pod(
                 pod,
                 namespace=namespaces.get(_ns(pod)),
-                services=by_namespace.get(_ns(pod), []),
+                services=selecting,
                 policies_index=index,
                 cluster_id=cluster_id,
                 trust_domain=trust_domain,
@@ -201,6 +239,11 @@ def translate_all(
             continue
         if w is not None:
             workloads[w.uid] = w
+            if workload_cache is not None:
+                cached[ref] = (same, equal, w)
+    if workload_cache is not None:
+        workload_cache.clear()
+        workload_cache.update(cached)
 
     return MeshSnapshot(
         workloads=workloads,

@@ -16,10 +16,11 @@ ServiceEntry and selector-less EndpointSlice workloads, Service `load_balancing`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from ipaddress import ip_address
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from ketch.api import Gateway, Namespace, Node, Pod, Service, wellknown
 from ketch.api.core import ServicePort as ApiServicePort
@@ -69,13 +70,78 @@ _TERMINAL_PHASES = ("Succeeded", "Failed")
 # ----------------------------------------------------------------------- indexes
 
 
+_T = TypeVar("_T")
+
+
+class SelectorIndex(Generic[_T]):
+    """Objects with a matchLabels selector, for finding those that select a set of labels
+    without matching every selector: each object is filed under one `(key, value)` of its
+    selector (the smallest), so only objects sharing a label with the workload are matched;
+    an empty selector (which selects everything) is always a candidate. `matching` gives
+    the same objects, in the same order, as `selector_matches` over all of them."""
+
+    __slots__ = ("_always", "_by_label")
+
+    def __init__(self, entries: Iterable[tuple[_T, Mapping[str, str]]] = ()) -> None:
+        self._always: list[tuple[int, _T, Mapping[str, str]]] = []
+        self._by_label: dict[tuple[str, str], list[tuple[int, _T, Mapping[str, str]]]] = {}
+        for i, (obj, selector) in enumerate(entries):
+            if selector:
+                self._by_label.setdefault(min(selector.items()), []).append((i, obj, selector))
+            else:
+                self._always.append((i, obj, selector))
+
+    def matching(self, labels: Mapping[str, str]) -> list[_T]:
+        """The objects whose selector matches `labels`, in the order they were given."""
+        hits = list(self._always)
+        by_label = self._by_label
+        if by_label:
+            for item in labels.items():
+                found = by_label.get(item)
+                if found:
+                    hits += found
+        if len(hits) > 1:
+            hits.sort(key=lambda h: h[0])
+        return [obj for _, obj, selector in hits if selector_matches(selector, labels)]
+
+
+def _by_namespace(
+    objects: Iterable[tuple[str, _T, Mapping[str, str]]],
+) -> dict[str, SelectorIndex[_T]]:
+    grouped: dict[str, list[tuple[_T, Mapping[str, str]]]] = {}
+    for ns, obj, selector in objects:
+        grouped.setdefault(ns, []).append((obj, selector))
+    return {ns: SelectorIndex(entries) for ns, entries in grouped.items()}
+
+
 @dataclass(frozen=True)
 class PolicyIndex:
     """The policies a workload may name: selector-scoped Authorizations (translated from
-    AuthorizationPolicy, with their `selector`) and the PeerAuthentications (mesh model)."""
+    AuthorizationPolicy, with their `selector`) and the PeerAuthentications (mesh model).
+    Indexed by namespace and selector label on construction, so `names_for` looks only at
+    the policies of the workload's namespace and the root namespace that share a label."""
 
     authorizations: tuple[Authorization, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
+    _authz_index: dict[str, SelectorIndex[Authorization]] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    _pas_by_ns: dict[str, list[tuple[int, PeerAuthentication]]] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "_authz_index",
+            _by_namespace(
+                (a.namespace, a, a.selector) for a in self.authorizations if a.selector is not None
+            ),
+        )
+        pas: dict[str, list[tuple[int, PeerAuthentication]]] = {}
+        for i, pa in enumerate(self.peer_authentications):
+            pas.setdefault(pa.namespace, []).append((i, pa))
+        object.__setattr__(self, "_pas_by_ns", pas)
 
     @classmethod
     def build(
@@ -102,17 +168,20 @@ class PolicyIndex:
         """`Workload.authorization_policies` in istiod's order: the selector-scoped policies
         of `namespace` or the root namespace that select `labels` (sorted), then the
         PeerAuthentication-derived names (sorted)."""
-        names = sorted(
-            a.key
-            for a in self.authorizations
-            if a.namespace in (namespace, root_namespace)
-            and a.selector is not None
-            and selector_matches(a.selector, labels)
-        )
+        spaces = (namespace,) if namespace == root_namespace else (namespace, root_namespace)
+        names: list[str] = []
+        pas: list[tuple[int, PeerAuthentication]] = []
+        for ns in spaces:
+            index = self._authz_index.get(ns)
+            if index is not None:
+                names += [a.key for a in index.matching(labels)]
+            pas += self._pas_by_ns.get(ns, ())
+        if len(spaces) > 1:
+            pas.sort(key=lambda p: p[0])  # the given order, as a scan of all of them
         derived = workload_policy_names(
-            self.peer_authentications, namespace, labels, root_namespace=root_namespace
+            [pa for _, pa in pas], namespace, labels, root_namespace=root_namespace
         )
-        return (*names, *derived)
+        return (*sorted(names), *derived)
 
 
 #: Waypoints by `namespace/name`, with the traffic they take (`istio.io/waypoint-for`).
@@ -164,13 +233,20 @@ def workload_name(pod: Pod) -> str:
     return owner.name
 
 
+@lru_cache(maxsize=1 << 16)
+def _parse_ip(text: str) -> IpAddr:
+    """`ip_address` of a pod or service address, parsed once per string (addresses are
+    immutable; a rebuild parses the same 10000s of them again)."""
+    return ip_address(text)
+
+
 def pod_addresses(pod: Pod) -> tuple[IpAddr, ...]:
     """`status.podIPs`, else `status.podIP`; duplicates dropped, order kept."""
     status = pod.status
     if status is None:
         return ()
     raw = [p.ip for p in status.pod_ips or []] or ([status.pod_ip] if status.pod_ip else [])
-    return tuple(dict.fromkeys(ip_address(a) for a in raw))
+    return tuple(dict.fromkeys(_parse_ip(a) for a in raw))
 
 
 def locality_for_node(node: Node | None) -> Locality | None:
@@ -240,6 +316,17 @@ def _waypoint(
 def _selects(service: Service, pod: Pod) -> bool:
     selector = service.spec.selector
     return bool(selector) and selector_matches(selector or {}, pod.labels)
+
+
+def service_index(services: Iterable[Service]) -> dict[str, SelectorIndex[Service]]:
+    """Services by namespace (`default` for none), indexed by selector label: the
+    candidates for `workload_services` of a pod are `index[pod namespace].matching(labels)`
+    (Services without a selector select no pod and are left out)."""
+    return _by_namespace(
+        (svc.namespace or "default", svc, svc.spec.selector)
+        for svc in services
+        if svc.spec.selector
+    )
 
 
 def workload_services(
@@ -335,7 +422,7 @@ def service_for(
         return None
     ns = service.namespace or "default"
     raw = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
-    vips = tuple(dict.fromkeys(ip_address(v) for v in raw if v not in ("", "None")))
+    vips = tuple(dict.fromkeys(_parse_ip(v) for v in raw if v not in ("", "None")))
     ports: dict[int, ServicePort] = {}
     for p in spec.ports or []:
         # one entry per port number (a TCP and a UDP port may share it): the first
