@@ -379,6 +379,13 @@ def test_control_plane_to_node_proxies_over_xds(mesh: Mesh) -> None:
     for node in (m.node1, m.node2):
         assert m.dump(node)["xds"]["nacks"] == 0
 
+    # `ketch ztunnel-config` reads an xDS-fed proxy as it reads a file-fed one
+    out = m.ketch("ztunnel-config", "workloads", "--netns", m.node1.netns, "-o", "json")
+    doc = json.loads(out)
+    rows = {w["uid"]: w for w in doc["workloads"]}
+    assert rows["Kubernetes//Pod/app/a"]["protocol"] == "HBONE", rows
+    assert rows["Kubernetes//Pod/app/b"]["node"] == "node2", rows
+
 
 APPLIED = "xds {}: {} upserted, {} removed, {} rejected"
 
