@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 
-from ketch.netns.fabric import Fabric, free_prefix
 from ketch.ztunnel.telemetry import ResponseFlags
 from tests.integration.test_ztunnel_support import (
     Mesh,
+    NodeProxy,
     connection_ends,
     echo_server,
     eventually,
     mesh,
+    mesh_on_fabric,
     pod_socket_connect,
     refused,
     roundtrip,
@@ -162,29 +163,36 @@ async def test_strict_refuses_plaintext_permissive_allows(mesh: Mesh) -> None:
     assert denied.src_identity == ""  # plaintext: no identities logged
 
 
-async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:
+async def _policy_update_closes_open_connections(mesh: Mesh, port: int) -> NodeProxy:
+    """An HBONE and a plaintext (15006) connection to b are open; a policy update that
+    denies both closes both, and nothing stays tracked."""
     a = mesh.pod("node1", "a")
     b = mesh.pod("node2", "b")
     d = mesh.pod("node1", "d", mesh=False)
     await mesh.start()
-    srv = await echo_server(b.pod, 9104)
+    srv = await echo_server(b.pod, port)
+    n2 = mesh.proxies["node2"]
     try:
-        r, w = await pod_socket_connect(a.pod, (b.ip, 9104))
+        r, w = await pod_socket_connect(a.pod, (b.ip, port))
         assert await roundtrip(r, w, b"before") == b"before"
-        rp, wp = await pod_socket_connect(d.pod, (b.ip, 9104))  # plaintext via 15006
+        rp, wp = await pod_socket_connect(d.pod, (b.ip, port))  # plaintext via 15006
         assert await roundtrip(rp, wp, b"plain") == b"plain"
-        assert len(mesh.proxies["node2"].zt.connections()) == 2
+        assert len(n2.zt.connections()) == 2
         mesh.set_policies([allow_from(["cluster.local/ns/app/sa/someone-else"])])
         mesh.update()
         assert await connection_ends(r)
         assert await connection_ends(rp)
         w.close()
         wp.close()
-        await asyncio.sleep(0)
+        await eventually(lambda: n2.zt.connections() == [], 5)
+        await asyncio.sleep(0.2)  # let late callbacks (connection_lost) run
     finally:
         srv.close()
-    n2 = mesh.proxies["node2"]
-    assert n2.zt.connections() == []
+    return n2
+
+
+async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:
+    n2 = await _policy_update_closes_open_connections(mesh, 9104)
     # both ended because of the policy update, and the access log says so
     await eventually(lambda: len([r for r in n2.access if r.error]) == 2, 5)
     assert [r.error for r in n2.access if r.error] == [
@@ -195,46 +203,15 @@ async def test_policy_update_closes_now_denied_connection(mesh: Mesh) -> None:
 def test_denying_policy_closes_open_connections_cleanly_on_uvloop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Closing connections a new policy denies must not log an error or a traceback (on
-    uvloop, which `ketch ztunnel run` uses, a transport already closed raises ValueError
-    from its socket) and must go on closing the others: the HBONE one and the plaintext
-    one both end, nothing stays open. Runs its own uvloop loop, hence no `mesh` fixture."""
+    """The same on uvloop (which `ketch ztunnel run` uses): closing connections a new policy
+    denies logs no error or traceback (a transport already closed raises ValueError from its
+    socket there) and goes on closing the others. Runs its own loop, hence no fixture."""
     import uvloop
 
-    async def body(mesh: Mesh) -> None:
-        a = mesh.pod("node1", "a")
-        b = mesh.pod("node2", "b")
-        d = mesh.pod("node1", "d", mesh=False)
-        await mesh.start()
-        srv = await echo_server(b.pod, 9105)
-        try:
-            r, w = await pod_socket_connect(a.pod, (b.ip, 9105))
-            assert await roundtrip(r, w, b"before") == b"before"
-            rp, wp = await pod_socket_connect(d.pod, (b.ip, 9105))  # plaintext via 15006
-            assert await roundtrip(rp, wp, b"plain") == b"plain"
-            n2 = mesh.proxies["node2"]
-            assert len(n2.zt.connections()) == 2
-            caplog.set_level(logging.INFO)
-            mesh.set_policies([allow_from(["cluster.local/ns/app/sa/someone-else"])])
-            mesh.update()
-            assert await connection_ends(r)
-            assert await connection_ends(rp)
-            w.close()
-            wp.close()
-            await eventually(lambda: n2.zt.connections() == [], 5)
-            await asyncio.sleep(0.2)  # let late callbacks (connection_lost) run
-        finally:
-            srv.close()
-
     async def main() -> None:
-        m = Mesh(Fabric(free_prefix("kz")))
-        try:
-            await body(m)
-        finally:
-            try:
-                await m.close()
-            finally:
-                await asyncio.to_thread(m.fabric.close)
+        async with mesh_on_fabric() as m:
+            caplog.set_level(logging.INFO)
+            await _policy_update_closes_open_connections(m, 9105)
 
     uvloop.run(main())
     bad = [

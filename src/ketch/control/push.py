@@ -412,7 +412,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class ClientStatus:
-    """One connected stream, as `ketch proxy-status` shows it (and syncz returns it)."""
+    """One connected stream (the in-process registry `PushServer.clients()`; syncz sends the
+    same facts as an Istio ClientConfig)."""
 
     stream: int
     node: str  # authenticated node name
@@ -422,18 +423,6 @@ class ClientStatus:
     node_id: str  # the xDS Node.id the client sent ("" until it sends one)
     metadata: Mapping[str, str]  # CLUSTER_ID, NAMESPACE, NODE_NAME, ISTIO_VERSION if sent
     types: Mapping[str, str]  # type URL -> NOT_SENT | SYNCED | STALE | ERROR
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stream": self.stream,
-            "node": self.node,
-            "auth": self.auth,
-            "peer": self.peer,
-            "connectedSince": datetime.fromtimestamp(self.connected_since, UTC).isoformat(),
-            "nodeId": self.node_id,
-            "metadata": dict(self.metadata),
-            "types": dict(self.types),
-        }
 
 
 _STATUS_METADATA = ("CLUSTER_ID", "NAMESPACE", "NODE_NAME", "ISTIO_VERSION")

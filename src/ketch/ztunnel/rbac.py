@@ -40,8 +40,6 @@ from ketch.ztunnel.state import ProxyState
 
 K = TypeVar("K", bound=Hashable)
 
-DRY_RUN_ANNOTATION = "istio.io/dry-run"
-
 # --------------------------------------------------------------------------- evaluation
 
 
