@@ -1,4 +1,5 @@
-"""Kubernetes core and apps kinds: Namespace, Node, ServiceAccount, Pod, Deployment, Service.
+"""Kubernetes core and apps kinds: Namespace, Node, ServiceAccount, Pod, Deployment, ReplicaSet,
+Service.
 
 Ketch's local runtime runs each container as a process inside the pod's network namespace;
 it does not pull images. So a container must give `command` (and optionally `args`);
@@ -154,7 +155,8 @@ class ExecAction(KetchModel):
 
 
 class Probe(KetchModel):
-    """Readiness probe. Ketch runs it from the node, into the pod's network namespace."""
+    """Readiness or liveness probe. Ketch runs it from the node, into the pod's network
+    namespace, as the kubelet does."""
 
     http_get: HTTPGetAction | None = Field(default=None, alias="httpGet")
     tcp_socket: TCPSocketAction | None = Field(default=None, alias="tcpSocket")
@@ -182,6 +184,7 @@ class Container(KetchModel):
     ports: list[ContainerPort] | None = None
     working_dir: str | None = Field(default=None, alias="workingDir")
     readiness_probe: Probe | None = Field(default=None, alias="readinessProbe")
+    liveness_probe: Probe | None = Field(default=None, alias="livenessProbe")
 
     @field_validator("command")
     @classmethod
@@ -204,15 +207,19 @@ class Container(KetchModel):
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise fail(f"duplicate port name {name!r}", "ports")
-        probe = self.readiness_probe
-        if probe is not None:
+        for kind, probe in (
+            ("readinessProbe", self.readiness_probe),
+            ("livenessProbe", self.liveness_probe),
+        ):
+            if probe is None:
+                continue
             action = probe.http_get or probe.tcp_socket
             if action is not None and isinstance(action.port, str) and action.port not in names:
                 field = "httpGet" if probe.http_get else "tcpSocket"
                 raise fail(
                     f"named port {action.port!r} is not a port of container {self.name!r} "
                     f"(its named ports: {', '.join(names) or 'none'})",
-                    f"readinessProbe.{field}.port",
+                    f"{kind}.{field}.port",
                 )
         return self
 
@@ -225,6 +232,8 @@ class Container(KetchModel):
 
 class PodSpec(KetchModel):
     node_name: DNS1123Subdomain | None = Field(default=None, alias="nodeName")
+    node_selector: Labels | None = Field(default=None, alias="nodeSelector")
+    host_network: bool | None = Field(default=None, alias="hostNetwork")
     service_account_name: DNS1123Subdomain = Field(default="default", alias="serviceAccountName")
     containers: list[Container]
     restart_policy: Literal["Always", "OnFailure", "Never"] = Field(
@@ -407,6 +416,33 @@ class Deployment(Resource):
     status: DeploymentStatus | None = None
 
 
+class ReplicaSetSpec(KetchModel):
+    replicas: NonNegativeInt = 1
+    selector: LabelSelector
+    template: PodTemplateSpec
+    min_ready_seconds: NonNegativeInt | None = Field(default=None, alias="minReadySeconds")
+
+
+class ReplicaSetStatus(KetchModel):
+    replicas: NonNegativeInt = 0
+    fully_labeled_replicas: NonNegativeInt | None = Field(
+        default=None, alias="fullyLabeledReplicas"
+    )
+    ready_replicas: NonNegativeInt | None = Field(default=None, alias="readyReplicas")
+    available_replicas: NonNegativeInt | None = Field(default=None, alias="availableReplicas")
+    observed_generation: NonNegativeInt | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] | None = None
+
+
+class ReplicaSet(Resource):
+    """apps/v1 ReplicaSet: normally created and owned by a Deployment's controller."""
+
+    api_version: Literal["apps/v1"] = Field(default="apps/v1", alias="apiVersion")
+    kind: Literal["ReplicaSet"] = "ReplicaSet"
+    spec: ReplicaSetSpec
+    status: ReplicaSetStatus | None = None
+
+
 # --- Service -------------------------------------------------------------------------------
 
 
@@ -528,6 +564,9 @@ __all__ = [
     "PodStatus",
     "PodTemplateSpec",
     "Probe",
+    "ReplicaSet",
+    "ReplicaSetSpec",
+    "ReplicaSetStatus",
     "Service",
     "ServiceAccount",
     "ServicePort",

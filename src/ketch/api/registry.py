@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ketch.api.base import Resource
-from ketch.api.core import Deployment, Namespace, Node, Pod, Service, ServiceAccount
+from ketch.api.core import (
+    Deployment,
+    Namespace,
+    Node,
+    Pod,
+    ReplicaSet,
+    Service,
+    ServiceAccount,
+)
+from ketch.api.discovery import EndpointSlice
 from ketch.api.errors import Problem, ResourceError
 from ketch.api.gateway import Gateway, HTTPRoute
 from ketch.api.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
@@ -61,7 +70,18 @@ _ALL = (
     KindInfo(
         "Deployment", "apps", ("v1",), "deployments", "deployment", ("deploy",), True, Deployment
     ),
+    KindInfo("ReplicaSet", "apps", ("v1",), "replicasets", "replicaset", ("rs",), True, ReplicaSet),
     KindInfo("Service", "", ("v1",), "services", "service", ("svc",), True, Service),
+    KindInfo(
+        "EndpointSlice",
+        "discovery.k8s.io",
+        ("v1",),
+        "endpointslices",
+        "endpointslice",
+        (),
+        True,
+        EndpointSlice,
+    ),
     KindInfo(
         "AuthorizationPolicy",
         "security.istio.io",

@@ -67,7 +67,7 @@ def test_python_field_names_are_not_accepted_in_yaml() -> None:
     assert errors(pod("{name: c, command: [x], working_dir: /tmp}")) == [
         "pods.yaml doc 1: spec.containers[0].working_dir: unknown field "
         "(did you mean 'workingDir'?); known fields: name, image, command, args, env, ports, "
-        "workingDir, readinessProbe"
+        "workingDir, readinessProbe, livenessProbe"
     ]
 
 
@@ -137,7 +137,8 @@ def test_unknown_kind_lists_known_kinds() -> None:
     text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\n"
     assert errors(text, "vs.yaml") == [
         "vs.yaml doc 1: kind: unknown kind 'VirtualService'; known kinds: Namespace (v1), "
-        "Node (v1), ServiceAccount (v1), Pod (v1), Deployment (apps/v1), Service (v1), "
+        "Node (v1), ServiceAccount (v1), Pod (v1), Deployment (apps/v1), ReplicaSet (apps/v1), "
+        "Service (v1), EndpointSlice (discovery.k8s.io/v1), "
         "AuthorizationPolicy (security.istio.io/v1), PeerAuthentication (security.istio.io/v1), "
         "RequestAuthentication (security.istio.io/v1), Gateway (gateway.networking.k8s.io/v1), "
         "HTTPRoute (gateway.networking.k8s.io/v1)"

@@ -277,12 +277,54 @@ spec:
           requestMirror: {backendRef: {name: shadow, port: 80}, percent: 10}
 """
 
+REPLICA_SET = """
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: web-5d8f7c
+  namespace: shop
+  labels: {app: web, pod-template-hash: 5d8f7c}
+  ownerReferences:
+  - {apiVersion: apps/v1, kind: Deployment, name: web, uid: 1b2c, controller: true}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web, pod-template-hash: 5d8f7c}}
+  template:
+    metadata: {labels: {app: web, pod-template-hash: 5d8f7c}}
+    spec:
+      nodeSelector: {disk: ssd}
+      containers:
+      - name: web
+        command: [python3, -m, http.server, "8080"]
+        livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 5}
+status: {replicas: 2, readyReplicas: 1, availableReplicas: 1, observedGeneration: 1}
+"""
+
+ENDPOINT_SLICE = """
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc12
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.1.2]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: node1
+  targetRef: {kind: Pod, namespace: shop, name: web-5d8f7c-x1, uid: 9f8e}
+ports:
+- {name: http, port: 8080, protocol: TCP}
+"""
+
 CASES = {
     "Namespace": NAMESPACE,
     "Node": NODE,
     "ServiceAccount": SERVICE_ACCOUNT,
     "Pod": POD,
     "Deployment": DEPLOYMENT,
+    "ReplicaSet": REPLICA_SET,
+    "EndpointSlice": ENDPOINT_SLICE,
     "Service": SERVICE,
     "AuthorizationPolicy": AUTHORIZATION_POLICY,
     "AuthorizationPolicy-custom": AUTHORIZATION_POLICY_CUSTOM,
