@@ -70,7 +70,7 @@ DEFAULT_POD_CIDR6 = "fd00:10:244:{n}::/64"
 BRIDGE = "br0"
 
 
-def _ip_batch(netns: str, lines: Sequence[str]) -> None:
+def ip_batch(netns: str, lines: Sequence[str]) -> None:
     """Run `ip` commands inside the named netns, stopping at the first failure."""
     script = "\n".join(lines) + "\n"
     proc = subprocess.run(
@@ -88,7 +88,7 @@ def _ip_batch(netns: str, lines: Sequence[str]) -> None:
         )
 
 
-def _netns_add(name: str) -> None:
+def netns_add(name: str) -> None:
     proc = subprocess.run(
         ["ip", "netns", "add", name], capture_output=True, text=True, timeout=30, check=False
     )
@@ -99,7 +99,7 @@ def _netns_add(name: str) -> None:
         )
 
 
-def _netns_del(name: str) -> str | None:
+def netns_del(name: str) -> str | None:
     """Delete a named netns; returns an error message, or None (also when already gone)."""
     if not os.path.exists(f"{NETNS_RUN_DIR}/{name}"):
         return None
@@ -111,7 +111,7 @@ def _netns_del(name: str) -> str | None:
     return None
 
 
-def _sysctl(netns: str, key: str, value: str) -> None:
+def sysctl(netns: str, key: str, value: str) -> None:
     """Set a net.* sysctl inside `netns`: /proc/sys/net resolves to the writing thread's
     netns, so this needs no `sysctl` binary and never touches the root netns."""
     path = "/proc/sys/" + key.replace(".", "/")
@@ -319,19 +319,19 @@ class Fabric:
     def _new_netns(self, name: str) -> None:
         if self._closed:
             raise FabricError(f"fabric {self.prefix} is closed")
-        _netns_add(name)
+        netns_add(name)
         self._namespaces.append(name)
         if self.ipv6:
             # Before any link exists, so every interface made here inherits "no DAD".
             for conf in ("default", "all"):
-                _sysctl(name, f"net.ipv6.conf.{conf}.accept_dad", "0")
-        _ip_batch(name, ["link set lo up"])
+                sysctl(name, f"net.ipv6.conf.{conf}.accept_dad", "0")
+        ip_batch(name, ["link set lo up"])
 
     def _ensure_underlay(self) -> None:
         if self.underlay_netns in self._namespaces:
             return
         self._new_netns(self.underlay_netns)
-        _ip_batch(
+        ip_batch(
             self.underlay_netns,
             [
                 f"link add {BRIDGE} type bridge stp_state 0 forward_delay 0",
@@ -371,7 +371,7 @@ class Fabric:
             pod_cidr6,
         )
         uplink = f"n{index}"
-        _ip_batch(
+        ip_batch(
             self.underlay_netns,
             [
                 f"link add {uplink} type veth peer name eth0 netns {netns}",
@@ -388,7 +388,7 @@ class Fabric:
                 for other in self.nodes.values()
                 if other.pod_cidr6 is not None
             ]
-        _ip_batch(
+        ip_batch(
             netns,
             [
                 f"addr add {ip}/{self.underlay_cidr.prefixlen} dev eth0",
@@ -397,14 +397,14 @@ class Fabric:
                 *routes,
             ],
         )
-        _sysctl(netns, "net.ipv4.ip_forward", "1")
+        sysctl(netns, "net.ipv4.ip_forward", "1")
         if ip6 is not None:
-            _sysctl(netns, "net.ipv6.conf.all.forwarding", "1")
+            sysctl(netns, "net.ipv6.conf.all.forwarding", "1")
         for other in self.nodes.values():
             back = [f"route add {pod_cidr} via {ip}"]
             if pod_cidr6 is not None:
                 back.append(f"route add {pod_cidr6} via {ip6}")
-            _ip_batch(other.netns, back)
+            ip_batch(other.netns, back)
         self.nodes[name] = node
         return node
 
@@ -459,7 +459,7 @@ class Fabric:
                 f"route add {gw6} dev eth0",
                 f"route add default via {gw6} dev eth0",
             ]
-        _ip_batch(
+        ip_batch(
             node_obj.netns,
             [
                 f"link add {veth} type veth peer name eth0 netns {netns}",
@@ -470,7 +470,7 @@ class Fabric:
                 *([f"route add {addr6}/128 dev {veth}"] if addr6 is not None else []),
             ],
         )
-        _ip_batch(
+        ip_batch(
             netns,
             [
                 f"addr add {addr}/32 dev eth0",
@@ -499,7 +499,7 @@ class Fabric:
         failures; raises FabricError listing what could not be removed."""
         self._closed = True
         self._procs.stop_all()
-        errors = [e for ns in reversed(self._namespaces) if (e := _netns_del(ns))]
+        errors = [e for ns in reversed(self._namespaces) if (e := netns_del(ns))]
         self._namespaces.clear()
         self.nodes.clear()
         self.pods.clear()
@@ -546,7 +546,7 @@ def cleanup_stale(prefix: str) -> list[str]:
     removed: list[str] = []
     errors: list[str] = []
     for name in stale_namespaces(prefix):
-        err = _netns_del(name)
+        err = netns_del(name)
         if err:
             errors.append(err)
         else:
