@@ -412,6 +412,7 @@ class Condition(KetchModel):
     last_transition_time: Timestamp = Field(default=None, alias="lastTransitionTime")
     last_probe_time: Timestamp = Field(default=None, alias="lastProbeTime")
     last_update_time: Timestamp = Field(default=None, alias="lastUpdateTime")
+    last_heartbeat_time: Timestamp = Field(default=None, alias="lastHeartbeatTime")
     observed_generation: NonNegativeInt | None = Field(default=None, alias="observedGeneration")
 
 
