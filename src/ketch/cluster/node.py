@@ -77,7 +77,9 @@ def load_roles(
         try:
             module = importlib.import_module(ref.module)
         except ModuleNotFoundError as exc:
-            if exc.name is not None and ref.module.startswith(exc.name):
+            if exc.name is not None and (
+                ref.module == exc.name or ref.module.startswith(exc.name + ".")
+            ):
                 missing[ref.name] = f"{ref.module} is not in this build"
                 continue
             raise
