@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("down")(down)
     app.command("status")(status)
-    app.command("exec", context_settings={"allow_interspersed_args": False})(exec_)
+    app.command("exec")(exec_)
     app.command("logs")(logs)
     app.add_typer(cluster_app, name="cluster")
 
@@ -503,6 +503,10 @@ def exec_(
     for e in spec_c.get("env") or []:
         if isinstance(e, dict) and e.get("value") is not None:
             env[str(e["name"])] = str(e["value"])
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        fail("ketch exec needs a command after `--`, e.g. ketch exec POD -- sh")
     argv = ["ip", "netns", "exec", netns, *command]
     wd = spec_c.get("workingDir")
     if wd and os.path.isdir(wd):
