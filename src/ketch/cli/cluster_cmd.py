@@ -220,6 +220,7 @@ def up(
         err.print(f"  [green]✓[/] fabric: {len(cluster_fabric.existing_netns(layout))} namespaces")
 
         specs = sv.process_specs(layout, names)
+        pending: list[sv.PidRecord] = []  # node processes start together, then are awaited
         for spec in specs:
             rec = running.get(spec.role)
             if rec is not None and not _in_netns(rec):
@@ -231,10 +232,21 @@ def up(
                 continue
             progress.update(f"starting {spec.role}")
             try:
-                rec = _start_role(layout, store, spec)
+                rec = sv.start(layout, spec)
+                if spec.netns is None:
+                    _wait_role(layout, store, rec)
+                    err.print(f"  [green]✓[/] {spec.role} started (pid {rec.pid})")
+                else:
+                    pending.append(rec)
             except sv.SupervisorError as e:
                 fail(f"{e}\n(ketch status shows what runs; ketch down stops it all)")
-            err.print(f"  [green]✓[/] {spec.role} started (pid {rec.pid})")
+        for rec in pending:
+            progress.update(f"waiting for {rec.role}")
+            try:
+                _wait_role(layout, store, rec)
+            except sv.SupervisorError as e:
+                fail(f"{e}\n(ketch status shows what runs; ketch down stops it all)")
+            err.print(f"  [green]✓[/] {rec.role} started (pid {rec.pid})")
 
     store_hint = ""
     if state.store_path.absolute() != layout.store_path:
@@ -252,31 +264,29 @@ def up(
         out.print(f"  {line}", markup=False)
 
 
-def _start_role(layout: ClusterLayout, store: Store, spec: sv.ProcessSpec) -> sv.PidRecord:
-    """Start one role and wait until it is ready: the control plane's xDS socket accepts,
-    the controllers wrote their ready file, a node's heartbeat is in the store."""
-    rec = sv.start(layout, spec)
-    if spec.role == sv.CONTROL_PLANE:
+def _wait_role(layout: ClusterLayout, store: Store, rec: sv.PidRecord) -> None:
+    """Wait until a started role is ready: the control plane's xDS socket accepts, the
+    controllers wrote their ready file, a node's heartbeat is in the store."""
+    if rec.role == sv.CONTROL_PLANE:
         sock = layout.state_dir / "xds.sock"
 
         def ready() -> bool:
             return _unix_connects(sock)
 
         sv.wait_ready(layout, rec, ready, CP_TIMEOUT, f"waiting for {sock}")
-    elif spec.role == sv.CONTROLLERS:
+    elif rec.role == sv.CONTROLLERS:
 
         def ready() -> bool:
             return sv.is_marked_ready(layout, rec)
 
         sv.wait_ready(layout, rec, ready, PROCESS_TIMEOUT, "waiting for it to report ready")
     else:
-        node = spec.role.removeprefix(sv.NODE_PREFIX)
+        node = rec.role.removeprefix(sv.NODE_PREFIX)
 
         def ready() -> bool:
             return _heartbeat_since(store, node, rec.started_at)
 
         sv.wait_ready(layout, rec, ready, PROCESS_TIMEOUT, f"waiting for Node {node}'s heartbeat")
-    return rec
 
 
 def _cluster_opts(layout: ClusterLayout) -> str:
@@ -308,6 +318,7 @@ def down(
 ) -> None:
     """Stop the cluster: its processes (by PID), then every network namespace it made."""
     _need_root("ketch down")
+    _need_tools({"ip": "iproute2: removing namespaces"})
     layout = _layout(state_dir, name)
     pidfiles = sv.read_pid_files(layout)
     records = [pf.record for pf in pidfiles if pf.record is not None]
@@ -379,8 +390,9 @@ def status(name: NameOpt = DEFAULT_NAME, state_dir: StateDirOpt = None) -> None:
         raise typer.Exit(3)
     problems: list[str] = []
     procs = Table(title="processes", title_justify="left", box=None, pad_edge=False)
-    for col in ("ROLE", "PID", "STATE", "UPTIME", "LOG"):
-        procs.add_column(col)
+    for col in ("ROLE", "PID", "STATE", "UPTIME"):
+        procs.add_column(col, no_wrap=True)
+    procs.add_column("LOG", overflow="fold")
     for pf in pidfiles:
         if pf.record is None:
             procs.add_row(pf.role, "-", "[red]bad pid file[/]", "-", str(pf.path))
@@ -418,9 +430,15 @@ def status(name: NameOpt = DEFAULT_NAME, state_dir: StateDirOpt = None) -> None:
             has_ns = layout.node_netns(n.name) in netns
             if not has_ns:
                 problems.append(f"netns {layout.node_netns(n.name)} is missing")
+            if ready:
+                node_state = "[green]Ready[/]"
+            elif cond.get("status") == "True":
+                node_state = "[red]NotReady[/] (no heartbeat)"
+            else:
+                node_state = f"[red]NotReady[/] ({cond.get('reason', '?')})"
             table.add_row(
                 n.name,
-                "[green]Ready[/]" if ready else f"[red]NotReady[/] ({cond.get('reason', '?')})",
+                node_state,
                 ago,
                 str(layout.node_ip(n.index)),
                 str(layout.pod_cidr(n.index)),

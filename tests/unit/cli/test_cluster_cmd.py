@@ -134,3 +134,20 @@ def test_bad_cluster_name(tmp_path: Path) -> None:
     r = _ketch("status", "--state-dir", str(tmp_path), "--name", "Bad_Name")
     assert r.returncode == 1
     assert "must be 1-12 lowercase letters" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
+def test_up_names_missing_tools(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "ketch.cli", "up", "--state-dir", str(tmp_path), "--name", "tt"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": str(tmp_path / "empty")},
+        check=False,
+    )
+    assert r.returncode == 1
+    for tool in ("`ip`", "`nft`", "`nsenter`"):
+        assert tool in r.stderr
+    assert "apt-get install" in r.stderr
+    assert not (tmp_path / "ketch.db").exists()  # refused before touching anything
