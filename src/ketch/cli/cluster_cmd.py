@@ -510,7 +510,11 @@ def exec_(
             f"pod {pod} is {phase}, not Running: nothing to exec into (ketch describe pod {pod} -n {namespace})"
         )
     uid = str(m["metadata"].get("uid", ""))
-    netns = layout.pod_netns(uid)
+    spec = m.get("spec") or {}
+    if spec.get("hostNetwork") and spec.get("nodeName"):
+        netns = layout.node_netns(str(spec["nodeName"]))  # the node's network, like the kubelet
+    else:
+        netns = layout.pod_netns(uid)
     if not os.path.exists(f"/run/netns/{netns}"):
         fail(
             f"pod {pod}'s network namespace {netns} does not exist: is the cluster up? (ketch status)"
