@@ -27,7 +27,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -305,8 +305,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def node_indices_in_netns(layout: ClusterLayout, nodes: Mapping[str, int]) -> dict[str, bool]:
-    """node -> whether its netns exists now (for `ketch status`)."""
-    return {name: _exists(layout.node_netns(name)) for name in nodes}
