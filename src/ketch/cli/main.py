@@ -27,7 +27,7 @@ from ketch.api import (
     resolve_kind,
     to_manifest,
 )
-from ketch.cli import output
+from ketch.cli import cluster_cmd, output
 from ketch.cli.common import CliError, err, fail, open_store, out, state
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
@@ -73,6 +73,7 @@ app.add_typer(cp_app, name="control-plane")
 app.add_typer(ztunnel_app, name="ztunnel")
 app.command("ztunnel-config")(ztunnel_config)
 app.command("proxy-status")(proxy_status)
+cluster_cmd.register(app)
 
 # ---------------------------------------------------------------------------- helpers
 
