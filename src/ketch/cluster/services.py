@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from ketch.api.core import Service
 from ketch.api.discovery import EndpointSlice
 from ketch.cluster.layout import ClusterLayout
-from ketch.cluster.watch import ServiceWatch
+from ketch.cluster.watch import ServiceWatch, wait_any
 from ketch.store.base import Store
 
 log = logging.getLogger("ketch.cluster.services")
@@ -88,7 +88,9 @@ def _ipv4(value: str) -> bool:
         return False
 
 
-def slices_by_service(slices: Iterable[EndpointSlice]) -> dict[tuple[str, str], list[EndpointSlice]]:
+def slices_by_service(
+    slices: Iterable[EndpointSlice],
+) -> dict[tuple[str, str], list[EndpointSlice]]:
     """EndpointSlices grouped by (namespace, Service name) through their service-name label."""
     out: dict[tuple[str, str], list[EndpointSlice]] = {}
     for s in slices:
@@ -336,7 +338,7 @@ class ServiceProxy:
         try:
             changed.set()
             while not stop.is_set():
-                await _wait_any(stop, changed, timeout=None if self.applied else self.retry)
+                await wait_any(stop, changed, None if self.applied else self.retry)
                 if stop.is_set():
                     break
                 await asyncio.sleep(self.coalesce)  # let a burst of changes land together
@@ -368,18 +370,3 @@ class ServiceProxy:
                 await asyncio.to_thread(nft_apply, delete_script(self.table), nft=self.nft)
             except NftError as exc:
                 log.error("service proxy: could not remove table ip %s: %s", self.table, exc)
-
-
-async def _wait_any(stop: asyncio.Event, changed: asyncio.Event, timeout: float | None) -> None:
-    """Until `stop` or `changed` is set, or `timeout` seconds pass."""
-    if stop.is_set() or changed.is_set():
-        return
-    waiters = {
-        asyncio.ensure_future(stop.wait()),
-        asyncio.ensure_future(changed.wait()),
-    }
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

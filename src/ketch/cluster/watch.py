@@ -11,6 +11,7 @@ every change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -120,10 +121,8 @@ class ServiceWatch:
     def _notify(self) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(self.on_change)
-            except RuntimeError:  # the loop closed meanwhile
-                pass
 
     def _watch(self, since: int) -> None:
         while not self._halt.is_set():
@@ -152,3 +151,15 @@ class ServiceWatch:
                 self._objects[kind].pop(key, None)
             else:
                 self._objects[kind][key] = parsed
+
+
+async def wait_any(stop: asyncio.Event, changed: asyncio.Event, limit: float | None) -> None:
+    """Until `stop` or `changed` is set, or `limit` seconds pass (None: no limit)."""
+    if stop.is_set() or changed.is_set():
+        return
+    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
