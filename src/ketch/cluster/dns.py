@@ -396,6 +396,7 @@ class ClusterDns:
         self._tcp_open = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self.queries = 0
+        self.bound_port: int | None = None
 
     def rebuild(self, services: Sequence[Service], slices: Sequence[EndpointSlice]) -> None:
         self.view = DnsView.build(services, slices, domain=self.domain)
@@ -441,13 +442,16 @@ class ClusterDns:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Udp(self), local_addr=(self.address, self.port)
         )
+        # port 0 (tests): TCP takes the port the kernel gave UDP
+        port = int(transport.get_extra_info("sockname")[1])
         try:
             server = await asyncio.start_server(
-                self._tcp, self.address, self.port, reuse_address=True, backlog=128
+                self._tcp, self.address, port, reuse_address=True, backlog=128
             )
         except OSError:
             transport.close()
             raise
+        self.bound_port = port
         return transport, server
 
     async def run(self, stop: asyncio.Event) -> None:
