@@ -1,0 +1,321 @@
+"""Service VIPs and cluster DNS over the real path: namespaces, nftables, http.server, curl
+and glibc's resolver.
+
+Two nodes; node1 holds the pods `client` and `web1`, node2 holds `web2`. The svcnet half of
+a node process (ServiceProxy + ClusterDns, tests/integration/svcnet_node.py) runs inside
+node1's netns against a SQLite store in a tmp dir; 10.96.0.10/32 is put on node1's `lo` as
+the runtime does. The test writes the Service and EndpointSlice a controller would, and the
+client pod's resolv.conf as the kubelet does.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ketch.cluster.layout import ClusterLayout
+from ketch.netns.fabric import Fabric, Node, Pod, ip_batch
+from ketch.store import SqliteStore
+from tests.prereq import needs_tool
+
+pytestmark = [needs_tool("nft"), needs_tool("curl")]
+
+RUNNER = Path(__file__).with_name("svcnet_node.py")
+VIP = "10.96.0.20"
+
+
+def service(name: str = "web", ip: str = VIP) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {
+            "clusterIP": ip,
+            "ports": [{"name": "http", "port": 80, "targetPort": "web"}],
+        },
+    }
+
+
+def endpoint_slice(pods: list[Pod], *, ready: bool = True, name: str = "web") -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-abc12",
+            "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": [p.ip], "conditions": {"ready": ready}, "hostname": p.name} for p in pods
+        ],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }
+
+
+@dataclass
+class Cluster:
+    fabric: Fabric
+    node1: Node
+    client: Pod
+    web1: Pod
+    web2: Pod
+    store: SqliteStore
+    runner: subprocess.Popen[bytes]
+    log: Path
+
+
+def curl(pod: Pod, url: str, *, netns_exec: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = ["curl", "-sS", "--max-time", "3", url]
+    if netns_exec:  # through `ip netns exec` so /etc/netns/<pod>/resolv.conf applies
+        return subprocess.run(
+            ["ip", "netns", "exec", pod.netns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    return pod.run(argv, check=False)
+
+
+def until(what: str, cond: Callable[[], bool], limit: float = 15.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def hits(pod: Pod, url: str, n: int, *, netns_exec: bool = False) -> collections.Counter[str]:
+    out: collections.Counter[str] = collections.Counter()
+    for _ in range(n):
+        r = curl(pod, url, netns_exec=netns_exec)
+        out[
+            r.stdout.strip() if r.returncode == 0 else f"error {r.returncode}: {r.stderr.strip()}"
+        ] += 1
+    return out
+
+
+@pytest.fixture
+def cluster(fabric: Fabric, tmp_path: Path) -> Iterator[Cluster]:
+    node1 = fabric.add_node("node1")
+    node2 = fabric.add_node("node2")
+    client = fabric.add_pod(node1, "client")
+    web1 = fabric.add_pod(node1, "web1")
+    web2 = fabric.add_pod(node2, "web2")
+    ip_batch(node1.netns, ["addr add 10.96.0.10/32 dev lo"])
+    for pod in (web1, web2):
+        www = tmp_path / pod.name
+        www.mkdir()
+        (www / "index.html").write_text(f"{pod.name}\n")
+        pod.exec(
+            ["python3", "-m", "http.server", "8080", "--bind", pod.ip, "--directory", str(www)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    layout = ClusterLayout(tmp_path / "state", "t" + fabric.prefix[-6:])
+    layout.state_dir.mkdir()
+    store = SqliteStore(layout.store_path)
+    store.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": "node1"},
+                "spec": {"podCIDR": str(node1.pod_cidr)},
+            }
+        ]
+    )
+    etc = Path("/etc/netns") / client.netns
+    etc.mkdir(parents=True)
+    etc_web1 = Path("/etc/netns") / web1.netns
+    etc_web1.mkdir(parents=True)
+    log = tmp_path / "svcnet.log"
+    logf = log.open("wb")
+    runner = node1.exec(
+        [sys.executable, str(RUNNER), str(layout.state_dir), layout.name, "node1"],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for d in (etc, etc_web1):
+            (d / "resolv.conf").write_text(
+                "nameserver 10.96.0.10\n"
+                "search shop.svc.cluster.local svc.cluster.local cluster.local\n"
+                "options ndots:5\n"
+            )
+        for pod in (web1, web2):
+            client.wait_for_tcp(pod.ip, 8080)
+        yield Cluster(fabric, node1, client, web1, web2, store, runner, log)
+    finally:
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGTERM)
+            try:
+                runner.wait(10)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.wait()
+        logf.close()
+        store.close()
+        shutil.rmtree(etc, ignore_errors=True)
+        shutil.rmtree(etc_web1, ignore_errors=True)
+
+
+def tables(node: Node) -> str:
+    return node.run(["nft", "list", "tables"]).stdout
+
+
+def test_vip_dns_and_endpoint_updates(cluster: Cluster) -> None:
+    c = cluster
+    c.store.apply([service(), endpoint_slice([c.web1, c.web2])])
+    url = f"http://{VIP}/"
+    until("the VIP to answer", lambda: curl(c.client, url).returncode == 0)
+    assert "table ip ketch-svc" in tables(c.node1)
+
+    # load-balanced over both endpoints (one on this node, one across the underlay)
+    counts = hits(c.client, url, 40)
+    assert set(counts) == {"web1", "web2"}, counts
+    assert min(counts.values()) >= 5, counts
+
+    # names: full, and the short name through the search path (glibc, resolv.conf)
+    r = subprocess.run(
+        ["ip", "netns", "exec", c.client.netns, "getent", "hosts", "web.shop.svc.cluster.local"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == VIP
+    by_name = hits(c.client, "http://web/", 10, netns_exec=True)
+    assert set(by_name) <= {"web1", "web2"}, by_name
+    assert sum(by_name.values()) == 10
+    assert hits(c.client, "http://web.shop.svc.cluster.local/", 1, netns_exec=True).total() == 1
+    missing = subprocess.run(
+        ["ip", "netns", "exec", c.client.netns, "getent", "hosts", "nope.shop.svc.cluster.local"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert missing.returncode == 2  # not found
+
+    # SRV and endpoint names with dnspython's stub resolver inside the pod netns
+    srv = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            c.client.netns,
+            sys.executable,
+            "-c",
+            "import dns.resolver as r\n"
+            "for rd in r.resolve('_http._tcp.web.shop.svc.cluster.local', 'SRV'):\n"
+            "    print(rd.priority, rd.weight, rd.port, rd.target)\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert srv.returncode == 0, srv.stderr
+    assert srv.stdout.strip() == "0 100 80 web.shop.svc.cluster.local."
+
+    # scale down: one endpoint left -> every request goes to it, within about a second
+    c.store.apply([endpoint_slice([c.web2])])
+    start = time.monotonic()
+    until("requests to follow the endpoint change", lambda: hits(c.client, url, 1) == {"web2": 1})
+    took = time.monotonic() - start
+    assert hits(c.client, url, 20) == {"web2": 20}
+    print(f"endpoint change -> VIP follows in {took:.2f}s (incl. curl)")
+
+    # no ready endpoints: refused at once (curl exit 7), not a 3 s timeout (28)
+    c.store.apply([endpoint_slice([c.web2], ready=False)])
+    until("the VIP to refuse", lambda: curl(c.client, url).returncode == 7)
+    t0 = time.monotonic()
+    r2 = curl(c.client, url)
+    assert r2.returncode == 7, r2.stderr
+    assert time.monotonic() - t0 < 2.5
+    # a port the Service does not have: refused too
+    assert curl(c.client, f"http://{VIP}:81/").returncode == 7
+
+    # service removed: its rules go, the DNS name goes
+    c.store.apply([endpoint_slice([c.web1, c.web2])])
+    until("endpoints back", lambda: curl(c.client, url).returncode == 0)
+    c.store.delete("Service", "shop", "web")
+    until(
+        "the VIP rules to go",
+        lambda: VIP not in c.node1.run(["nft", "list", "table", "ip", "ketch-svc"]).stdout,
+    )
+    until(
+        "the name to go",
+        lambda: (
+            subprocess.run(
+                ["ip", "netns", "exec", c.client.netns, "getent", "hosts", "web"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            ).returncode
+            == 2
+        ),
+    )
+
+
+def test_hairpin_pod_reaches_itself_through_the_vip(cluster: Cluster) -> None:
+    c = cluster
+    c.store.apply([service(), endpoint_slice([c.web1])])
+    url = f"http://{VIP}/"
+    until("the VIP to answer", lambda: curl(c.client, url).returncode == 0)
+    # web1 -> VIP -> web1: DNATed back out of the veth it came from, masqueraded
+    assert hits(c.web1, url, 5) == {"web1": 5}
+
+
+def test_headless_service_resolves_to_pod_ips(cluster: Cluster) -> None:
+    c = cluster
+    c.store.apply([service("db", "None"), endpoint_slice([c.web1, c.web2], name="db")])
+
+    def resolved() -> list[str]:
+        r = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                c.client.netns,
+                sys.executable,
+                "-c",
+                "import dns.resolver as r\n"
+                "for rd in r.resolve('db.shop.svc.cluster.local', 'A'): print(rd)\n"
+                "for rd in r.resolve('web2.db.shop.svc.cluster.local', 'A'): print('host', rd)\n",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return sorted(r.stdout.split("\n")) if r.returncode == 0 else []
+
+    until("the headless name", lambda: bool(resolved()))
+    assert resolved() == sorted(["", c.web1.ip, c.web2.ip, f"host {c.web2.ip}"])
+    # no VIP rules for it
+    assert "None" not in c.node1.run(["nft", "list", "table", "ip", "ketch-svc"]).stdout
+
+
+def test_stop_removes_the_table_and_logs_no_traceback(cluster: Cluster) -> None:
+    c = cluster
+    c.store.apply([service(), endpoint_slice([c.web1])])
+    until("the table", lambda: "ketch-svc" in tables(c.node1))
+    c.runner.send_signal(signal.SIGTERM)
+    assert c.runner.wait(15) == 0
+    assert "ketch-svc" not in tables(c.node1)
+    text = c.log.read_text()
+    assert "Traceback" not in text, text
+    assert "cluster DNS: serving cluster.local on 10.96.0.10:53" in text
