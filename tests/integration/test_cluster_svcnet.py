@@ -75,9 +75,13 @@ class Cluster:
     log: Path
 
 
-def curl(pod: Pod, url: str, *, netns_exec: bool = False) -> subprocess.CompletedProcess[str]:
+def curl(
+    pod: Pod | Node, url: str, *, netns_exec: bool = False
+) -> subprocess.CompletedProcess[str]:
     argv = ["curl", "-sS", "--max-time", "3", url]
-    if netns_exec:  # through `ip netns exec` so /etc/netns/<pod>/resolv.conf applies
+    if netns_exec and isinstance(
+        pod, Pod
+    ):  # through `ip netns exec` so /etc/netns/<pod>/resolv.conf applies
         return subprocess.run(
             ["ip", "netns", "exec", pod.netns, *argv],
             capture_output=True,
@@ -95,7 +99,9 @@ def until(what: str, cond: Callable[[], bool], limit: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def hits(pod: Pod, url: str, n: int, *, netns_exec: bool = False) -> collections.Counter[str]:
+def hits(
+    pod: Pod | Node, url: str, n: int, *, netns_exec: bool = False
+) -> collections.Counter[str]:
     out: collections.Counter[str] = collections.Counter()
     for _ in range(n):
         r = curl(pod, url, netns_exec=netns_exec)
@@ -132,6 +138,7 @@ def cluster(fabric: Fabric, tmp_path: Path) -> Iterator[Cluster]:
                 "kind": "Node",
                 "metadata": {"name": "node1"},
                 "spec": {"podCIDR": str(node1.pod_cidr)},
+                "status": {"addresses": [{"type": "InternalIP", "address": node1.ip}]},
             }
         ]
     )
@@ -279,6 +286,29 @@ def test_hairpin_pod_reaches_itself_through_the_vip(cluster: Cluster) -> None:
     assert hits(c.web1, url, 5) == {"web1": 5}
 
 
+def test_node_netns_reaches_the_vip(cluster: Cluster) -> None:
+    """The output hook: a connection from the node netns itself (a probe, a tool on the
+    node); the service proxy's route gives it a path and the node's underlay source."""
+    c = cluster
+    c.store.apply([service(), endpoint_slice([c.web1, c.web2])])
+    until("the route", lambda: "10.96.0.0/16" in c.node1.run(["ip", "route"]).stdout)
+    url = f"http://{VIP}/"
+    until("the VIP from the node", lambda: curl(c.node1, url).returncode == 0)
+    counts = hits(c.node1, url, 30)
+    assert set(counts) == {"web1", "web2"}, counts
+    # DNS on the node's own address answers the node too
+    r = c.node1.run(
+        [
+            sys.executable,
+            "-c",
+            "import dns.message, dns.query\n"
+            "q = dns.message.make_query('web.shop.svc.cluster.local', 'A')\n"
+            "print(dns.query.udp(q, '10.96.0.10', timeout=3).answer[0][0])\n",
+        ]
+    )
+    assert r.stdout.strip() == VIP
+
+
 def test_headless_service_resolves_to_pod_ips(cluster: Cluster) -> None:
     c = cluster
     c.store.apply([service("db", "None"), endpoint_slice([c.web1, c.web2], name="db")])
@@ -316,6 +346,7 @@ def test_stop_removes_the_table_and_logs_no_traceback(cluster: Cluster) -> None:
     c.runner.send_signal(signal.SIGTERM)
     assert c.runner.wait(15) == 0
     assert "ketch-svc" not in tables(c.node1)
+    assert "10.96.0.0/16" not in c.node1.run(["ip", "route"]).stdout
     text = c.log.read_text()
     assert "Traceback" not in text, text
     assert "cluster DNS: serving cluster.local on 10.96.0.10:53" in text

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from ketch.api.core import Service
 from ketch.api.discovery import EndpointSlice
-from ketch.cluster.layout import ClusterLayout
+from ketch.cluster.layout import DNS_IP, SERVICE_CIDR, ClusterLayout
 from ketch.cluster.watch import ServiceWatch, wait_any
 from ketch.store.base import Store
 
@@ -158,10 +158,13 @@ def render(
     *,
     node_pod_cidr: ipaddress.IPv4Network | str | None = None,
     table: str = TABLE,
+    dns_ip: str = str(DNS_IP),
 ) -> str:
     """The nft script (for `nft -f -`) that replaces `table ip <table>` with the rules for
     these objects. `node_pod_cidr` limits the hairpin set to this node's pods (None: every
-    endpoint). See the module docstring for what each chain does."""
+    endpoint). Port 53 of `dns_ip` (the cluster DNS, a local address of the node) is never
+    refused, even if a Service claims that address. See the module docstring for what each
+    chain does."""
     cidr = ipaddress.IPv4Network(node_pod_cidr) if node_pod_cidr is not None else None
     vips = vip_ports(services, endpoint_slices)
     with_eps = [v for v in vips if v.backends]
@@ -221,6 +224,7 @@ def render(
         "\t\tjump check",
         "\t}",
         "\tchain check {",
+        f"\t\tip daddr {dns_ip} meta l4proto {{ tcp, udp }} th dport 53 return  # cluster DNS",
         "\t\tip daddr . meta l4proto . th dport @no-endpoints goto refuse",
         "\t\tip daddr @cluster-ips ip daddr . meta l4proto . th dport != @service-ports "
         "goto refuse",
@@ -290,6 +294,18 @@ def nft_apply(script: str, *, nft: str = "nft", timeout: float = 30.0) -> None:
         )
 
 
+def ip_route(args: Sequence[str], *, timeout: float = 30.0) -> None:
+    """Run `ip route ARGS...` in the calling process's netns; NftError on failure."""
+    try:
+        proc = subprocess.run(
+            ["ip", "route", *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NftError(f"cannot run ip route: {exc} (is iproute2 installed?)") from exc
+    if proc.returncode != 0:
+        raise NftError(f"ip route {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
 class ServiceProxy:
     """kube-proxy for one node: keeps `table ip ketch-svc` of the current netns equal to
     `render(...)` of the store's Services and EndpointSlices.
@@ -299,6 +315,14 @@ class ServiceProxy:
     only when the rendered text differs from what was last applied. A failed `nft` run is
     logged with nft's message and retried every `retry` seconds; nothing here raises out of
     `run` except cancellation.
+
+    With `manage_route` (the default) it also keeps the route `10.96.0.0/16 dev lo src
+    <node InternalIP>` in the netns: a node netns has no default route, and a connection
+    from the node itself (the output hook: a probe, a tool run on the node) needs a route to
+    even reach the DNAT rule; the explicit source is the node's underlay address, which
+    every pod can answer (without it the kernel would pick 10.96.0.10 from `lo`, an address
+    every node has, and replies from other nodes would never come back). Pod traffic is
+    DNATed before routing and needs no route. Removed on stop.
     """
 
     def __init__(
@@ -311,6 +335,7 @@ class ServiceProxy:
         nft: str | None = None,
         coalesce: float = 0.05,
         retry: float = 1.0,
+        manage_route: bool = True,
     ) -> None:
         self.store = store
         self.layout = layout
@@ -319,7 +344,9 @@ class ServiceProxy:
         self.nft = nft or shutil.which("nft") or "nft"
         self.coalesce = coalesce
         self.retry = retry
+        self.manage_route = manage_route
         self.applied: str | None = None
+        self.route_src: str | None = None
         self.applies = 0
 
     def _pod_cidr(self, watch: ServiceWatch) -> str | None:
@@ -331,14 +358,35 @@ class ServiceProxy:
         except ValueError:
             return None
 
+    def _node_ip(self, watch: ServiceWatch) -> str | None:
+        node = watch.node(self.node_name)
+        if node is None:
+            return None
+        return next((ip for ip in node.internal_ips() if _ipv4(ip)), None)
+
+    async def _sync_route(self, src: str | None) -> bool:
+        """Make the service-CIDR route use `src`; False (logged) if `ip` failed."""
+        if not self.manage_route or src == self.route_src or src is None:
+            return True
+        try:
+            await asyncio.to_thread(
+                ip_route, ["replace", str(SERVICE_CIDR), "dev", "lo", "src", src]
+            )
+        except NftError as exc:
+            log.error("service proxy: %s; retrying in %.0f s", exc, self.retry)
+            return False
+        self.route_src = src
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
         changed = asyncio.Event()
         watch = ServiceWatch(self.store, on_change=changed.set, nodes=True, name="service-proxy")
         await watch.start()
+        healthy = False
         try:
             changed.set()
             while not stop.is_set():
-                await wait_any(stop, changed, None if self.applied else self.retry)
+                await wait_any(stop, changed, None if healthy else self.retry)
                 if stop.is_set():
                     break
                 await asyncio.sleep(self.coalesce)  # let a burst of changes land together
@@ -347,6 +395,7 @@ class ServiceProxy:
                 text = render(
                     services, slices, node_pod_cidr=self._pod_cidr(watch), table=self.table
                 )
+                healthy = await self._sync_route(self._node_ip(watch))
                 if text == self.applied:
                     continue
                 try:
@@ -360,6 +409,7 @@ class ServiceProxy:
                         self.retry,
                     )
                     self.applied = None
+                    healthy = False
                     continue
                 self.applied = text
                 self.applies += 1
@@ -370,3 +420,11 @@ class ServiceProxy:
                 await asyncio.to_thread(nft_apply, delete_script(self.table), nft=self.nft)
             except NftError as exc:
                 log.error("service proxy: could not remove table ip %s: %s", self.table, exc)
+            if self.route_src is not None:
+                try:
+                    await asyncio.to_thread(
+                        ip_route, ["del", str(SERVICE_CIDR), "dev", "lo", "src", self.route_src]
+                    )
+                except NftError as exc:
+                    log.error("service proxy: could not remove its route: %s", exc)
+                self.route_src = None

@@ -92,7 +92,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             slice_("web", ["10.244.1.2", "10.244.2.2"]),
         ]
     )
-    proxy = ServiceProxy(store, ClusterLayout(tmp_path), "node1", nft=str(nft), retry=0.2)
+    # manage_route=False: this test runs in the root netns, where it must not add a route
+    proxy = ServiceProxy(
+        store, ClusterLayout(tmp_path), "node1", nft=str(nft), retry=0.2, manage_route=False
+    )
     rig = Rig(proxy, store, out, fail)
     stop = asyncio.Event()
     task = spawn(proxy.run(stop), "service-proxy-test")

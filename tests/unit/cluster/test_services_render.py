@@ -225,3 +225,17 @@ def test_empty() -> None:
 @pytest.mark.parametrize("table", ["ketch-svc", "t1-svc"])
 def test_delete_script(table: str) -> None:
     assert delete_script(table) == f"table ip {table}\ndelete table ip {table}\n"
+
+
+def test_cluster_dns_port_is_never_refused() -> None:
+    # even if a Service claims the DNS address, port 53 there stays the cluster DNS's
+    text = render([service("odd", ip="10.96.0.10")], [])
+    check = block(text, "chain check").strip().splitlines()
+    assert (
+        check[0]
+        .strip()
+        .startswith("ip daddr 10.96.0.10 meta l4proto { tcp, udp } th dport 53 return")
+    )
+    assert "dns_ip" not in text
+    other = render([], [], dns_ip="10.96.5.5")
+    assert "ip daddr 10.96.5.5 meta l4proto { tcp, udp } th dport 53 return" in other
