@@ -350,3 +350,95 @@ def test_stop_removes_the_table_and_logs_no_traceback(cluster: Cluster) -> None:
     text = c.log.read_text()
     assert "Traceback" not in text, text
     assert "cluster DNS: serving cluster.local on 10.96.0.10:53" in text
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 5353))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(sys.argv[2].encode(), peer)
+"""
+
+UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((sys.argv[1], 53))
+s.send(b"hi")
+try:
+    print(s.recv(2048).decode())
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+"""
+
+
+def test_udp_service(cluster: Cluster) -> None:
+    c = cluster
+    for pod in (c.web1, c.web2):
+        pod.exec(
+            [sys.executable, "-c", UDP_ECHO, pod.ip, pod.name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo", "namespace": "shop"},
+        "spec": {
+            "clusterIP": "10.96.0.53",
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}],
+        },
+    }
+    eps = endpoint_slice([c.web1, c.web2], name="echo")
+    eps["ports"] = [{"name": "dns", "port": 5353, "protocol": "UDP"}]
+    c.store.apply([svc, eps])
+
+    def ask() -> str:
+        return c.client.run([sys.executable, "-c", UDP_ASK, "10.96.0.53"]).stdout.strip()
+
+    until("the UDP VIP", lambda: ask() in ("web1", "web2"))
+    # each query is a new socket (new source port): conntrack balances them
+    seen = collections.Counter(ask() for _ in range(30))
+    assert set(seen) == {"web1", "web2"}, seen
+    # no ready endpoints: ICMP port unreachable, seen by the client as refused
+    eps["endpoints"] = []
+    c.store.apply([eps])
+    until("the UDP VIP to refuse", lambda: ask() == "refused")
+
+
+def test_rendered_rulesets_load_into_the_kernel(fabric: Fabric) -> None:
+    """Each shape of ruleset loads with the real nft, twice (the replace path)."""
+    from ketch.api.core import Service as ServiceModel
+    from ketch.api.discovery import EndpointSlice as SliceModel
+    from ketch.cluster.services import delete_script, render
+
+    node = fabric.add_node("node1")
+    pods = [fabric.add_pod(node, f"p{i}") for i in range(3)]
+    web = ServiceModel.model_validate(service())
+    shapes = {
+        "empty": ([], []),
+        "no endpoints": ([web], []),
+        "one": ([web], [SliceModel.model_validate(endpoint_slice(pods[:1]))]),
+        "three": ([web], [SliceModel.model_validate(endpoint_slice(pods))]),
+        "headless": (
+            [ServiceModel.model_validate(service("db", "None"))],
+            [SliceModel.model_validate(endpoint_slice(pods, name="db"))],
+        ),
+    }
+    for name, (svcs, slices) in shapes.items():
+        text = render(svcs, slices, node_pod_cidr=node.pod_cidr)
+        for _ in range(2):
+            r = node.run(["nft", "-f", "-"], input=text, check=False)
+            assert r.returncode == 0, f"{name}: {r.stderr}"
+        listed = node.run(["nft", "list", "table", "ip", "ketch-svc"]).stdout
+        for pod in {"one": pods[:1], "three": pods}.get(name, []):
+            assert f"dnat to {pod.ip}:8080" in listed, (name, listed)
+        if name == "headless":
+            assert "dnat" not in listed
+    node.run(["nft", "-f", "-"], input=delete_script())
+    node.run(["nft", "-f", "-"], input=delete_script())  # idempotent
+    assert "ketch-svc" not in node.run(["nft", "list", "tables"]).stdout
