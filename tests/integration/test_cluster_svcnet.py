@@ -438,7 +438,7 @@ def test_rendered_rulesets_load_into_the_kernel(fabric: Fabric) -> None:
         for pod in {"one": pods[:1], "three": pods}.get(name, []):
             assert f"dnat to {pod.ip}:8080" in listed, (name, listed)
         if name == "headless":
-            assert "dnat" not in listed
+            assert "dnat to" not in listed
     node.run(["nft", "-f", "-"], input=delete_script())
     node.run(["nft", "-f", "-"], input=delete_script())  # idempotent
     assert "ketch-svc" not in node.run(["nft", "list", "tables"]).stdout
