@@ -18,8 +18,9 @@ What the rules do (docs/cluster-networking.md has an example):
 - `prerouting` (pod traffic entering the node netns) and `output` (the node netns's own
   traffic) nat chains look `ip daddr . meta l4proto . th dport` up in the `services` verdict
   map and jump to the Service port's chain;
-- a Service port's chain picks a ready endpoint with `numgen random mod N` (uniform) and
-  jumps to the endpoint's chain, which DNATs to `endpoint IP:port`; the port comes from the
+- a Service port's chain DNATs to a ready endpoint's `IP . port`, picked by
+  `numgen random mod N` from an anonymous map (uniform; one rule per Service port, no
+  chain per endpoint, so a large ruleset stays quick to load); the port comes from the
   EndpointSlice port with the Service port's name, so named targetPorts resolve per slice;
 - a Service port without ready endpoints is in the `no-endpoints` set: a filter chain
   before DNAT rejects it (TCP reset, ICMP port unreachable for UDP), as kube-proxy does, so
@@ -252,15 +253,15 @@ def render(
         lines.append(f"\t# {v.namespace}/{v.service}:{v.port_name or v.port} {v.protocol}")
         lines.append(f"\tchain {v.chain} {{")
         if len(v.backends) == 1:
-            lines.append(f"\t\tgoto {v.chain}/0")
-        else:
-            arms = ", ".join(f"{i} : goto {v.chain}/{i}" for i in range(len(v.backends)))
-            lines.append(f"\t\tnumgen random mod {len(v.backends)} vmap {{ {arms} }}")
-        lines.append("\t}")
-        for i, b in enumerate(v.backends):
-            lines.append(f"\tchain {v.chain}/{i} {{")
+            b = v.backends[0]
             lines.append(f"\t\tmeta l4proto {v.protocol} dnat to {b.ip}:{b.port}")
-            lines.append("\t}")
+        else:
+            arms = ", ".join(f"{i} : {b.ip} . {b.port}" for i, b in enumerate(v.backends))
+            lines.append(
+                f"\t\tmeta l4proto {v.protocol} dnat ip addr . port to "
+                f"numgen random mod {len(v.backends)} map {{ {arms} }}"
+            )
+        lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

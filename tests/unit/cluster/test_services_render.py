@@ -32,15 +32,23 @@ def elements(text: str, header: str) -> list[str]:
     return [line.strip().rstrip(",") for line in inner.splitlines() if line.strip()]
 
 
-def dnats(text: str) -> list[str]:
-    return re.findall(r"meta l4proto (\w+) dnat to ([\d.]+:\d+)", text)
+def dnats(text: str) -> list[tuple[str, str]]:
+    """(protocol, "ip:port") of every DNAT target, single or in a numgen map."""
+    out = re.findall(r"meta l4proto (\w+) dnat to ([\d.]+:\d+)", text)
+    for proto, arms in re.findall(
+        r"meta l4proto (\w+) dnat ip addr \. port to numgen random mod \d+ map \{ ([^}]*) \}", text
+    ):
+        for arm in arms.split(", "):
+            ip, port = arm.split(" : ")[1].split(" . ")
+            out.append((proto, f"{ip}:{port}"))
+    return out
 
 
 def test_single_endpoint() -> None:
     text = render([service("web")], [eps("web", [endpoint("10.244.1.2")])])
     chain = "svc-shop/web/tcp/10.96.0.20/80"
     assert elements(text, "map services") == [f"10.96.0.20 . tcp . 80 : goto {chain}"]
-    assert block(text, f"chain {chain}").strip() == f"goto {chain}/0"
+    assert block(text, f"chain {chain}").strip() == "meta l4proto tcp dnat to 10.244.1.2:8080"
     assert dnats(text) == [("tcp", "10.244.1.2:8080")]
     assert elements(text, "set no-endpoints") == []
     assert "numgen" not in text
@@ -51,10 +59,11 @@ def test_several_endpoints_are_load_balanced_uniformly() -> None:
     text = render([service("web")], [eps("web", [endpoint(ip) for ip in ips])])
     chain = "svc-shop/web/tcp/10.96.0.20/80"
     body = block(text, f"chain {chain}").strip()
+    # sorted by address, one arm each
     assert body == (
-        f"numgen random mod 3 vmap {{ 0 : goto {chain}/0, 1 : goto {chain}/1, 2 : goto {chain}/2 }}"
+        "meta l4proto tcp dnat ip addr . port to numgen random mod 3 map "
+        "{ 0 : 10.244.1.2 . 8080, 1 : 10.244.1.10 . 8080, 2 : 10.244.2.3 . 8080 }"
     )
-    # sorted by address, one DNAT chain each
     assert dnats(text) == [
         ("tcp", "10.244.1.2:8080"),
         ("tcp", "10.244.1.10:8080"),
@@ -103,11 +112,11 @@ def test_multi_port_service_matches_slice_ports_by_name() -> None:
     )
     text = render([svc], [s])
     assert (
-        "chain svc-shop/web/tcp/10.96.0.20/80/0 {\n\t\tmeta l4proto tcp dnat to 10.244.1.2:8080"
+        "chain svc-shop/web/tcp/10.96.0.20/80 {\n\t\tmeta l4proto tcp dnat to 10.244.1.2:8080"
         in text
     )
     assert (
-        "chain svc-shop/web/tcp/10.96.0.20/81/0 {\n\t\tmeta l4proto tcp dnat to 10.244.1.2:9901"
+        "chain svc-shop/web/tcp/10.96.0.20/81 {\n\t\tmeta l4proto tcp dnat to 10.244.1.2:9901"
         in text
     )
     assert sorted(elements(text, "set service-ports")) == [
