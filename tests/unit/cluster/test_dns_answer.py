@@ -9,6 +9,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ketch.cluster.dns import TTL, DnsView, answer, formerr_for, handle
 from tests.unit.cluster.factories import endpoint, eps, service
@@ -44,6 +46,9 @@ def view() -> DnsView:
         ),
     ]
     return DnsView.build([web, db, single], slices)
+
+
+VIEW = view()
 
 
 def ask(name: str, rtype: str = "A", **kw: object) -> dns.message.Message:
@@ -273,3 +278,32 @@ def test_view_follows_objects() -> None:
     r = answer(q, v)
     assert r is not None
     assert r.rcode() == dns.rcode.NXDOMAIN
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_any_bytes_never_raise(data: bytes) -> None:
+    reply = handle(data, VIEW, max_size=512)
+    if reply is not None:
+        msg = dns.message.from_wire(reply)
+        assert msg.flags & dns.flags.QR
+        assert len(reply) <= 512
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.lists(
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20),
+        min_size=1,
+        max_size=8,
+    ),
+    suffix=st.sampled_from(["svc.cluster.local", "pod.cluster.local", "cluster.local", "example"]),
+    rtype=st.sampled_from(["A", "AAAA", "SRV", "TXT", "ANY", "MX", "PTR", "SOA", "NS"]),
+    flip=st.integers(min_value=0, max_value=11),
+)
+def test_mutated_queries_never_raise(name: list[str], suffix: str, rtype: str, flip: int) -> None:
+    wire = bytearray(dns.message.make_query(".".join([*name, suffix]), rtype).to_wire())
+    wire[flip] ^= 0xFF  # corrupt one header byte
+    reply = handle(bytes(wire), VIEW, max_size=512)
+    if reply is not None:
+        assert dns.message.from_wire(reply).flags & dns.flags.QR
