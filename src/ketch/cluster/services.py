@@ -12,7 +12,8 @@ Two layers:
   the old ruleset or the new one, never a mix.
 - `ServiceProxy` watches the store, re-renders on every Service/EndpointSlice change (after
   a short coalescing delay), applies only when the text changed, retries a failed `nft`,
-  and deletes its table on stop.
+  keeps a route for the Service range (for the node's own connections, see the class)
+  and deletes its table and route on stop.
 
 What the rules do (docs/cluster-networking.md has an example):
 - `prerouting` (pod traffic entering the node netns) and `output` (the node netns's own
@@ -272,7 +273,7 @@ def delete_script(table: str = TABLE) -> str:
 
 
 class NftError(Exception):
-    """`nft` refused a ruleset or could not run."""
+    """`nft` (or `ip route`) refused a change or could not run; the message is theirs."""
 
 
 def nft_apply(script: str, *, nft: str = "nft", timeout: float = 30.0) -> None:
