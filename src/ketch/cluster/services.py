@@ -394,8 +394,12 @@ class ServiceProxy:
                 await asyncio.sleep(self.coalesce)  # let a burst of changes land together
                 changed.clear()
                 services, slices = watch.snapshot()
-                text = render(
-                    services, slices, node_pod_cidr=self._pod_cidr(watch), table=self.table
+                text = await asyncio.to_thread(  # ~0.1 s for 1000 Services: off the loop
+                    render,
+                    services,
+                    slices,
+                    node_pod_cidr=self._pod_cidr(watch),
+                    table=self.table,
                 )
                 healthy = await self._sync_route(self._node_ip(watch))
                 if text == self.applied:

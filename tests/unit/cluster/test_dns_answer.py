@@ -307,3 +307,31 @@ def test_mutated_queries_never_raise(name: list[str], suffix: str, rtype: str, f
     reply = handle(bytes(wire), VIEW, max_size=512)
     if reply is not None:
         assert dns.message.from_wire(reply).flags & dns.flags.QR
+
+
+def test_odd_endpoint_hostnames_do_not_make_deeper_names() -> None:
+    db = service("db", ip="None", ports=[{"name": "pg", "port": 5432}])
+    s = eps(
+        "db",
+        [
+            endpoint("10.244.1.3", hostname="a.b"),
+            endpoint("10.244.1.4", hostname="x" * 70),  # longer than a DNS label
+            endpoint("10.244.1.5", hostname="ok"),
+        ],
+        [{"name": "pg", "port": 5432}],
+    )
+    v = DnsView.build([db], [s])
+
+    def get(name: str, rtype: str = "A") -> dns.message.Message:
+        r = answer(dns.message.make_query(name, rtype), v)
+        assert r is not None
+        return r
+
+    # every ready address is still behind the Service name
+    assert values(get("db.shop.svc.cluster.local")) == ["10.244.1.3", "10.244.1.4", "10.244.1.5"]
+    assert get("a.b.db.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert values(get("ok.db.shop.svc.cluster.local")) == ["10.244.1.5"]
+    # SRV only names targets that resolve
+    assert values(get("_pg._tcp.db.shop.svc.cluster.local", "SRV")) == [
+        "0 100 5432 ok.db.shop.svc.cluster.local."
+    ]
