@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ketch.api.core import Node, Service
 from ketch.api.discovery import EndpointSlice
+from ketch.api.loader import translate_errors
 from ketch.store.base import EventType, Manifest, RevisionTooOldError, Store, StoreError
 
 log = logging.getLogger("ketch.cluster.watch")
@@ -89,13 +90,14 @@ class ServiceWatch:
             return model.model_validate(manifest)
         except ValidationError as exc:
             meta = manifest.get("metadata") or {}
+            problems = "; ".join(f"{path}: {msg}" for path, msg in translate_errors(exc, model))
             log.error(
-                "%s: ignoring %s %s/%s, it does not parse: %s",
+                "%s: ignoring %s %s/%s, it does not parse (%s); fix it with ketch apply",
                 self.name,
                 kind,
                 meta.get("namespace", ""),
                 meta.get("name", "?"),
-                str(exc).splitlines()[0],
+                problems,
             )
             return None
 

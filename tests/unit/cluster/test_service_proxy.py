@@ -179,6 +179,6 @@ async def test_bad_object_is_skipped(rig: Rig, caplog: pytest.LogCaptureFixture)
     await asyncio.to_thread(rig.store.apply, [bad, svc("api", "10.96.0.30")])
     await until(lambda: rig.proxy.applies == 2, "the valid change")
     assert "10.96.0.31" not in rig.scripts()[-1]
-    assert any(
-        "odd" in r.getMessage() and "does not parse" in r.getMessage() for r in caplog.records
-    )
+    msg = next(r.getMessage() for r in caplog.records if "does not parse" in r.getMessage())
+    assert "Service shop/odd" in msg
+    assert "ports[0].name" in msg  # located, in YAML names
