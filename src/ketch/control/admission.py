@@ -94,7 +94,19 @@ class _Allocator:
     record: Manifest  # the RangeAllocation object, with resourceVersion when it exists
     dirty: bool = False
 
+    def reserved(self) -> dict[ipaddress.IPv4Address, str]:
+        """Addresses never handed to a Service: .1 (Kubernetes' `kubernetes` Service) and .10,
+        where the local cluster's DNS answers (`ketch.cluster.layout.DNS_IP`)."""
+        base = self.cidr.network_address
+        return {base + 1: "the API server's address", base + 10: "the cluster DNS address"}
+
     def claim(self, ip: ipaddress.IPv4Address, owner: ObjectKey) -> None:
+        why = self.reserved().get(ip)
+        if why is not None:
+            raise AdmissionError(
+                f"{owner}: spec.clusterIP {ip} is reserved ({why}); "
+                "leave clusterIP empty to have one allocated"
+            )
         if ip not in self.cidr:
             raise AdmissionError(
                 f"{owner}: spec.clusterIP {ip} is outside the service CIDR {self.cidr}; "
@@ -106,11 +118,11 @@ class _Allocator:
         self.dirty = True
 
     def allocate(self, owner: ObjectKey) -> ipaddress.IPv4Address:
-        # .0 is the network, .1 is conventionally the API server's; start at .10 like kube-dns
-        # habits would suggest, then wrap to the low addresses.
+        # Start after the reserved .10 (cluster DNS), then wrap to the low addresses.
         hosts = list(self.cidr.hosts())
-        for ip in hosts[9:] + hosts[:9]:
-            if ip not in self.used:
+        reserved = self.reserved()
+        for ip in hosts[10:] + hosts[:10]:
+            if ip not in self.used and ip not in reserved:
                 self.used.add(ip)
                 self.dirty = True
                 return ip
