@@ -29,6 +29,7 @@ from ketch.api import (
 )
 from ketch.cli import output
 from ketch.cli.common import CliError, err, fail, open_store, out, state
+from ketch.cli.agent_cmd import agent_app
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
 from ketch.control import admission
@@ -71,6 +72,7 @@ def _global(
 app.add_typer(node_app, name="node")
 app.add_typer(cp_app, name="control-plane")
 app.add_typer(ztunnel_app, name="ztunnel")
+app.add_typer(agent_app, name="agent")
 app.command("ztunnel-config")(ztunnel_config)
 app.command("proxy-status")(proxy_status)
 
