@@ -28,8 +28,8 @@ from ketch.api import (
     to_manifest,
 )
 from ketch.cli import output
-from ketch.cli.common import CliError, err, fail, open_store, out, state
 from ketch.cli.agent_cmd import agent_app
+from ketch.cli.common import CliError, err, fail, open_store, out, state
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
 from ketch.control import admission
