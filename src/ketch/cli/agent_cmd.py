@@ -26,12 +26,13 @@ def run(
         str, typer.Option("--node", help="This node's name (pods with spec.nodeName).")
     ],
     state_dir: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--state-dir",
             help="Agent files go to STATE_DIR/agent/NODE/ (sockets, netns.json). Default: the store's directory.",
+            show_default=False,
         ),
-    ] = Path(""),
+    ] = None,
     zds_socket: Annotated[
         Path | None,
         typer.Option(
@@ -99,7 +100,7 @@ def run(
         fail(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
     if store_path is not None:
         state.store_path = store_path
-    base = state_dir if str(state_dir) not in ("", ".") else state.store_path.parent
+    base = state_dir if state_dir is not None else state.store_path.parent
     paths = AgentPaths(base, node)
     opts = AgentOptions(
         node=node,
