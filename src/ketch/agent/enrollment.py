@@ -49,8 +49,8 @@ class PodView:
     phase: str = ""
     ips: tuple[str, ...] = ()
     host_network: bool = False
-    labels: Mapping[str, str] = field(default=_EMPTY, compare=False)
-    annotations: Mapping[str, str] = field(default=_EMPTY, compare=False)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
 
     @classmethod
     def from_manifest(cls, m: Mapping[str, Any]) -> PodView:
