@@ -66,7 +66,7 @@ def add(uid: str) -> Add:
 
 async def until(cond: Callable[[], object], within: float = 5.0) -> None:
     async with asyncio.timeout(within):
-        while not cond():
+        while not cond():  # noqa: ASYNC110 - polling state of other tasks
             await asyncio.sleep(0.01)
 
 
