@@ -41,7 +41,6 @@ log = logging.getLogger("ketch.agent.zds")
 HELLO_TIMEOUT = 5.0
 ACK_TIMEOUT = 5.0
 KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_PROBE = 0.01
 MAX_ACCEPT_PER_SECOND = 5
 
 
@@ -151,7 +150,9 @@ class ZdsServer:
         for q in conn.session.drop_queued():
             t = q.token
             if isinstance(t, _Ticket) and t.future is not None and not t.future.done():
-                t.future.set_exception(NoNodeProxy("the node proxy disconnected"))
+                t.future.set_exception(
+                    NoNodeProxy("no node proxy: it disconnected before acknowledging")
+                )
 
     async def _recv(self, conn: _Conn, within: float) -> tuple[bytes, list[int]]:
         async with asyncio.timeout(within):
@@ -195,17 +196,29 @@ class ZdsServer:
                 ticket.future.set_result(ack)
 
     async def _idle(self, conn: _Conn) -> None:
+        """Nothing to send: wait for a request to be queued while watching the socket, so
+        a node proxy that goes away is noticed at once (istio-cni probes every 5 s with a
+        10 ms read; reading all the time finds EOF sooner and anything it sends unasked
+        is a protocol error either way)."""
+        reader = spawn(_recv_outcome(conn.sock), name=f"agent-zds-idle-{conn.number}")
+        waker = spawn(conn.wake.wait(), name=f"agent-zds-wake-{conn.number}")
         try:
-            async with asyncio.timeout(KEEPALIVE_INTERVAL):
-                await conn.wake.wait()
-            conn.wake.clear()
+            await asyncio.wait(
+                {reader, waker}, timeout=KEEPALIVE_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waker.cancel()
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        conn.wake.clear()
+        if reader.cancelled():
             return
-        except TimeoutError:
-            pass
-        try:
-            data, fds = await self._recv(conn, KEEPALIVE_PROBE)
-        except TimeoutError:
-            return  # alive
+        outcome = reader.result()
+        if isinstance(outcome, Exception):
+            raise outcome  # ConnectionClosed at EOF, ZdsProtocolError for a truncated one
+        data, fds = outcome
         close_fds(fds)
         raise ZdsProtocolError(f"unexpected message from the node proxy while idle: {data!r}")
 
@@ -246,6 +259,14 @@ class ZdsServer:
             if not d.cancelled() and d.exception() is None and d.result().ok:
                 ok += 1
         return ok
+
+
+async def _recv_outcome(sock: ZdsSocket) -> tuple[bytes, list[int]] | Exception:
+    """`sock.recv()` with its failure as the result (read by `_idle`, not logged by spawn)."""
+    try:
+        return await sock.recv()
+    except (ConnectionClosed, ZdsProtocolError) as e:
+        return e
 
 
 __all__ = ["Nacked", "NoNodeProxy", "SnapshotEntry", "ZdsServer"]
