@@ -169,10 +169,12 @@ class StandaloneProxy:
         opts = self.opts
         if opts.config is None or opts.ca_dir is None:
             raise StandaloneError("give --config and --ca-dir, or --control-plane")
-        if opts.pods is not None or opts.zds_socket is not None:
-            raise StandaloneError(
-                "--pods and --zds-socket are for --control-plane (with --config, pods are the workloads with netns)"
-            )
+        for flag, given in (("--pods", opts.pods), ("--zds-socket", opts.zds_socket)):
+            if given is not None:
+                raise StandaloneError(
+                    f"{flag} is for --control-plane (with --config, pods are the workloads "
+                    "with netns)"
+                )
         self._signature = _stat_signature(opts.config)
         loaded = read_config(opts.config)  # ConfigError: the caller reports it
         for w in loaded.warnings:
