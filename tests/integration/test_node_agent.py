@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,8 +182,10 @@ def ambient(tmp_path: Path) -> Iterator[AmbientMesh]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def test_label_enrolls_running_pods_without_restart(ambient: AmbientMesh) -> None:
-    m = ambient
+def _bring_up(m: AmbientMesh) -> subprocess.Popen[Any]:
+    """Control plane, pods a and b (http.server in b) and Service web in the store, an agent
+    and a ZDS-fed node proxy per node, all ready; nothing enrolled yet. Returns b's server
+    process."""
     m.start_plane()
     tokens = {
         n.name: m.ketch("node", "token", "create", n.name).strip() for n in (m.node1, m.node2)
@@ -194,7 +197,6 @@ def test_label_enrolls_running_pods_without_restart(ambient: AmbientMesh) -> Non
         stderr=subprocess.DEVNULL,
     )
     m.b.wait_for_tcp("127.0.0.1", 8080)
-    app_pid = server.pid
     url = f"http://{m.b.ip}:8080/"
 
     for node in (m.node1, m.node2):
@@ -217,6 +219,15 @@ def test_label_enrolls_running_pods_without_restart(ambient: AmbientMesh) -> Non
     assert (r.returncode, r.stdout) == (0, "hello from b\n"), r.stderr + m.logs_all()
     assert m.protocol(m.node1, "b") == "TCP"
     assert m.mtls_in(m.node2) == 0
+
+    return server
+
+
+def test_label_enrolls_running_pods_without_restart(ambient: AmbientMesh) -> None:
+    m = ambient
+    server = _bring_up(m)
+    app_pid = server.pid
+    url = f"http://{m.b.ip}:8080/"
 
     # ---- label the namespace: both running pods are enrolled, nothing restarted
     m.ketch("label", "ns", "app", "istio.io/dataplane-mode=ambient")
@@ -304,3 +315,64 @@ def test_label_enrolls_running_pods_without_restart(ambient: AmbientMesh) -> Non
     assert server.pid == app_pid
     for name in ("agent-node1", "agent-node2", "node1", "node2"):
         assert "Traceback" not in m.log(name), m.log(name)
+
+
+LOADGEN = """
+import json, socket, sys, time
+host, seconds = sys.argv[1], float(sys.argv[2])
+ok = failed = 0
+errors = []
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        with socket.create_connection((host, 8080), timeout=20) as s:
+            s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        if b"hello from b" in data:
+            ok += 1
+        else:
+            failed += 1
+            errors.append(repr(data[:80]))
+    except OSError as e:
+        failed += 1
+        errors.append(repr(e))
+    time.sleep(0.01)
+print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:5]}))
+"""
+
+
+def test_node_proxy_upgrade_beside_the_old_one(ambient: AmbientMesh) -> None:
+    """A second node proxy connects to the agent beside the first, gets the pods from the
+    snapshot and binds next to the old listeners; the old one is then stopped (SIGTERM,
+    drain) while pod a opens connection after connection: none fails."""
+    m = ambient
+    _bring_up(m)
+    m.ketch("label", "ns", "app", "istio.io/dataplane-mode=ambient")
+    for pod, node in ((m.a, m.node1), (m.b, m.node2)):
+        m.wait(
+            f"{pod.name} served", lambda node=node, pod=pod: m.served(node) == [(pod.name, "ready")]
+        )
+    m.wait("HBONE advertised", lambda: m.protocol(m.node1, "b") == "HBONE")
+    before = m.mtls_in(m.node2)
+
+    load = m.a.exec(["python3", "-c", LOADGEN, m.b.ip, "8"], stdout=subprocess.PIPE, text=True)
+    old = m.proxies.pop(m.node1.name)
+    m.start_zds_proxy(m.node1, None)  # the new one: same node credentials
+    m.wait(
+        "the new node proxy took the snapshot",
+        lambda: (
+            "node proxy connection 2: hello; sending a snapshot of 1 pod(s)" in m.log("agent-node1")
+        ),
+    )
+    time.sleep(2)  # its xDS and a's certificate
+    old.send_signal(signal.SIGTERM)
+    assert old.wait(timeout=60) == 0
+    out, _ = load.communicate(timeout=60)
+    result = json.loads(out)
+    assert result["ok"] > 10, result
+    assert result["failed"] == 0, str(result) + m.logs_all()
+    m.wait("the new node proxy serves a", lambda: m.served(m.node1) == [("a", "ready")])
+    assert m.ready(m.node1)
+    assert m.mtls_in(m.node2) >= before + result["ok"]  # all of it through HBONE
