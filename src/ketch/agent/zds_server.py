@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,8 +63,20 @@ class SnapshotEntry:
 
 @dataclass(eq=False)
 class _Ticket:
+    """A queued request's fd (a dup the ticket owns, so a pod removed meanwhile cannot
+    close it or let its number be reused under us) and who waits for the ack."""
+
     fd: int | None = None
     future: asyncio.Future[Ack] | None = None
+
+    @classmethod
+    def owning(cls, fd: int | None, future: asyncio.Future[Ack] | None = None) -> _Ticket:
+        return cls(os.dup(fd) if fd is not None else None, future)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            close_fds([self.fd])
+            self.fd = None
 
 
 @dataclass(eq=False)
@@ -149,6 +162,8 @@ class ZdsServer:
         conn.sock.close()
         for q in conn.session.drop_queued():
             t = q.token
+            if isinstance(t, _Ticket):
+                t.release()
             if isinstance(t, _Ticket) and t.future is not None and not t.future.done():
                 t.future.set_exception(
                     NoNodeProxy("no node proxy: it disconnected before acknowledging")
@@ -165,7 +180,7 @@ class ZdsServer:
         conn.session.receive_hello(hello)
         entries = list(self._snapshot())
         conn.session.queue_snapshot(
-            Queued(e.add if e.netns_fd is not None else Keep(e.add.uid), _Ticket(e.netns_fd))
+            Queued(e.add if e.netns_fd is not None else Keep(e.add.uid), _Ticket.owning(e.netns_fd))
             for e in entries
         )
         self._conns.append(conn)
@@ -183,7 +198,10 @@ class ZdsServer:
                 continue
             ticket = q.token if isinstance(q.token, _Ticket) else _Ticket()
             fds_out = [ticket.fd] if isinstance(q.request, Add) and ticket.fd is not None else []
-            await conn.sock.send(encode_request(q.request), fds_out)
+            try:
+                await conn.sock.send(encode_request(q.request), fds_out)
+            finally:
+                ticket.release()  # the kernel holds its own reference once sent
             data, fds = await self._recv(conn, ACK_TIMEOUT)
             try:
                 ack = decode_ack(data, len(fds))
@@ -231,7 +249,7 @@ class ZdsServer:
             raise NoNodeProxy("no node proxy is connected")
         conn = self._conns[-1]
         fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        conn.session.queue(add, _Ticket(netns_fd, fut))
+        conn.session.queue(add, _Ticket.owning(netns_fd, fut))
         conn.wake.set()
         try:
             async with asyncio.timeout(within):
