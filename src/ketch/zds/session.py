@@ -94,6 +94,11 @@ class AgentSession:
     def outstanding(self) -> Queued | None:
         return self._outstanding
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing waiting for its ack."""
+        return self._outstanding is None and not self._queue
+
     def receive_ack(self, ack: Ack) -> Queued:
         """The ack of the outstanding request (returned with its token)."""
         if self._outstanding is None:
