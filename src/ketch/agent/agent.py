@@ -409,7 +409,7 @@ class NodeAgent:
     async def _capture(self, pod: PodView, netns: str | None) -> _Enrolled:
         """Open the pod's netns and install the in-pod rules (idempotent); cache it."""
         have = self._pods.get(pod.uid)
-        if have is not None and (netns is None or netns == have.path):
+        if have is not None and (netns is None or _same_file(netns, have.fd)):
             have.pod = pod
             return have
         path = netns or self.locator.path(pod)
@@ -509,6 +509,16 @@ class NodeAgent:
                 await self._enroll(pod, ev.netns)
             except EnrollError as e:
                 raise CniRefused(f"pod {pod.key} cannot join the mesh: {e}", 503) from None
+
+
+def _same_file(path: str, fd: int) -> bool:
+    """Is `path` the namespace `fd` holds? (A sandbox recreated under the same name is a
+    new namespace: compare inodes, not paths.)"""
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _add_message(pod: PodView) -> Add:
