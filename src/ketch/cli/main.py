@@ -28,6 +28,7 @@ from ketch.api import (
     to_manifest,
 )
 from ketch.cli import cluster_cmd, output
+from ketch.cli.agent_cmd import agent_app
 from ketch.cli.common import CliError, err, fail, open_store, out, state
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
@@ -71,6 +72,7 @@ def _global(
 app.add_typer(node_app, name="node")
 app.add_typer(cp_app, name="control-plane")
 app.add_typer(ztunnel_app, name="ztunnel")
+app.add_typer(agent_app, name="agent")
 app.command("ztunnel-config")(ztunnel_config)
 app.command("proxy-status")(proxy_status)
 cluster_cmd.register(app)

@@ -106,6 +106,13 @@ def run(
             help="With --control-plane: YAML list of the pods to serve ({name, namespace, netns, serviceAccount, uid}); reloaded when it changes. A stand-in for the node agent's ZDS handoff.",
         ),
     ] = None,
+    zds_socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--zds-socket",
+            help="With --control-plane: take pods from the node agent over ZDS at this SEQPACKET socket (`ketch agent run --zds-socket`), instead of --pods.",
+        ),
+    ] = None,
     node: Annotated[
         str | None,
         typer.Option("--node", help="This node's name (default: the config's `node`)."),
@@ -196,6 +203,7 @@ def run(
             xds_address=xds_address,
             node_ip=node_ip,
             pods=pods,
+            zds_socket=zds_socket,
         )
     except (StandaloneError, ValueError) as e:
         fail(str(e))

@@ -62,6 +62,7 @@ from ketch.ztunnel.state import ProxyState
 if TYPE_CHECKING:  # connected mode (grpc, envoy protos) is imported when used
     from ketch.standalone.connected import NodeFiles, NodeSession
     from ketch.ztunnel.xds_client import XdsClient
+    from ketch.ztunnel.zds_client import ZdsClient
 
 log = logging.getLogger("ketch.ztunnel.standalone")
 
@@ -114,6 +115,7 @@ class StandaloneOptions:
     xds_address: str | None = None  # default: xds.sock next to a unix control_plane
     node_ip: str = ""  # the node's IP for the xDS Node id (ztunnel's INSTANCE_IP)
     pods: Path | None = None  # the pods to serve (stand-in for ZDS; ketch.standalone.pods)
+    zds_socket: Path | None = None  # ... or from the node agent over ZDS (ketch.ztunnel.zds_client)
 
 
 def split_pem(blob: bytes) -> list[bytes]:
@@ -138,6 +140,7 @@ class StandaloneProxy:
         self.opts = opts
         self.node_session: NodeSession | None = None
         self.xds: XdsClient | None = None
+        self.zds: ZdsClient | None = None
         self.stop_requested = asyncio.Event()
         self.force = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -166,10 +169,12 @@ class StandaloneProxy:
         opts = self.opts
         if opts.config is None or opts.ca_dir is None:
             raise StandaloneError("give --config and --ca-dir, or --control-plane")
-        if opts.pods is not None:
-            raise StandaloneError(
-                "--pods is for --control-plane (with --config, pods are the workloads with netns)"
-            )
+        for flag, given in (("--pods", opts.pods), ("--zds-socket", opts.zds_socket)):
+            if given is not None:
+                raise StandaloneError(
+                    f"{flag} is for --control-plane (with --config, pods are the workloads "
+                    "with netns)"
+                )
         self._signature = _stat_signature(opts.config)
         loaded = read_config(opts.config)  # ConfigError: the caller reports it
         for w in loaded.warnings:
@@ -214,6 +219,8 @@ class StandaloneProxy:
                 ipaddress.ip_address(opts.node_ip)
             except ValueError:
                 raise StandaloneError(f"--node-ip: {opts.node_ip!r} is not an IP address") from None
+        if opts.pods is not None and opts.zds_socket is not None:
+            raise StandaloneError("give --pods (a file) or --zds-socket (the node agent), not both")
         self.node = opts.node
         pods: tuple[LocalPod, ...] = ()
         if opts.pods is not None:
@@ -255,6 +262,11 @@ class StandaloneProxy:
         session.on_renew.append(renewed)
         self._tasks.append(spawn(session.run(), name="standalone-node-cert"))
         await self._sync_pods(pods)
+        if opts.zds_socket is not None:
+            from ketch.ztunnel.zds_client import ZdsClient
+
+            self.zds = ZdsClient(self.zt, opts.zds_socket)
+            await self.zds.start()
         log.info(
             "node proxy for node %r: certificates from %s, state over xDS from %s; "
             "%d pod(s) from %s",
@@ -262,7 +274,9 @@ class StandaloneProxy:
             target,
             xds_target,
             len(self._desired),
-            opts.pods or "nowhere (no --pods)",
+            (f"the node agent (ZDS {opts.zds_socket})" if opts.zds_socket else None)
+            or opts.pods
+            or "nowhere (no --pods)",
         )
 
     async def _start_proxy(self, state: ProxyState, ca: CaClient, trust: list[bytes]) -> None:
@@ -337,7 +351,8 @@ class StandaloneProxy:
         out = list(self.zt.pending())
         if not (self.xds.synced if self.xds is not None else self._synced):
             out.append("state manager")
-        if self._failed and "workload manager" not in out:
+        zds_waiting = self.zds is not None and not self.zds.ready
+        if (self._failed or zds_waiting) and "workload manager" not in out:
             out.append("workload manager")
         return out
 
@@ -361,6 +376,8 @@ class StandaloneProxy:
                 "lastNack": st.last_nack,
                 "lastError": st.last_error,
             }
+        if self.zds is not None:
+            dump["zds"] = self.zds.status()
         return dump
 
     def pod_status(self) -> list[dict[str, Any]]:
@@ -376,6 +393,8 @@ class StandaloneProxy:
                     "error": why,
                 }
             )
+        if self.zds is not None:
+            out += self.zds.pending_pods()
         return out
 
     def request_stop(self) -> None:
@@ -429,6 +448,8 @@ class StandaloneProxy:
         return forced
 
     async def close(self) -> None:
+        if self.zds is not None:
+            await self.zds.stop()
         if self.xds is not None:
             await self.xds.stop()
         for t in self._tasks:
