@@ -323,7 +323,7 @@ def _stop_recorded(record: Mapping[str, Any]) -> int:
     for pgid in groups:
         process.signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + LEFTOVER_GRACE
-    while any(process.group_alive(g) for g in groups) and time.monotonic() < deadline:
+    while any(process.start_ticks(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pgid in groups:
         process.signal_group(pgid, signal.SIGKILL)

@@ -181,6 +181,13 @@ async def _socket_in(netns: str, family: socket.AddressFamily) -> socket.socket:
         raise
 
 
+def _oserror(exc: OSError) -> str:
+    """ "connection refused" rather than asyncio's "Connect call failed ('10.244.1.3', 80)"."""
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
@@ -212,8 +219,12 @@ async def http_get(action: HttpGet, pod_ip: str, limit: float, dial: Dial) -> Pr
                     await writer.wait_closed()
     except TimeoutError:
         return ProbeResult(False, f"Get {where}: timeout after {limit:g}s")
-    except (OSError, ssl.SSLError, h11.ProtocolError, EOFError) as exc:
-        return ProbeResult(False, _short(f"Get {where}: {exc or type(exc).__name__}"))
+    except ssl.SSLError as exc:
+        return ProbeResult(False, _short(f"Get {where}: TLS: {exc.reason or exc}"))
+    except OSError as exc:
+        return ProbeResult(False, _short(f"Get {where}: {_oserror(exc)}"))
+    except (h11.ProtocolError, EOFError) as exc:
+        return ProbeResult(False, _short(f"Get {where}: bad HTTP response: {exc}"))
     if 200 <= status < 400:
         return ProbeResult(True, f"HTTP probe succeeded with statuscode: {status}")
     return ProbeResult(False, f"HTTP probe failed with statuscode: {status}")
@@ -255,7 +266,7 @@ async def tcp_socket(action: TcpSocket, pod_ip: str, limit: float, dial: Dial) -
     except TimeoutError:
         return ProbeResult(False, f"dial tcp {host}:{action.port}: i/o timeout")
     except OSError as exc:
-        return ProbeResult(False, _short(f"dial tcp {host}:{action.port}: {exc.strerror or exc}"))
+        return ProbeResult(False, _short(f"dial tcp {host}:{action.port}: {_oserror(exc)}"))
     sock.close()
     return ProbeResult(True)
 

@@ -77,7 +77,8 @@ def start_problem(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) 
 
 
 def start_ticks(pid: int) -> int | None:
-    """The start time of `pid` (clock ticks since boot), or None if it does not exist."""
+    """The start time of `pid` (clock ticks since boot), or None if it does not exist or
+    has already exited (a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -86,6 +87,8 @@ def start_ticks(pid: int) -> int | None:
     # comm (field 2) may contain spaces and parentheses: split after the last ')'
     fields = data[data.rfind(b")") + 2 :].split()
     try:
+        if fields[0] in (b"Z", b"X"):  # exited, not yet reaped by its (new) parent
+            return None
         return int(fields[19])  # field 22 overall; fields[0] is field 3
     except (IndexError, ValueError):
         return None
