@@ -30,8 +30,8 @@ import pytest
 from ketch.cluster import process
 from ketch.cluster.backoff import BackoffPolicy
 from ketch.cluster.kubelet import RECORD, Kubelet
-from ketch.cluster.layout import ClusterLayout
-from ketch.netns.fabric import Fabric, Node, cleanup_stale, stale_namespaces
+from ketch.cluster.layout import DNS_IP, ClusterLayout
+from ketch.netns.fabric import Fabric, Node, cleanup_stale, ip_batch, stale_namespaces
 from ketch.store.base import Manifest
 from ketch.store.sqlite import SqliteStore
 from ketch.util.tasks import spawn
@@ -75,6 +75,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     store = SqliteStore(layout.store_path, poll_interval=0.02)
     try:
         node = fab.add_node(NODE)
+        # The cluster DNS address is local to every node netns (svcnet's job in a real
+        # cluster). Nothing listens here, so a lookup fails at once instead of timing out
+        # (python's http.server does a reverse lookup of its bind address at start).
+        ip_batch(node.netns, [f"addr add {DNS_IP}/32 dev lo"])
         store.apply(
             [
                 {
@@ -439,7 +443,7 @@ import asyncio, logging, sys
 from pathlib import Path
 from ketch.cluster.backoff import BackoffPolicy
 from ketch.cluster.kubelet import Kubelet
-from ketch.cluster.layout import ClusterLayout
+from ketch.cluster.layout import DNS_IP, ClusterLayout
 from ketch.store.sqlite import SqliteStore
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
