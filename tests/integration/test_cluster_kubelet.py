@@ -285,6 +285,8 @@ async def test_restarts_with_backoff_and_reports_bad_pods(cluster: Cluster) -> N
             ),
             pod("done", container("main", ["true"]), restartPolicy="OnFailure"),
             pod("hostnet", container("main", ["sleep", "100"]), hostNetwork=True),
+            pod("imageonly", {"name": "main", "image": "nginx:1.27"}),
+            pod("elsewhere", container("main", ["sleep", "100"]), nodeName="node9"),
         ]
     )
     async with running(Kubelet(c.store, c.layout, NODE, backoff=FAST)):
@@ -320,6 +322,11 @@ async def test_restarts_with_backoff_and_reports_bad_pods(cluster: Cluster) -> N
         await until("hostnet Failed", lambda: status(c, "hostnet").get("phase") == "Failed")
         assert status(c, "hostnet")["reason"] == "HostNetworkUnsupported"
         assert "hostNetwork" in status(c, "hostnet")["message"]
+
+        await until("imageonly Failed", lambda: status(c, "imageonly").get("phase") == "Failed")
+        assert status(c, "imageonly")["reason"] == "InvalidPod"
+        assert "cannot pull images" in status(c, "imageonly")["message"]
+        assert status(c, "elsewhere") == {}  # another node's pod: not ours to touch
 
 
 async def test_readiness_and_liveness_probes(cluster: Cluster) -> None:

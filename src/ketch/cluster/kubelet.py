@@ -119,6 +119,7 @@ class Kubelet:
         self.host_ip: str | None = None
         self.pods: dict[str, PodWorker] = {}  # by uid
         self._terminating: set[asyncio.Task[None]] = set()
+        self._invalid: set[str] = set()  # uids of pods we could not parse (said so once)
 
     # --- top level ---------------------------------------------------------------------
 
@@ -256,6 +257,7 @@ class Kubelet:
         manifest: Manifest = ev.object
         uid = str((manifest.get("metadata") or {}).get("uid"))
         if ev.type is EventType.DELETED or not self._mine(manifest):
+            self._invalid.discard(uid)
             worker = self.pods.get(uid)
             if worker is not None:
                 self._forget(uid, worker)
@@ -271,12 +273,34 @@ class Kubelet:
         try:
             pod = Pod.model_validate(manifest)
         except ValidationError as exc:
-            log.warning("pod %s is invalid, not starting it: %s", where, exc.errors()[:1])
+            first = exc.errors()[0]
+            at = ".".join(str(p) for p in first.get("loc", ()))
+            message = f"the pod is invalid, Ketch does not run it: {at}: {first.get('msg')}"
+            if uid not in self._invalid:
+                self._invalid.add(uid)
+                log.warning("pod %s: %s", where, message)
+                spawn(asyncio.to_thread(self._mark_invalid, manifest, message), f"invalid-{where}")
             return
         if not pod.metadata.uid:
             log.warning("pod %s has no uid (not written by the store?), ignored", where)
             return
         self.pods[uid] = PodWorker(self, pod, manifest.get("status"))
+
+    def _mark_invalid(self, manifest: Manifest, message: str) -> None:
+        """Thread: phase Failed with reason InvalidPod, unless the pod changed meanwhile."""
+        meta = manifest.get("metadata") or {}
+        status = {"phase": "Failed", "reason": "InvalidPod", "message": message}
+        if manifest.get("status") == status:
+            return
+        update = dict(manifest, status=status)
+        try:
+            self.store.apply([update])
+        except (ConflictError, NotFoundError):
+            pass  # changed or gone: the watch brings the new version
+        except StoreError as exc:
+            log.warning(
+                "pod %s/%s: cannot write status: %s", meta.get("namespace"), meta.get("name"), exc
+            )
 
     def _forget(self, uid: str, worker: PodWorker) -> None:
         self.pods.pop(uid, None)
@@ -453,8 +477,8 @@ class ContainerRunner:
                 cwd=cwd,
                 start_new_session=True,
             )
-        except OSError as exc:
-            msg = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
+            msg = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             return Terminated(128, "StartError", started, _now(), None, msg), 0.0
         finally:
             process.close_quietly(out)
@@ -599,7 +623,6 @@ class PodWorker:
         self.refused: tuple[str, str] | None = None
         self.pod_ip: str | None = None
         self.start_time: dt.datetime | None = None
-        self.sandbox_up = False
         self.sandbox = self._sandbox(ipaddress.IPv4Address("0.0.0.0"))
         self.processes: dict[str, dict[str, int | None]] = {}
         grace = pod.spec.termination_grace_period_seconds
@@ -737,7 +760,6 @@ class PodWorker:
                     return False
                 continue
             self.pod_ip = str(ip)
-            self.sandbox_up = True
             log.info("pod %s: sandbox ready (netns %s, IP %s)", self.where, self.sandbox.netns, ip)
             return True
         return False
@@ -751,6 +773,12 @@ class PodWorker:
 
     async def _terminate(self, deleted: bool) -> None:
         self.leaving.set()
+        # No status writes from here on: a deleted pod is gone, and a pod stopped with its
+        # node keeps the status it had (it must not turn Failed/Succeeded because we
+        # stopped it: the next start would not run a finished pod again).
+        if self.status_task is not None:
+            self.status_task.cancel()
+            await asyncio.gather(self.status_task, return_exceptions=True)
         await self.task  # the start-up step has returned (it checks `leaving`)
         running = [r for r in self.runners if r.proc is not None]
         if running:
@@ -764,9 +792,6 @@ class PodWorker:
         await asyncio.gather(*(r.kill(self.grace) for r in self.runners))
         tasks = [r.task for r in self.runners if r.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.status_task is not None:
-            self.status_task.cancel()
-            await asyncio.gather(self.status_task, return_exceptions=True)
         errors: list[str] = []
         if self.refused is None and not self._terminal:
             errors = await asyncio.to_thread(podnet.teardown, self.sandbox)

@@ -113,7 +113,15 @@ def kill_netns_processes(netns: str) -> list[int]:
 
 
 def teardown(sb: Sandbox) -> list[str]:
-    """Remove the pod's netns, its node-side veth and /etc/netns files; returns errors."""
+    """Remove the pod's netns, its node-side veth and /etc/netns files; returns errors
+    (never raises)."""
+    try:
+        return _teardown(sb)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [f"tearing down the sandbox of {sb.namespace}/{sb.pod_name}: {exc}"]
+
+
+def _teardown(sb: Sandbox) -> list[str]:
     errors: list[str] = []
     kill_netns_processes(sb.netns)
     if os.path.exists(f"{NETNS_RUN_DIR}/{sb.node_netns}") and _link_exists(sb.node_netns, sb.veth):
@@ -163,7 +171,7 @@ def setup(sb: Sandbox) -> None:
                 f"route add default via {sb.gateway} dev eth0",
             ],
         )
-    except NetnsError as exc:
+    except (NetnsError, OSError, subprocess.SubprocessError) as exc:
         raise SandboxError(f"pod network for {sb.namespace}/{sb.pod_name}: {exc}") from exc
     try:
         sb.etc_dir.mkdir(parents=True, exist_ok=True)
