@@ -127,12 +127,11 @@ class Kubelet:
         node = await self._wait_for_node(stop)
         if node is None:
             return
-        cidr, self.host_ip = node
-        self.ipam = PodIpam(cidr)
+        self.ipam, self.host_ip = node
         log.info(
             "kubelet of node %s: pod CIDR %s, host IP %s, netns %s",
             self.node_name,
-            cidr,
+            self.ipam.cidr,
             self.host_ip,
             self.node_netns,
         )
@@ -176,7 +175,7 @@ class Kubelet:
             await watcher
             log.info("kubelet of node %s stopped", self.node_name)
 
-    async def _wait_for_node(self, stop: asyncio.Event) -> tuple[str, str] | None:
+    async def _wait_for_node(self, stop: asyncio.Event) -> tuple[PodIpam, str] | None:
         said = ""
         while not stop.is_set():
             problem = ""
@@ -190,11 +189,13 @@ class Kubelet:
                 elif not ips:
                     problem = f"Node {self.node_name} has no InternalIP address yet"
                 else:
-                    return str(cidr), ips[0]
+                    return PodIpam(str(cidr)), ips[0]
             except NotFoundError:
                 problem = f"Node {self.node_name} is not in the store yet"
             except (ValidationError, StoreError) as exc:
                 problem = f"Node {self.node_name} cannot be read: {exc}"
+            except (IpamError, ValueError) as exc:
+                problem = f"Node {self.node_name} has an unusable spec.podCIDR: {exc}"
             if problem != said:
                 log.warning("%s; waiting for it (the runtime writes it at `ketch up`)", problem)
                 said = problem
