@@ -170,7 +170,15 @@ class Kubelet:
                     self.node_name,
                     len(workers),
                 )
-            await asyncio.gather(*(w.finish(deleted=False) for w in workers), *self._terminating)
+            results = await asyncio.gather(
+                *(w.finish(deleted=False) for w in workers),
+                *self._terminating,
+                return_exceptions=True,
+            )
+            for failure in (r for r in results if isinstance(r, Exception)):
+                log.error(
+                    "kubelet of node %s: a pod did not stop cleanly: %r", self.node_name, failure
+                )
             self.pods.clear()
             await watcher
             log.info("kubelet of node %s stopped", self.node_name)
@@ -780,7 +788,8 @@ class PodWorker:
         if self.status_task is not None:
             self.status_task.cancel()
             await asyncio.gather(self.status_task, return_exceptions=True)
-        await self.task  # the start-up step has returned (it checks `leaving`)
+        # the start-up step has returned (it checks `leaving`); a failure of it was logged
+        await asyncio.gather(self.task, return_exceptions=True)
         running = [r for r in self.runners if r.proc is not None]
         if running:
             log.info(
