@@ -273,10 +273,23 @@ async def test_web_pod_runs_ready_reachable_and_is_cleaned_up_on_delete(cluster:
         assert kubelet.ipam.get(uid) is None
 
 
-async def test_restarts_with_backoff_and_reports_bad_pods(cluster: Cluster) -> None:
+async def test_restarts_with_backoff_and_reports_bad_pods(cluster: Cluster, tmp_path: Path) -> None:
     c = cluster
+    workdir = tmp_path / "work"
+    workdir.mkdir()
     c.store.apply(
         [
+            pod(
+                "wd",
+                container(
+                    "main",
+                    ["sh", "-c"],
+                    args=['echo "$(GREETING) from $HOSTNAME in $(pwd)"'],
+                    env=[{"name": "GREETING", "value": "hello"}],
+                    workingDir=str(workdir),
+                ),
+                restartPolicy="Never",
+            ),
             pod("crash", container("main", ["sh", "-c", "echo started; exit 3"])),
             pod(
                 "nocmd",
@@ -327,6 +340,12 @@ async def test_restarts_with_backoff_and_reports_bad_pods(cluster: Cluster) -> N
         assert status(c, "imageonly")["reason"] == "InvalidPod"
         assert "cannot pull images" in status(c, "imageonly")["message"]
         assert status(c, "elsewhere") == {}  # another node's pod: not ours to touch
+
+        await until("wd Succeeded", lambda: status(c, "wd").get("phase") == "Succeeded")
+        wd_uid = get(c, "wd")["metadata"]["uid"]  # type: ignore[index]
+        wd_log = c.layout.container_log("default", "wd", wd_uid, "main", 0)
+        # $(GREETING) is Kubernetes' expansion; $HOSTNAME and $(pwd) are the shell's
+        assert wd_log.read_text() == f"hello from wd in {workdir}\n"
 
 
 async def test_readiness_and_liveness_probes(cluster: Cluster) -> None:
@@ -462,7 +481,8 @@ asyncio.run(Kubelet(store, layout, sys.argv[3], backoff=BackoffPolicy(0.2, 1.0))
 
 async def test_grace_period_stop_and_restart_after_a_crash(cluster: Cluster) -> None:
     c = cluster
-    stubborn = ["sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"]
+    # ignores SIGTERM, and forks a child that would outlive it if only the shell were killed
+    stubborn = ["sh", "-c", "trap '' TERM; sleep 300 & while :; do sleep 0.2; done"]
     c.store.apply(
         [
             pod(
@@ -515,12 +535,15 @@ async def test_grace_period_stop_and_restart_after_a_crash(cluster: Cluster) -> 
         # 3. SIGTERM is ignored: SIGKILL after terminationGracePeriodSeconds
         sid = get(c, "stubborn")["metadata"]["uid"]  # type: ignore[index]
         spid = pid_of(c, "stubborn", sid, "main")
+        in_pod = [int(p) for p in (await run(["ip", "netns", "pids", c.pod_netns(sid)])).split()]
+        assert len(in_pod) >= 2  # the shell and its background sleep
         started = time.monotonic()
         c.store.delete("Pod", "default", "stubborn")
         assert spid is not None
         await until("stubborn gone", lambda: process.start_ticks(spid) is None, within=15)
         assert time.monotonic() - started >= 0.9  # it was given its grace period
         await until("stubborn netns gone", lambda: not netns_exists(c.pod_netns(sid)))
+        assert [p for p in in_pod if process.start_ticks(p) is not None] == []
         wpid = record(c, "web", uid)["processes"]["web"]["pid"]
         wnetns = c.pod_netns(uid)
 
