@@ -299,6 +299,11 @@ async def test_restarts_with_backoff_and_reports_bad_pods(cluster: Cluster, tmp_
             pod("done", container("main", ["true"]), restartPolicy="OnFailure"),
             pod("hostnet", container("main", ["sleep", "100"]), hostNetwork=True),
             pod("imageonly", {"name": "main", "image": "nginx:1.27"}),
+            pod(
+                "nul",
+                container("main", ["true"], env=[{"name": "X", "value": "a\x00b"}]),
+                restartPolicy="Never",
+            ),
             pod("elsewhere", container("main", ["sleep", "100"]), nodeName="node9"),
         ]
     )
@@ -340,6 +345,11 @@ async def test_restarts_with_backoff_and_reports_bad_pods(cluster: Cluster, tmp_
         assert status(c, "imageonly")["reason"] == "InvalidPod"
         assert "cannot pull images" in status(c, "imageonly")["message"]
         assert status(c, "elsewhere") == {}  # another node's pod: not ours to touch
+
+        await until("nul Failed", lambda: status(c, "nul").get("phase") == "Failed")
+        nul = cstatus(c, "nul")["state"]["terminated"]
+        assert nul["reason"] == "StartError"
+        assert "null byte" in nul["message"]
 
         await until("wd Succeeded", lambda: status(c, "wd").get("phase") == "Succeeded")
         wd_uid = get(c, "wd")["metadata"]["uid"]  # type: ignore[index]
