@@ -461,8 +461,8 @@ class ContainerRunner:
         started = _now()
         problem = process.start_problem(argv, env, cwd)
         if problem is not None:
-            code = 127 if "not found" in problem or "no such executable" in problem else 128
-            return Terminated(code, "StartError", started, _now(), None, problem), 0.0
+            code, why = problem
+            return Terminated(code, "StartError", started, _now(), None, why), 0.0
         log_path = pod.kubelet.layout.container_log(
             pod.spec.namespace, pod.spec.name, pod.uid, self.name, self.restart_count
         )
@@ -471,7 +471,7 @@ class ContainerRunner:
             out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             msg = f"cannot open the container log {log_path}: {exc.strerror}"
-            return Terminated(128, "StartError", started, _now(), None, msg), 0.0
+            return Terminated(process.CANNOT_RUN, "StartError", started, _now(), None, msg), 0.0
         try:
             proc = await asyncio.create_subprocess_exec(
                 "ip",
@@ -488,7 +488,7 @@ class ContainerRunner:
             )
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
             msg = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
-            return Terminated(128, "StartError", started, _now(), None, msg), 0.0
+            return Terminated(process.CANNOT_RUN, "StartError", started, _now(), None, msg), 0.0
         finally:
             process.close_quietly(out)
         self.proc = proc

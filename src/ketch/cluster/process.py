@@ -54,24 +54,36 @@ def container_argv(
     return [expand(a, env) for a in (*command, *args)]
 
 
-def start_problem(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> str | None:
-    """Why `argv` cannot start (missing program or working directory), or None. Checked
-    before `ip netns exec`, which would only print `exec of "x" failed` and exit 1."""
+#: exit codes of a container that could not start: as a shell reports them
+NOT_FOUND = 127  # no such program
+CANNOT_RUN = 128  # anything else (working directory, log file, exec failure)
+
+
+def start_problem(
+    argv: Sequence[str], env: Mapping[str, str], cwd: str | None
+) -> tuple[int, str] | None:
+    """(exit code, why) if `argv` cannot start (missing program or working directory), else
+    None. Checked before `ip netns exec`, which would only print `exec of "x" failed` and
+    exit 1."""
     if not argv:
-        return "the container has no command"
+        return CANNOT_RUN, "the container has no command"
     if cwd is not None and not os.path.isdir(cwd):
-        return f"workingDir {cwd!r} does not exist on this machine (Ketch runs host programs)"
+        return (
+            CANNOT_RUN,
+            f"workingDir {cwd!r} does not exist on this machine (Ketch runs host programs)",
+        )
     program = argv[0]
     if "/" in program:
         path = program if os.path.isabs(program) or cwd is None else os.path.join(cwd, program)
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
-            return f'exec: "{program}": no such executable file (check the path)'
+            return NOT_FOUND, f'exec: "{program}": no such executable file (check the path)'
         return None
     search = env.get("PATH", DEFAULT_PATH)
     if shutil.which(program, path=search) is None:
         return (
+            NOT_FOUND,
             f'exec: "{program}": executable file not found in $PATH ({search}); '
-            "Ketch runs programs installed on this machine"
+            "Ketch runs programs installed on this machine",
         )
     return None
 

@@ -78,7 +78,9 @@ def test_start_problem(argv: list[str], cwd: str | None, problem: str | None) ->
         assert found is None
     else:
         assert found is not None
-        assert problem in found
+        code, why = found
+        assert problem in why
+        assert code == (127 if "executable" in problem else 128)
 
 
 def test_not_executable(tmp_path: Path) -> None:
@@ -87,7 +89,8 @@ def test_not_executable(tmp_path: Path) -> None:
     script.chmod(0o644)
     found = start_problem([str(script)], {}, None)
     assert found is not None
-    assert "no such executable file" in found
+    assert found[0] == 127
+    assert "no such executable file" in found[1]
 
 
 @pytest.mark.parametrize(
