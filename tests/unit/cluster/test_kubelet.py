@@ -96,3 +96,52 @@ async def test_invalid_and_foreign_pods(tmp_path: Path, caplog: pytest.LogCaptur
         await asyncio.wait_for(task, 10)
     assert caplog.text.count("the pod is invalid") == 1
     assert not [r for r in caplog.records if r.exc_info]
+
+
+class RacingStore(MemoryStore):
+    """Another writer changes the Pod just before the kubelet's first status write lands."""
+
+    raced = False
+
+    def apply(self, objects: Any, *, create_only: bool = False) -> list[dict[str, Any]]:
+        first = objects[0]
+        if first.get("kind") == "Pod" and "status" in first and not self.raced:
+            self.raced = True
+            other = self.get("Pod", first["metadata"]["namespace"], first["metadata"]["name"])
+            other["metadata"].setdefault("labels", {})["touched"] = "yes"
+            super().apply([other])
+        return super().apply(objects, create_only=create_only)
+
+
+async def test_status_write_survives_a_conflict(tmp_path: Path) -> None:
+    store = RacingStore()
+    store.apply([node("10.244.1.0/24")])
+    kubelet = Kubelet(store, ClusterLayout(tmp_path, "u"), "n1", backoff=BackoffPolicy(0.1, 0.1))
+    stop = asyncio.Event()
+    task = spawn(kubelet.run(stop), "kubelet")
+    try:
+        store.apply(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "hn", "namespace": "default"},
+                    "spec": {
+                        "nodeName": "n1",
+                        "hostNetwork": True,  # refused without touching the network: no root
+                        "containers": [{"name": "c", "command": ["true"]}],
+                    },
+                }
+            ]
+        )
+
+        def stored() -> dict[str, Any]:
+            return store.get("Pod", "default", "hn")
+
+        await eventually(lambda: (stored().get("status") or {}).get("phase") == "Failed")
+        assert store.raced
+        assert stored()["metadata"]["labels"] == {"touched": "yes"}  # the other write kept
+        assert stored()["status"]["reason"] == "HostNetworkUnsupported"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
