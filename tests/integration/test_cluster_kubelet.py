@@ -356,6 +356,18 @@ async def test_restarts_with_backoff_and_reports_bad_pods(cluster: Cluster, tmp_
         wd_log = c.layout.container_log("default", "wd", wd_uid, "main", 0)
         # $(GREETING) is Kubernetes' expansion; $HOSTNAME and $(pwd) are the shell's
         assert wd_log.read_text() == f"hello from wd in {workdir}\n"
+        done_rv = get(c, "done")["metadata"]["resourceVersion"]  # type: ignore[index]
+        crash_restarts = cstatus(c, "crash")["restartCount"]
+
+    # The node comes back: finished pods stay finished, the others run again.
+    async with running(Kubelet(c.store, c.layout, NODE, backoff=FAST)):
+        await until(
+            "crash restarted by the new kubelet",
+            lambda: cstatus(c, "crash").get("restartCount", 0) > crash_restarts,
+        )
+        assert get(c, "done")["metadata"]["resourceVersion"] == done_rv  # type: ignore[index]
+        assert status(c, "wd")["phase"] == "Succeeded"
+        assert not c.layout.container_log("default", "wd", wd_uid, "main", 1).exists()
 
 
 async def test_readiness_and_liveness_probes(cluster: Cluster) -> None:

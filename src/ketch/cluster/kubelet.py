@@ -391,7 +391,10 @@ class ContainerRunner:
         self.restart_count = 0
         if prior:
             count = prior.get("restartCount")
-            ran = any(k in (prior.get("state") or {}) for k in ("running", "terminated"))
+            # it ran before (running, stopped, or waiting to restart after a run)
+            ran = bool(prior.get("lastState")) or any(
+                k in (prior.get("state") or {}) for k in ("running", "terminated")
+            )
             if isinstance(count, int) and count >= 0:
                 # the earlier run's process is gone: starting again is a restart
                 self.restart_count = count + (1 if ran else 0)
