@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import socket
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ketch.api.core import Container
 from ketch.cluster.probes import (
@@ -178,3 +186,53 @@ async def test_tcp_socket(closing: list[asyncio.Server]) -> None:
     refused = await tcp_socket(TcpSocket(free_port()), "127.0.0.1", 1.0, DIAL)
     assert not refused.ok
     assert refused.message.endswith("connection refused")
+
+
+def self_signed(tmp_path: Path) -> ssl.SSLContext:
+    """A server context with a throwaway self-signed certificate (the kubelet does not
+    verify probe certificates, so any certificate must do)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "probe-test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+async def test_https_probe_skips_certificate_checks(
+    closing: list[asyncio.Server], tmp_path: Path
+) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self_signed(tmp_path))
+    closing.append(server)
+    port = server.sockets[0].getsockname()[1]
+    result = await http_get(HttpGet(port, "/", scheme="HTTPS"), "127.0.0.1", 2.0, DIAL)
+    assert result.ok, result.message
+    # plain HTTP to a TLS port is a failure with a reason, not an exception
+    plain = await http_get(HttpGet(port), "127.0.0.1", 2.0, DIAL)
+    assert not plain.ok
