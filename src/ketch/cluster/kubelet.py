@@ -6,7 +6,9 @@ from any netns. What happens to a Pod:
 
 1. The store says `spec.nodeName` is this node (watched; list + watch, relist when the
    history is gone). `hostNetwork: true` is refused (status Failed, reason
-   HostNetworkUnsupported): every Ketch pod needs its own netns.
+   HostNetworkUnsupported): every Ketch pod needs its own netns. A Pod that does not
+   validate gets Failed/InvalidPod; a Pod whose phase is already Succeeded/Failed is not
+   run again.
 2. Sandbox (`podnet.setup`): netns, veth, IP from the node's pod CIDR (`ipam`), routes,
    /etc/netns/<netns>/{resolv.conf,hosts}. Then, if the node agent's socket is configured,
    the CNI event (`cnievent.cmdadd`); a failure tears the sandbox down and retries with the
