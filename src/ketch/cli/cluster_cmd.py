@@ -137,6 +137,25 @@ def _heartbeat_since(store: Store, node: str, since: float) -> bool:
     return cond.get("status") == "True" and beat is not None and beat.timestamp() >= int(since) - 1
 
 
+def _proxy_ready(layout: ClusterLayout, node: str) -> bool:
+    """The node proxy's readiness (15021, inside the node netns): synced and captured."""
+    import http.client
+
+    from ketch.netns.enter import in_netns
+
+    def probe() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", 15021, timeout=1.0)
+        try:
+            conn.request("GET", "/healthz/ready")
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    return in_netns(layout.node_netns(node), probe)
+
+
 def _in_netns(rec: sv.PidRecord) -> bool:
     """Whether the process still runs in its node netns (not in one a repair replaced)."""
     if rec.netns is None:
@@ -161,10 +180,26 @@ def up(
     ] = 2,
     name: NameOpt = DEFAULT_NAME,
     state_dir: StateDirOpt = None,
+    mesh: Annotated[
+        bool,
+        typer.Option(
+            "--mesh/--no-mesh",
+            help="Run the ambient mesh on every node (node agent and node proxy). "
+            "--no-mesh: a plain cluster.",
+        ),
+    ] = True,
+    sample: Annotated[
+        bool,
+        typer.Option(
+            "--sample/--no-sample",
+            help="Apply the sample app (examples/sample: namespace shop, labelled ambient).",
+        ),
+    ] = True,
 ) -> None:
     """Start the local cluster in the background: network namespaces for the nodes, the
-    control plane, the controllers and one node process per node. Running it again repairs
-    what is missing and restarts processes that died."""
+    control plane, the controllers, and per node the node agent, the node proxy and the
+    node process (kubelet, Service VIPs, DNS); then the sample app. Running it again
+    repairs what is missing and restarts processes that died."""
     _need_root("ketch up")
     _need_tools(
         {
@@ -219,9 +254,11 @@ def up(
             err.print(f"  [yellow]![/] fabric: created {what} (missing)")
         err.print(f"  [green]✓[/] fabric: {len(cluster_fabric.existing_netns(layout))} namespaces")
 
-        specs = sv.process_specs(layout, names)
+        specs = sv.process_specs(layout, names, mesh=mesh)
         pending: list[sv.PidRecord] = []  # node processes start together, then are awaited
         for spec in specs:
+            if spec.role.startswith(sv.ZTUNNEL_PREFIX) and spec.role not in running:
+                spec = _with_join_token(layout, spec)
             rec = running.get(spec.role)
             if rec is not None and not _in_netns(rec):
                 err.print(f"  [yellow]![/] {spec.role}: its netns was re-created; restarting it")
@@ -248,20 +285,95 @@ def up(
                 fail(f"{e}\n(ketch status shows what runs; ketch down stops it all)")
             err.print(f"  [green]✓[/] {rec.role} started (pid {rec.pid})")
 
+        if sample:
+            progress.update("applying the sample app")
+            _apply_sample(store, layout)
+
     store_hint = ""
     if state.store_path.absolute() != layout.store_path:
         store_hint = f"--store {layout.store_path} "
     cluster_opts = _cluster_opts(layout)
-    out.print(f"\ncluster [bold]{layout.name}[/] is up: {len(cnodes)} nodes. Try:")
-    for line in (
-        f"ketch {store_hint}apply -f examples/cluster-demo.yaml",
-        f"ketch {store_hint}get pods -A -o wide",
-        f"ketch exec{cluster_opts} -n demo POD -- curl -s http://web.demo.svc.cluster.local/",
-        f"ketch logs{cluster_opts} -n demo POD -f",
-        f"ketch status{cluster_opts}",
-        f"ketch down{cluster_opts}",
-    ):
+    what = "with the ambient mesh" if mesh else "without the mesh (--no-mesh)"
+    out.print(f"\ncluster [bold]{layout.name}[/] is up: {len(cnodes)} nodes, {what}. Try:")
+    if sample:
+        lines = [
+            f"ketch {store_hint}get pods -n shop -o wide        # the sample app, on both nodes",
+            f"ketch logs{cluster_opts} -n shop deploy/loadgen -f  # its load generator's counters",
+            f"ketch exec{cluster_opts} -n shop POD -- curl -s http://frontend:8080/",
+        ]
+    else:
+        lines = [
+            f"ketch {store_hint}apply -f examples/cluster-demo.yaml",
+            f"ketch {store_hint}get pods -A -o wide",
+            f"ketch exec{cluster_opts} -n demo POD -- curl -s http://web.demo.svc.cluster.local/",
+        ]
+    if mesh:
+        lines += [
+            f"ketch ztunnel-config workloads --netns {layout.node_netns(names[0])}"
+            "   # pods the node proxy serves (HBONE)",
+            "ketch proxy-status                            # node proxies and their xDS sync",
+            f"ketch exec{cluster_opts} -n shop POD -- curl -s http://172.18.0.1:15020/metrics",
+            f"ketch {store_hint}apply -f POLICY.yaml       # an AuthorizationPolicy, e.g. "
+            "docs/ztunnel-policy.md",
+        ]
+    lines += [f"ketch status{cluster_opts}", f"ketch down{cluster_opts}"]
+    for line in lines:
         out.print(f"  {line}", markup=False)
+
+
+def _with_join_token(layout: ClusterLayout, spec: sv.ProcessSpec) -> sv.ProcessSpec:
+    """A node proxy without a node certificate yet joins with a fresh one-time token,
+    passed in its environment (never on the command line)."""
+    import dataclasses
+    import datetime as dt
+
+    from ketch.control import plane
+    from ketch.identity.errors import IdentityError
+
+    node = spec.role.removeprefix(sv.ZTUNNEL_PREFIX)
+    if (layout.proxy_identity_dir(node) / "node-cert.pem").exists():
+        return spec
+    try:
+        token = plane.token_store(layout.state_dir).create(node, dt.timedelta(minutes=10))
+    except IdentityError as e:
+        fail(f"cannot create a join token for {node}'s node proxy: {e}")
+    return dataclasses.replace(spec, env=(*spec.env, (sv.JOIN_TOKEN_ENV, token)))
+
+
+def sample_dir() -> Path | None:
+    """examples/sample of the checkout this `ketch` runs from."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "examples" / "sample"
+        if (candidate / "sample.yaml").is_file():
+            return candidate
+    return None
+
+
+def _apply_sample(store: Store, layout: ClusterLayout) -> None:
+    from ketch.api.errors import ResourceError
+    from ketch.api.loader import apply_namespace_defaults, load_text, to_manifest
+    from ketch.control import admission
+
+    where = sample_dir()
+    if where is None:
+        err.print("  [yellow]![/] sample app not found (examples/sample): skipped")
+        return
+    text = (where / "sample.yaml").read_text().replace("@SAMPLE_DIR@", str(where))
+    try:
+        result = load_text(text, str(where / "sample.yaml"))
+    except ResourceError as e:
+        fail(f"the sample app does not load: {e}")
+    manifests = [to_manifest(o) for o in apply_namespace_defaults(result.objects, None)]
+    try:
+        outcomes = admission.apply(store, manifests, service_cidr=state.service_cidr)
+    except (StoreError, admission.AdmissionError) as e:
+        fail(f"cannot apply the sample app: {e}")
+    changed = sum(1 for o in outcomes if o.action.value != "unchanged")
+    err.print(
+        f"  [green]✓[/] sample app (namespace shop, {len(outcomes)} objects, {changed} changed)"
+        f" from {where}"
+    )
 
 
 def _wait_role(layout: ClusterLayout, store: Store, rec: sv.PidRecord) -> None:
@@ -280,6 +392,20 @@ def _wait_role(layout: ClusterLayout, store: Store, rec: sv.PidRecord) -> None:
             return sv.is_marked_ready(layout, rec)
 
         sv.wait_ready(layout, rec, ready, PROCESS_TIMEOUT, "waiting for it to report ready")
+    elif rec.role.startswith(sv.AGENT_PREFIX):
+        node = rec.role.removeprefix(sv.AGENT_PREFIX)
+
+        def ready() -> bool:
+            return _unix_connects(layout.cni_socket(node))
+
+        sv.wait_ready(layout, rec, ready, PROCESS_TIMEOUT, f"waiting for {layout.cni_socket(node)}")
+    elif rec.role.startswith(sv.ZTUNNEL_PREFIX):
+        node = rec.role.removeprefix(sv.ZTUNNEL_PREFIX)
+
+        def ready() -> bool:
+            return _proxy_ready(layout, node)
+
+        sv.wait_ready(layout, rec, ready, PROCESS_TIMEOUT, "waiting for its /healthz/ready")
     else:
         node = rec.role.removeprefix(sv.NODE_PREFIX)
 
@@ -671,6 +797,14 @@ def node_cmd(
     node: Annotated[str, typer.Option("--node", help="The node this process runs.")],
     name: NameOpt = DEFAULT_NAME,
     state_dir: StateDirOpt = None,
+    cni_socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--cni-socket",
+            help="The node agent's CNI-event socket: every new pod is posted there before "
+            "its containers start (the mesh enrolls it first).",
+        ),
+    ] = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run one node (heartbeat, kubelet, service VIPs, DNS) inside its netns until SIGTERM."""
@@ -689,6 +823,6 @@ def node_cmd(
                 store.get("Node", "", node)
             except NotFoundError:
                 fail(f"Node {node} is not in the store {layout.store_path} (ketch up writes it)")
-            await run_node(store, layout, node, stop)
+            await run_node(store, layout, node, stop, cni_socket=cni_socket)
 
     _run_until_signal(main)

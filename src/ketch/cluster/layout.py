@@ -83,6 +83,26 @@ class ClusterLayout:
     ) -> Path:
         return self.pod_dir(namespace, pod, uid) / container / f"{restart}.log"
 
+    def node_dir(self, node: str) -> Path:
+        """Per-node files of the mesh roles: the node agent's sockets, the node proxy's
+        identity (key, certificate, trust bundle)."""
+        return self.cluster_dir / "nodes" / node
+
+    def zds_socket(self, node: str) -> Path:
+        """The node agent's ZDS socket; the node proxy connects to it."""
+        return self.node_dir(node) / "zds.sock"
+
+    def cni_socket(self, node: str) -> Path:
+        """The node agent's CNI-event socket; the kubelet posts `/cmdadd` to it."""
+        return self.node_dir(node) / "cni.sock"
+
+    def proxy_identity_dir(self, node: str) -> Path:
+        return self.node_dir(node) / "identity"
+
+    def netns_template(self) -> str:
+        """`pod_netns` as a template for the node agent (`{uidhash}` = `_short(uid)`)."""
+        return f"/run/netns/{self.name}-p-{{uidhash}}"
+
     # --- network namespaces and links -------------------------------------------------
 
     @property

@@ -8,11 +8,11 @@ event loop, until SIGTERM:
     service-proxy  Service VIPs as nftables rules          (ketch.cluster.services.ServiceProxy)
     dns            cluster DNS on 10.96.0.10:53            (ketch.cluster.dns.ClusterDns)
 
-Each role is `Role(store, layout, node_name)` with `async run(stop)`; a role whose module is
-not part of this build is skipped with one log line (so the node runs whatever exists). A
-role that raises or returns early is logged and started again (a fresh instance) after a
-back-off of 1 s doubling to 30 s: one role's bug never takes the node down. On SIGTERM
-`stop` is set and every role cleans up what it owns before the process exits.
+Each role is built by a factory and has `async run(stop)`. A role that raises or returns
+early is logged and started again (a fresh instance) after a back-off of 1 s doubling to 30 s:
+one role's bug never takes the node down. On SIGTERM `stop` is set and every role cleans up
+what it owns before the process exits. With the mesh, the kubelet posts each new pod to the
+node agent's CNI-event socket before starting its containers (`cni_socket`).
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Protocol
 
+from ketch.cluster.dns import ClusterDns
+from ketch.cluster.kubelet import Kubelet
 from ketch.cluster.layout import ClusterLayout
 from ketch.cluster.nodes import Heartbeat
+from ketch.cluster.services import ServiceProxy
 from ketch.netns.enter import NETNS_RUN_DIR, current_netns_id
 from ketch.store import Store
 from ketch.util.tasks import spawn
@@ -46,49 +48,8 @@ class Runner(Protocol):
 Factory = Callable[[], Runner]
 
 
-@dataclass(frozen=True)
-class RoleRef:
-    """A node role by module and class name: imported when the node starts."""
-
-    name: str
-    module: str
-    attr: str
-
-
-ROLES: tuple[RoleRef, ...] = (
-    RoleRef("kubelet", "ketch.cluster.kubelet", "Kubelet"),
-    RoleRef("service-proxy", "ketch.cluster.services", "ServiceProxy"),
-    RoleRef("dns", "ketch.cluster.dns", "ClusterDns"),
-)
-
-
 class NodeProcessError(Exception):
     """The node process cannot start; the message says why."""
-
-
-def load_roles(
-    refs: tuple[RoleRef, ...] = ROLES,
-) -> tuple[dict[str, Callable[..., Any]], dict[str, str]]:
-    """(name -> class) of the roles this build has, (name -> why not) of the others. Only a
-    missing module counts as absent; an error inside a role's module is raised."""
-    found: dict[str, Callable[..., Any]] = {}
-    missing: dict[str, str] = {}
-    for ref in refs:
-        try:
-            module = importlib.import_module(ref.module)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and (
-                ref.module == exc.name or ref.module.startswith(exc.name + ".")
-            ):
-                missing[ref.name] = f"{ref.module} is not in this build"
-                continue
-            raise
-        cls = getattr(module, ref.attr, None)
-        if cls is None:
-            missing[ref.name] = f"{ref.module} has no {ref.attr}"
-            continue
-        found[ref.name] = cls
-    return found, missing
 
 
 def check_netns(layout: ClusterLayout, node_name: str) -> None:
@@ -142,23 +103,34 @@ async def supervise(
         delay = min(delay * 2, backoff_max)
 
 
+def default_roles(
+    store: Store, layout: ClusterLayout, node_name: str, *, cni_socket: Path | None = None
+) -> dict[str, Factory]:
+    """The node's roles besides the heartbeat: kubelet, service VIPs, cluster DNS."""
+    return {
+        "kubelet": functools.partial(
+            Kubelet, store, layout, node_name, cni_event_socket=cni_socket
+        ),
+        "service-proxy": functools.partial(ServiceProxy, store, layout, node_name),
+        "dns": functools.partial(ClusterDns, store, layout, node_name),
+    }
+
+
 async def run_node(
     store: Store,
     layout: ClusterLayout,
     node_name: str,
     stop: asyncio.Event,
     *,
-    roles: dict[str, Callable[..., Any]] | None = None,
+    cni_socket: Path | None = None,
+    roles: dict[str, Factory] | None = None,
 ) -> list[str]:
-    """Run the heartbeat and every available role until `stop`; returns the role names
-    that ran."""
+    """Run the heartbeat and the roles (default: `default_roles`) until `stop`; returns
+    the role names that ran."""
     if roles is None:
-        roles, missing = load_roles()
-        for name, why in missing.items():
-            log.warning("node %s: role %s not started (%s)", node_name, name, why)
+        roles = default_roles(store, layout, node_name, cni_socket=cni_socket)
     factories: dict[str, Factory] = {"heartbeat": lambda: Heartbeat(store, node_name)}
-    for name, cls in roles.items():
-        factories[name] = functools.partial(cls, store, layout, node_name)
+    factories.update(roles)
     log.info("node %s: running %s", node_name, ", ".join(factories))
     tasks = [
         spawn(supervise(name, f, stop), f"node-{node_name}-{name}") for name, f in factories.items()

@@ -11,7 +11,11 @@ stale PID file, reported and removed, and that process is never signalled.
 Roles (see docs/cluster.md):
     control-plane   `ketch control-plane run --state-dir D --xds`, root netns
     controllers     `ketch cluster controllers`, root netns
+    agent-<name>    `ketch agent run --node <name>` (the mesh's node agent), in the node netns
+    ztunnel-<name>  `ketch ztunnel run --control-plane ... --zds-socket ...` (the node proxy),
+                    in the node netns
     node-<name>     `ketch cluster node --node <name>`, inside `layout.node_netns(name)`
+The two mesh roles are left out with `ketch up --no-mesh`.
 
 The processes run `python -m ketch.cli ...` with the interpreter running `ketch up`, so a
 cluster started from a checkout runs that checkout's code.
@@ -36,6 +40,9 @@ from ketch.netns.enter import nsenter_argv
 CONTROL_PLANE = "control-plane"
 CONTROLLERS = "controllers"
 NODE_PREFIX = "node-"
+AGENT_PREFIX = "agent-"
+ZTUNNEL_PREFIX = "ztunnel-"
+JOIN_TOKEN_ENV = "KETCH_JOIN_TOKEN"
 
 
 class SupervisorError(Exception):
@@ -46,30 +53,95 @@ def node_role(node: str) -> str:
     return f"{NODE_PREFIX}{node}"
 
 
+def agent_role(node: str) -> str:
+    return f"{AGENT_PREFIX}{node}"
+
+
+def ztunnel_role(node: str) -> str:
+    return f"{ZTUNNEL_PREFIX}{node}"
+
+
+def role_node(role: str) -> str | None:
+    """The node a per-node role belongs to (None for cluster-wide roles)."""
+    for prefix in (NODE_PREFIX, AGENT_PREFIX, ZTUNNEL_PREFIX):
+        if role.startswith(prefix):
+            return role.removeprefix(prefix)
+    return None
+
+
 @dataclass(frozen=True)
 class ProcessSpec:
     role: str
     argv: tuple[str, ...]
     netns: str | None = None  # None: the root netns
+    env: tuple[tuple[str, str], ...] = ()  # added to the supervisor's environment
 
 
 def process_specs(
-    layout: ClusterLayout, nodes: Sequence[str], python: str = sys.executable
+    layout: ClusterLayout,
+    nodes: Sequence[str],
+    python: str = sys.executable,
+    *,
+    mesh: bool = True,
 ) -> list[ProcessSpec]:
-    """What `ketch up` runs, in start order: control plane, controllers, one per node."""
+    """What `ketch up` runs, in start order: control plane, controllers, then per node the
+    node agent and node proxy (with `mesh`) and the node process. The node agent comes
+    before the node process so the kubelet's first CNI event finds it."""
     state = str(layout.state_dir)
     cli = (python, "-m", "ketch.cli")
     cluster = ("--state-dir", state, "--name", layout.name)
+    store = ("--store", str(layout.store_path))
     specs = [
         ProcessSpec(CONTROL_PLANE, (*cli, "control-plane", "run", "--state-dir", state, "--xds")),
         ProcessSpec(CONTROLLERS, (*cli, "cluster", "controllers", *cluster)),
     ]
-    specs += [
-        ProcessSpec(
-            node_role(n), (*cli, "cluster", "node", *cluster, "--node", n), layout.node_netns(n)
-        )
-        for n in nodes
-    ]
+    for n in nodes:
+        netns = layout.node_netns(n)
+        node_argv: tuple[str, ...] = (*cli, "cluster", "node", *cluster, "--node", n)
+        if mesh:
+            specs.append(
+                ProcessSpec(
+                    agent_role(n),
+                    (
+                        *cli,
+                        "agent",
+                        "run",
+                        "--node",
+                        n,
+                        "--state-dir",
+                        state,
+                        *store,
+                        "--zds-socket",
+                        str(layout.zds_socket(n)),
+                        "--cni-socket",
+                        str(layout.cni_socket(n)),
+                        "--netns-template",
+                        layout.netns_template(),
+                    ),
+                    netns,
+                )
+            )
+            specs.append(
+                ProcessSpec(
+                    ztunnel_role(n),
+                    (
+                        *cli,
+                        "ztunnel",
+                        "run",
+                        "--node",
+                        n,
+                        "--control-plane",
+                        str(layout.state_dir / "ca.sock"),
+                        "--node-dir",
+                        str(layout.proxy_identity_dir(n)),
+                        "--zds-socket",
+                        str(layout.zds_socket(n)),
+                    ),
+                    netns,
+                )
+            )
+            node_argv += ("--cni-socket", str(layout.cni_socket(n)))
+        specs.append(ProcessSpec(node_role(n), node_argv, netns))
     return specs
 
 
@@ -201,6 +273,7 @@ def start(layout: ClusterLayout, spec: ProcessSpec) -> PidRecord:
     with open(log_path, "a") as log:
         log.write(f"--- {stamp} ketch up starts {spec.role}: {' '.join(argv)}\n")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.update(spec.env)
     try:
         # posix_spawn rather than Popen: nothing in this process waits for the child, and
         # a Popen dropped while its child runs is a ResourceWarning.

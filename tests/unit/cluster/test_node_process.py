@@ -17,27 +17,12 @@ from ketch.store import MemoryStore, Store
 LAYOUT = ClusterLayout(Path("/tmp/x"), "t")
 
 
-def test_load_roles_skips_missing_modules() -> None:
-    refs = (
-        node_mod.RoleRef("real", "ketch.cluster.nodes", "Heartbeat"),
-        node_mod.RoleRef("absent", "ketch.cluster.no_such_role", "X"),
-        node_mod.RoleRef("no-attr", "ketch.cluster.nodes", "NoSuchClass"),
-    )
-    found, missing = node_mod.load_roles(refs)
-    assert found == {"real": nodes.Heartbeat}
-    assert set(missing) == {"absent", "no-attr"}
-    assert "not in this build" in missing["absent"]
-
-
-def test_load_roles_raises_errors_inside_a_role(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A role module that exists but fails to import (a missing dependency) is a bug to
-    show, not an absent role."""
-    (tmp_path / "ketchtest_brokenrole.py").write_text("import ketchtest_no_such_dependency\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="ketchtest_no_such_dependency"):
-        node_mod.load_roles((node_mod.RoleRef("x", "ketchtest_brokenrole", "X"),))
+def test_default_roles_hand_the_cni_socket_to_the_kubelet() -> None:
+    store = MemoryStore()
+    roles = node_mod.default_roles(store, LAYOUT, "node1", cni_socket=Path("/tmp/x/cni.sock"))
+    assert list(roles) == ["kubelet", "service-proxy", "dns"]
+    kubelet = roles["kubelet"]()
+    assert kubelet.cni_event_socket == Path("/tmp/x/cni.sock")  # type: ignore[attr-defined]
 
 
 async def test_supervise_restarts_a_failing_role(caplog: pytest.LogCaptureFixture) -> None:
@@ -96,7 +81,9 @@ async def test_run_node_runs_heartbeat_and_roles() -> None:
             seen.append(("stop", "x"))
 
     task = asyncio.ensure_future(
-        node_mod.run_node(store, LAYOUT, "node1", stop, roles={"kubelet": Role})
+        node_mod.run_node(
+            store, LAYOUT, "node1", stop, roles={"kubelet": lambda: Role(store, LAYOUT, "node1")}
+        )
     )
     for _ in range(500):
         if nodes.is_ready(store.get("Node", "", "node1")) and seen:

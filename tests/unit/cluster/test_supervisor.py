@@ -86,8 +86,8 @@ def test_read_pid_files_reports_bad_ones(tmp_path: Path) -> None:
     assert "unreadable PID file" in (found["node-node2"].problem or "")
 
 
-def test_process_specs() -> None:
-    specs = sv.process_specs(LAYOUT, ["node1", "node2"], python="/py")
+def test_process_specs_without_the_mesh() -> None:
+    specs = sv.process_specs(LAYOUT, ["node1", "node2"], python="/py", mesh=False)
     assert [s.role for s in specs] == ["control-plane", "controllers", "node-node1", "node-node2"]
     cp, ctl, n1, _ = specs
     assert cp.argv == (
@@ -105,6 +105,31 @@ def test_process_specs() -> None:
     assert ctl.argv[3:] == ("cluster", "controllers", "--state-dir", "/var/lib/k", "--name", "t")
     assert n1.netns == "t-n-node1"
     assert n1.argv[-2:] == ("--node", "node1")
+
+
+def test_process_specs_with_the_mesh_start_the_agent_before_the_node() -> None:
+    specs = sv.process_specs(LAYOUT, ["node1"], python="/py")
+    assert [s.role for s in specs] == [
+        "control-plane",
+        "controllers",
+        "agent-node1",
+        "ztunnel-node1",
+        "node-node1",
+    ]
+    agent, zt, node = specs[2:]
+    assert {agent.netns, zt.netns, node.netns} == {"t-n-node1"}
+    cni = str(LAYOUT.cni_socket("node1"))
+    zds = str(LAYOUT.zds_socket("node1"))
+    # the kubelet posts to the socket the agent serves; the proxy talks ZDS to the agent
+    assert agent.argv[agent.argv.index("--cni-socket") + 1] == cni
+    assert node.argv[node.argv.index("--cni-socket") + 1] == cni
+    assert agent.argv[agent.argv.index("--zds-socket") + 1] == zds
+    assert zt.argv[zt.argv.index("--zds-socket") + 1] == zds
+    assert agent.argv[agent.argv.index("--netns-template") + 1] == "/run/netns/t-p-{uidhash}"
+    assert zt.argv[zt.argv.index("--control-plane") + 1] == "/var/lib/k/ca.sock"
+    assert not zt.env  # the join token is added by `ketch up` only when needed
+    assert sv.role_node("ztunnel-node1") == "node1"
+    assert sv.role_node("controllers") is None
 
 
 def test_start_stop_real_process(tmp_path: Path) -> None:
