@@ -148,7 +148,9 @@ def _check_quantity(value: Any) -> str | int | float:
     return value
 
 
-_QUANTITY = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+_QUANTITY = re.compile(
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+)
 Quantity = Annotated[str | int | float, PlainValidator(_check_quantity)]
 
 
@@ -156,7 +158,8 @@ class ResourceRequirements(KetchModel):
     """Compute resources (stored, not enforced by Ketch's local runtime)."""
 
     limits: dict[str, Quantity] | None = Field(
-        default=None, description="Maximum amount of each resource, e.g. {cpu: 500m, memory: 128Mi}."
+        default=None,
+        description="Maximum amount of each resource, e.g. {cpu: 500m, memory: 128Mi}.",
     )
     requests: dict[str, Quantity] | None = Field(
         default=None, description="Amount of each resource the scheduler reserves."
@@ -427,9 +430,7 @@ class PodSpec(KetchModel):
         alias="terminationGracePeriodSeconds",
         description="Seconds between SIGTERM and SIGKILL when the pod stops.",
     )
-    active_deadline_seconds: PositiveInt | None = Field(
-        default=None, alias="activeDeadlineSeconds"
-    )
+    active_deadline_seconds: PositiveInt | None = Field(default=None, alias="activeDeadlineSeconds")
     volumes: list[Volume] | None = None
     security_context: PodSecurityContext | None = Field(default=None, alias="securityContext")
     image_pull_secrets: list[LocalObjectReference] | None = Field(
@@ -743,15 +744,13 @@ class ServiceSpec(KetchModel):
         default=None, alias="sessionAffinityConfig"
     )
     ip_families: list[Literal["IPv4", "IPv6"]] | None = Field(default=None, alias="ipFamilies")
-    ip_family_policy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] | None = (
-        Field(default=None, alias="ipFamilyPolicy")
+    ip_family_policy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] | None = Field(
+        default=None, alias="ipFamilyPolicy"
     )
     internal_traffic_policy: Literal["Cluster", "Local"] | None = Field(
         default=None, alias="internalTrafficPolicy"
     )
-    publish_not_ready_addresses: bool | None = Field(
-        default=None, alias="publishNotReadyAddresses"
-    )
+    publish_not_ready_addresses: bool | None = Field(default=None, alias="publishNotReadyAddresses")
     traffic_distribution: str | None = Field(default=None, alias="trafficDistribution")
 
     @model_validator(mode="after")

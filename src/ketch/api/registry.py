@@ -54,7 +54,7 @@ class KindInfo:
         return (self.kind.lower(), self.plural, self.singular, *self.short_names)
 
 
-_ALL = (
+_ALL: tuple[KindInfo, ...] = (
     KindInfo("Namespace", "", ("v1",), "namespaces", "namespace", ("ns",), False, Namespace),
     KindInfo("Node", "", ("v1",), "nodes", "node", ("no",), False, Node),
     KindInfo(

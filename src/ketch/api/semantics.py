@@ -177,16 +177,16 @@ def summarize_unenforced(found: Iterable[tuple[str, Unenforced]]) -> list[str]:
     """One line per kind of field: `<message> (in N objects: a, b, c)`, given (object name,
     Unenforced) pairs; objects are named as the caller likes (e.g. `deployment/web`)."""
     by_feature: dict[str, list[str]] = {}
-    for who, item in found:
+    for obj, item in found:
         names = by_feature.setdefault(item.feature, [])
-        if who not in names:
-            names.append(who)
+        if obj not in names:
+            names.append(obj)
     lines = []
     for feature in UNENFORCED:
-        names = by_feature.get(feature)
-        if not names:
+        who = by_feature.get(feature)
+        if not who:
             continue
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        count = f"{len(names)} object" + ("s" if len(names) != 1 else "")
+        shown = ", ".join(who[:3]) + (", ..." if len(who) > 3 else "")
+        count = f"{len(who)} object" + ("s" if len(who) != 1 else "")
         lines.append(f"{UNENFORCED[feature]} (in {count}: {shown})")
     return lines

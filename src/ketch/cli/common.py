@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
+from ketch.cluster.layout import default_state_dir
 from ketch.control import admission
 from ketch.store import Store
 
@@ -18,17 +19,20 @@ out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
-def default_store_path() -> Path:
+def default_store_path() -> tuple[Path, str]:
+    """The store file and why it is that one: `$KETCH_STORE`, else `ketch.db` in the state
+    directory (`$KETCH_HOME`, /var/lib/ketch as root, ~/.local/state/ketch otherwise; the one
+    definition is `ketch.cluster.layout.default_state_dir`)."""
     if env := os.environ.get("KETCH_STORE"):
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/ketch/ketch.db")
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "ketch" / "ketch.db"
+        return Path(env), "$KETCH_STORE"
+    path = default_state_dir() / "ketch.db"
+    if os.environ.get("KETCH_HOME"):
+        return path, "$KETCH_HOME"
+    return path, "default for root" if os.geteuid() == 0 else "default for this user"
 
 
 class _State:
-    store_path: Path = default_store_path()
+    store_path, store_origin = default_store_path()
     service_cidr: ipaddress.IPv4Network = admission.DEFAULT_SERVICE_CIDR
 
 
@@ -39,8 +43,16 @@ class CliError(Exception):
     """A failure to report as `error: <message>` with exit code 1."""
 
 
+class UsageError(CliError):
+    """A command line that cannot be run as given: `error: <message>`, exit code 2."""
+
+
 def fail(message: str) -> NoReturn:
     raise CliError(message)
+
+
+def usage(message: str) -> NoReturn:
+    raise UsageError(message)
 
 
 @contextmanager
@@ -50,6 +62,7 @@ def open_store() -> Iterator[Store]:
     state.store_path.parent.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(state.store_path)
     try:
+        admission.ensure_builtin_namespaces(store)
         yield store
     finally:
         store.close()

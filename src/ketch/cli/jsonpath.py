@@ -240,7 +240,9 @@ class _Parser:
         try:
             indexes = [int(p) for p in body.split(",")]
         except ValueError:
-            raise self.error(f"expected an index, slice, '*', filter or quoted name in [{body}]") from None
+            raise self.error(
+                f"expected an index, slice, '*', filter or quoted name in [{body}]"
+            ) from None
         if len(indexes) == 1:
             return Index(indexes[0])
         return Union_(tuple((Index(n),) for n in indexes))
@@ -305,7 +307,7 @@ def _split_template(template: str) -> Iterator[tuple[str, str, int]]:
         i = j + 1
 
 
-def compile(template: str) -> Template:  # noqa: A001 (the natural name, as re.compile)
+def compile(template: str) -> Template:
     """Parse a kubectl JSONPath template."""
     stack: list[list[Node]] = [[]]
     ranges: list[Path] = []
@@ -421,13 +423,15 @@ def _compare(a: Any, op: str, b: Any) -> bool:
         isinstance(a, str) and isinstance(b, str)
     ):
         return False
+    x: Any = a
+    y: Any = b
     if op == "<":
-        return bool(a < b)
+        return bool(x < y)
     if op == ">":
-        return bool(a > b)
+        return bool(x > y)
     if op == "<=":
-        return bool(a <= b)
-    return bool(a >= b)
+        return bool(x <= y)
+    return bool(x >= y)
 
 
 def _matches(flt: Filter, item: Any, root: Any) -> bool:
@@ -464,9 +468,7 @@ class Template:
 
     def results(self, data: Any) -> list[list[Any]]:
         """The values of each top-level expression (text nodes left out)."""
-        return [
-            _eval_path(node, data, data) for node in self.nodes if isinstance(node, Path)
-        ]
+        return [_eval_path(node, data, data) for node in self.nodes if isinstance(node, Path)]
 
     def render(self, data: Any) -> str:
         out: list[str] = []

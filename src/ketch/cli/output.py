@@ -194,7 +194,9 @@ COLUMNS: dict[str, tuple[list[Column], list[Column]]] = {
 }
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, no_headers: bool = False) -> str:
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, no_headers: bool = False
+) -> str:
     """kubectl's plain table: columns padded to their widest cell plus 3 spaces, never cut
     (a pipe gets the same content as a terminal), no trailing spaces."""
     lines = [] if no_headers else [list(headers)]
@@ -294,7 +296,9 @@ def as_document(items: Sequence[Manifest], *, as_list: bool, revision: int | Non
     return listing
 
 
-def to_yaml(items: Sequence[Manifest], *, as_list: bool = False, revision: int | None = None) -> str:
+def to_yaml(
+    items: Sequence[Manifest], *, as_list: bool = False, revision: int | None = None
+) -> str:
     return yaml.safe_dump(
         as_document(items, as_list=as_list, revision=revision),
         sort_keys=False,
