@@ -91,8 +91,8 @@ def acceptance_warnings(store: Store, loaded: Loaded) -> list[str]:
     lines = []
     for m in loaded.manifests:
         verdict = acceptance.accepted(m, ctx)
-        if verdict is None or verdict.accepted or m.get("kind") == "HorizontalPodAutoscaler":
-            continue  # HPAs are covered by the summary of unenforced fields
+        if verdict is None or verdict.accepted or _warned_on_load(m):
+            continue
         key = ObjectKey.of(m)
         source, doc = loaded.where(key)
         where = f"{source} doc {doc}: " if source else ""
@@ -101,3 +101,14 @@ def acceptance_warnings(store: Store, loaded: Loaded) -> list[str]:
             f"({verdict.reason}): {verdict.message}"
         )
     return lines
+
+
+def _warned_on_load(m: Manifest) -> bool:
+    """Covered by a load warning already: HPAs (the unenforced-field summary) and
+    RequestAuthentications without targetRefs (`ketch.api.semantics`)."""
+    if m.get("kind") == "HorizontalPodAutoscaler":
+        return True
+    spec = m.get("spec") or {}
+    return m.get("kind") == "RequestAuthentication" and not (
+        spec.get("targetRef") or spec.get("targetRefs")
+    )

@@ -179,7 +179,7 @@ def _admit_service(
     if existing is not None and old:
         if wanted and wanted != old:
             raise AdmissionError(
-                f"is immutable (is {old}, you sent {wanted}); "
+                f"cannot be changed (is {old}, you sent {wanted}); "
                 "delete and re-create the Service to change it",
                 key,
                 "spec.clusterIP",

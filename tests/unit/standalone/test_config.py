@@ -164,7 +164,10 @@ services:
     ("text", "message"),
     [
         ("workloads: [{name: a, addresses: [10.0.0.300]}]", r"workloads\[0\]\.addresses\[0\]: "),
-        ("workloads: [{name: a, adresses: [10.0.0.1]}]", r"workloads\[0\]\.adresses: unknown field \(did you mean 'addresses'\?\); known fields: "),
+        (
+            "workloads: [{name: a, adresses: [10.0.0.1]}]",
+            r"workloads\[0\]\.adresses: unknown field \(did you mean 'addresses'\?\); known fields: ",
+        ),
         ("workloads: [{namespace: x}]", r"workloads\[0\]\.name: required field is missing"),
         ("workloads: [{name: a, protocol: TCP}]", r"workloads\[0\]\.protocol: "),
         (
