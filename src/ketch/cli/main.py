@@ -9,20 +9,14 @@ Every failure is printed as `error: <message>` lines on stderr, never a tracebac
 from __future__ import annotations
 
 import ipaddress
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-# typer 0.29 vendors click as typer._click; its usage errors are caught here so that they
-# print with Ketch's one error prefix (pinned by uv.lock).
-from typer._click.exceptions import NoArgsIsHelpError
-from typer._click.exceptions import UsageError as ClickUsageError
-
 from ketch import __version__
 from ketch.api import ResourceError, from_manifest, resolve_kind, to_manifest
-from ketch.cli.common import CliError, UsageError, err, fail, open_store, out, state, usage
+from ketch.cli.common import err, fail, open_store, out, run_app, state, usage
 from ketch.cli.describe_cmd import describe
 from ketch.cli.edit_cmd import diff, edit
 from ketch.cli.explain_cmd import api_resources, explain
@@ -253,33 +247,9 @@ app.command("proxy-status")(proxy_status)
 
 
 def main() -> None:
-    """Entry point, with one error boundary: every failure becomes `error:` lines on stderr;
-    usage errors (click's and ours) exit 2, failed requests 1, --help 0."""
-    try:
-        code = app(standalone_mode=False)
-    except NoArgsIsHelpError as e:
-        out.file.write(e.ctx.get_help() + "\n")
-        sys.exit(2)
-    except ClickUsageError as e:
-        if e.ctx is not None:
-            err.print(e.ctx.get_usage(), markup=False)
-            hint = e.ctx.command_path
-            err.print(f"error: {e.format_message()}", markup=False)
-            err.print(f"Run '{hint} --help' for usage.", markup=False)
-        else:
-            err.print(f"error: {e.format_message()}", markup=False)
-        sys.exit(2)
-    except typer.Abort:
-        err.print("error: aborted", markup=False)
-        sys.exit(130)
-    except UsageError as e:
-        err.print(f"error: {e}", markup=False)
-        sys.exit(2)
-    except (CliError, ResourceError, StoreError, admission.AdmissionError) as e:
-        for line in str(e).splitlines():
-            err.print(f"error: {line}", markup=False)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    """Entry point, with one error boundary (`run_app`): every failure becomes `error:` lines
+    on stderr; usage errors (click's and ours) exit 2, failed requests 1, --help 0."""
+    run_app(app, failures=(ResourceError, StoreError, admission.AdmissionError))
 
 
 if __name__ == "__main__":
