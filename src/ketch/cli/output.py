@@ -187,6 +187,18 @@ COLUMNS: dict[str, tuple[list[Column], list[Column]]] = {
         ],
         [("WAYPOINT-FOR", lambda m: _labels(m).get("istio.io/waypoint-for", "service"))],
     ),
+    "HorizontalPodAutoscaler": (
+        [
+            (
+                "REFERENCE",
+                lambda m: "{kind}/{name}".format(**(_spec(m).get("scaleTargetRef") or {})),
+            ),
+            ("MINPODS", lambda m: str(_spec(m).get("minReplicas", 1))),
+            ("MAXPODS", lambda m: str(_spec(m).get("maxReplicas", ""))),
+            _AGE,
+        ],
+        [],
+    ),
     "HTTPRoute": (
         [("HOSTNAMES", lambda m: _join(_spec(m).get("hostnames") or [])), _AGE],
         [("PARENTS", _parents)],
