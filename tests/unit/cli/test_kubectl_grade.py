@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -322,6 +323,48 @@ def test_get_through_a_pipe_equals_the_table(tmp_path: Path) -> None:
     ]
     assert [r.split()[0] for r in rows] == ["db", "web"]
     assert all(len(r.split()) == 7 for r in rows)
+
+
+def test_get_in_a_terminal_equals_get_through_a_pipe(tmp_path: Path) -> None:
+    """The acceptance check `ketch get ... | cat` == the terminal's table, with a real pty
+    (a narrow one: nothing is cut or wrapped either way)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {**os.environ, "KETCH_STORE": str(tmp_path / "k.db")}
+    env.pop("COLUMNS", None)
+    run = [sys.executable, "-m", "ketch.cli.main"]
+    subprocess.run(
+        [*run, "apply", "-f", "-"], input=SHOP, env=env, check=True, text=True, capture_output=True
+    )
+    args = [*run, "get", "svc", "-n", "shop", "-o", "wide", "--show-labels"]
+    piped = subprocess.run(args, env=env, check=True, text=True, capture_output=True).stdout
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
+    try:
+        proc = subprocess.run(args, env=env, stdout=follower, stderr=subprocess.DEVNULL, timeout=60)
+        assert proc.returncode == 0
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's writer has gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+    terminal = b"".join(chunks).decode().replace("\r\n", "\n")
+
+    def same_age(text: str) -> str:  # the two runs are seconds apart
+        return re.sub(r"   (?:[0-9]+[smhd]|AGE) +", "   AGE ", text)
+
+    assert same_age(terminal) == same_age(piped)
+    assert max(len(line) for line in piped.splitlines()) > 40  # wider than the terminal
 
 
 def test_output_formats(ketch: Ketch) -> None:
