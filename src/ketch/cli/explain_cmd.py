@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from ketch.api import KINDS
+from ketch.api.registry import lookup_kind
 from ketch.cli import output
 from ketch.cli.common import fail, out
 from ketch.cli.get_cmd import kind_of
@@ -141,8 +142,12 @@ def _description(field: FieldInfo | None, model: type[BaseModel] | None) -> str:
 
 def explain_text(path: str) -> str:
     """The text `ketch explain PATH` prints (PATH is KIND or KIND.field.field...)."""
-    word, *fields = path.split(".")
-    info = kind_of(word)
+    parts = path.split(".")
+    cut = next(  # the kind may carry its group: gateways.gateway.networking.k8s.io.spec
+        (i for i in range(len(parts), 0, -1) if lookup_kind(".".join(parts[:i]))), 1
+    )
+    info = kind_of(".".join(parts[:cut]))
+    fields = parts[cut:]
     model: type[BaseModel] | None = info.model
     field: FieldInfo | None = None
     walked: list[str] = []

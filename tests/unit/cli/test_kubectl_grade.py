@@ -564,6 +564,8 @@ def test_explain(ketch: Ketch) -> None:
     assert "  selector\t<LabelSelector> -required-\n" in spec
     policy = ketch("explain", "ap.spec.action").out
     assert "ENUM:\n    ALLOW\n    DENY\n    AUDIT\n    CUSTOM\n" in policy
+    grouped = ketch("explain", "httproutes.gateway.networking.k8s.io.spec.parentRefs").out
+    assert grouped.startswith("KIND:       HTTPRoute\nVERSION:    gateway.networking.k8s.io/v1\n")
     bad = ketch("explain", "pod.spec.nope", code=1)
     assert bad.err.startswith(
         'error: field "nope" does not exist in Pod.spec; its fields: nodeName,'
