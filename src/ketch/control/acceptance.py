@@ -63,7 +63,8 @@ class Context:
 
     namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     service_labels: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    gateways: dict[tuple[str, str], bool] = field(default_factory=dict)  # -> is a waypoint
+    # Gateways -> the traffic a waypoint takes (istio.io/waypoint-for), None if not a waypoint
+    gateways: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     def add(self, m: Mapping[str, Any]) -> None:
         meta = m.get("metadata") or {}
@@ -76,8 +77,11 @@ class Context:
             self.service_labels[(ns, name)] = labels
         elif kind == "Gateway":
             spec = m.get("spec") or {}
+            waypoint = spec.get("gatewayClassName") == wellknown.WAYPOINT_GATEWAY_CLASS
             self.gateways[(ns, name)] = (
-                spec.get("gatewayClassName") == wellknown.WAYPOINT_GATEWAY_CLASS
+                labels.get(wellknown.WAYPOINT_FOR, wellknown.WAYPOINT_FOR_DEFAULT)
+                if waypoint
+                else None
             )
 
 
@@ -92,13 +96,19 @@ def _ok(message: str) -> Acceptance:
     return Acceptance(True, "Accepted", message)
 
 
-def _waypoint_problem(ctx: Context, ns: str, name: str) -> str | None:
+def _waypoint_problem(ctx: Context, ns: str, name: str, *, for_service: bool) -> str | None:
     if (ns, name) not in ctx.gateways:
         return f"waypoint Gateway {ns}/{name} does not exist"
-    if not ctx.gateways[(ns, name)]:
+    takes = ctx.gateways[(ns, name)]
+    if takes is None:
         return (
             f"Gateway {ns}/{name} is not a waypoint (gatewayClassName "
             f"{wellknown.WAYPOINT_GATEWAY_CLASS}); Ketch programs waypoints only"
+        )
+    if for_service and takes not in ("service", "all"):
+        return (
+            f"waypoint {ns}/{name} takes no service traffic ({wellknown.WAYPOINT_FOR}: "
+            f"{takes}; use service or all)"
         )
     return None
 
@@ -130,9 +140,9 @@ def _target(ctx: Context, ref: Mapping[str, Any], own_ns: str) -> str | None:
         found = _service_waypoint(ctx, ns, name)
         if isinstance(found, str):
             return found
-        return _waypoint_problem(ctx, *found)
+        return _waypoint_problem(ctx, *found, for_service=True)
     if kind == "Gateway" and (group is None or group in ("", _GATEWAY_GROUP)):
-        return _waypoint_problem(ctx, ns, name)
+        return _waypoint_problem(ctx, ns, name, for_service=False)
     return f"{kind} {name} is not a target Ketch implements (a Service or a waypoint Gateway)"
 
 
