@@ -1,15 +1,27 @@
-"""autoscaling/v2 HorizontalPodAutoscaler: stored so that real manifest sets apply, but
-nothing acts on it (Ketch has no metrics pipeline); `ketch apply` says so, and `ketch get`
-shows it as not accepted. Scale with the Deployment's `replicas` instead.
+"""Scaling and availability kinds Ketch stores so that real manifest sets apply, but that
+nothing acts on; `ketch apply` says so:
+
+- autoscaling/v2 HorizontalPodAutoscaler (no metrics pipeline; `ketch get` shows it as not
+  accepted): scale with the Deployment's `replicas` instead;
+- policy/v1 PodDisruptionBudget (Ketch never evicts pods).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PlainValidator, model_validator
 
-from ketch.api.base import Condition, KetchModel, NonNegativeInt, PositiveInt, Resource, fail
+from ketch.api.base import (
+    Condition,
+    KetchModel,
+    LabelSelector,
+    NonNegativeInt,
+    PositiveInt,
+    Resource,
+    fail,
+)
+from ketch.api.core import _int_or_percent
 
 
 class CrossVersionObjectReference(KetchModel):
@@ -58,9 +70,39 @@ class HorizontalPodAutoscaler(Resource):
     status: HorizontalPodAutoscalerStatus | None = None
 
 
+class PodDisruptionBudgetSpec(KetchModel):
+    selector: LabelSelector | None = None
+    min_available: Annotated[int | str, PlainValidator(_int_or_percent)] | None = Field(
+        default=None, alias="minAvailable"
+    )
+    max_unavailable: Annotated[int | str, PlainValidator(_int_or_percent)] | None = Field(
+        default=None, alias="maxUnavailable"
+    )
+    unhealthy_pod_eviction_policy: Literal["IfHealthyBudget", "AlwaysAllow"] | None = Field(
+        default=None, alias="unhealthyPodEvictionPolicy"
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> PodDisruptionBudgetSpec:
+        if self.min_available is not None and self.max_unavailable is not None:
+            raise fail("set minAvailable or maxUnavailable, not both", "maxUnavailable")
+        return self
+
+
+class PodDisruptionBudget(Resource):
+    """policy/v1 PodDisruptionBudget (stored; Ketch never evicts pods)."""
+
+    api_version: Literal["policy/v1"] = Field(default="policy/v1", alias="apiVersion")
+    kind: Literal["PodDisruptionBudget"] = "PodDisruptionBudget"
+    spec: PodDisruptionBudgetSpec = Field(default_factory=PodDisruptionBudgetSpec)
+    status: dict[str, Any] | None = None
+
+
 __all__ = [
     "CrossVersionObjectReference",
     "HorizontalPodAutoscaler",
     "HorizontalPodAutoscalerSpec",
     "HorizontalPodAutoscalerStatus",
+    "PodDisruptionBudget",
+    "PodDisruptionBudgetSpec",
 ]

@@ -8,6 +8,8 @@ it does not pull images. So a container must give `command` (and optionally `arg
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from typing import Annotated, Any, ClassVar, Literal
@@ -114,6 +116,60 @@ class ServiceAccount(Resource):
     image_pull_secrets: list[LocalObjectReference] | None = Field(
         default=None, alias="imagePullSecrets"
     )
+
+
+# --- ConfigMap, Secret ----------------------------------------------------------------------
+
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _config_keys(value: Any, *, base64_values: bool = False) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise fail(f"expected a mapping of keys to strings, got {describe(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not _CONFIG_KEY.match(key) or len(key) > 253:
+            raise fail(
+                f"key {describe(key)} must be letters, digits, '-', '_' or '.' (at most 253)"
+            )
+        if not isinstance(item, str):
+            raise fail(f"{key}: expected a string (quote it in YAML), got {describe(item)}")
+        if base64_values:
+            try:
+                base64.b64decode(item, validate=True)
+            except (binascii.Error, ValueError):
+                raise fail(f"{key}: expected base64 (use stringData for plain text)") from None
+    return dict(value)
+
+
+ConfigData = Annotated[dict[str, str], PlainValidator(_config_keys)]
+Base64Data = Annotated[
+    dict[str, str], PlainValidator(lambda v: _config_keys(v, base64_values=True))
+]
+
+
+class ConfigMap(Resource):
+    """v1 ConfigMap: stored, not mounted or injected by Ketch's local runtime."""
+
+    api_version: Literal["v1"] = Field(default="v1", alias="apiVersion")
+    kind: Literal["ConfigMap"] = "ConfigMap"
+    spec: None = None
+    status: None = None
+    data: ConfigData | None = None
+    binary_data: Base64Data | None = Field(default=None, alias="binaryData")
+    immutable: bool | None = None
+
+
+class Secret(Resource):
+    """v1 Secret: stored (unencrypted, in the config store), not mounted or injected."""
+
+    api_version: Literal["v1"] = Field(default="v1", alias="apiVersion")
+    kind: Literal["Secret"] = "Secret"
+    spec: None = None
+    status: None = None
+    type: str | None = None
+    data: Base64Data | None = None
+    string_data: ConfigData | None = Field(default=None, alias="stringData")
+    immutable: bool | None = None
 
 
 # --- Pod -----------------------------------------------------------------------------------
@@ -805,6 +861,7 @@ class Service(Resource):
 
 __all__ = [
     "NO_IMAGES",
+    "ConfigMap",
     "Container",
     "ContainerPort",
     "ContainerState",
@@ -829,6 +886,7 @@ __all__ = [
     "ReplicaSet",
     "ReplicaSetSpec",
     "ReplicaSetStatus",
+    "Secret",
     "Service",
     "ServiceAccount",
     "ServicePort",

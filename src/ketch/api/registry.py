@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ketch.api.autoscaling import HorizontalPodAutoscaler
+from ketch.api.autoscaling import HorizontalPodAutoscaler, PodDisruptionBudget
 from ketch.api.base import Resource
 from ketch.api.core import (
+    ConfigMap,
     Deployment,
     Namespace,
     Node,
     Pod,
     ReplicaSet,
+    Secret,
     Service,
     ServiceAccount,
 )
@@ -146,6 +148,18 @@ _ALL = (
         ("hpa",),
         True,
         HorizontalPodAutoscaler,
+    ),
+    KindInfo("ConfigMap", "", ("v1",), "configmaps", "configmap", ("cm",), True, ConfigMap),
+    KindInfo("Secret", "", ("v1",), "secrets", "secret", (), True, Secret),
+    KindInfo(
+        "PodDisruptionBudget",
+        "policy",
+        ("v1",),
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        ("pdb",),
+        True,
+        PodDisruptionBudget,
     ),
 )
 

@@ -10,9 +10,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ketch.api import wellknown
-from ketch.api.autoscaling import HorizontalPodAutoscaler
+from ketch.api.autoscaling import HorizontalPodAutoscaler, PodDisruptionBudget
 from ketch.api.base import Resource
-from ketch.api.core import NO_IMAGES, Deployment, Pod, PodSpec, ReplicaSet, Service
+from ketch.api.core import (
+    NO_IMAGES,
+    ConfigMap,
+    Deployment,
+    Pod,
+    PodSpec,
+    ReplicaSet,
+    Secret,
+    Service,
+)
 from ketch.api.security import RequestAuthentication
 
 Warning_ = tuple[str, str]  # (field path, message)
@@ -85,6 +94,9 @@ UNENFORCED: dict[str, str] = {
     "but Ketch allocates IPv4 ClusterIPs only",
     "hpa": "HorizontalPodAutoscaler is stored but nothing acts on it: Ketch has no metrics "
     "pipeline or autoscaler; set the Deployment's replicas (ketch scale) instead",
+    "pdb": "PodDisruptionBudget is stored but nothing acts on it: Ketch never evicts pods",
+    "configData": f"ConfigMaps and Secrets are stored (Secrets unencrypted, in the config "
+    f"store) but not mounted or injected by {RUNTIME}",
 }
 
 
@@ -121,6 +133,10 @@ def unenforced(resource: Resource) -> list[Unenforced]:
             found.setdefault("ipFamilies", "spec.ipFamilies")
     elif isinstance(resource, HorizontalPodAutoscaler):
         found["hpa"] = "spec"
+    elif isinstance(resource, PodDisruptionBudget):
+        found["pdb"] = "spec"
+    elif isinstance(resource, ConfigMap | Secret):
+        found["configData"] = "data"
     return [Unenforced(f, found[f]) for f in UNENFORCED if f in found]
 
 

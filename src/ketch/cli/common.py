@@ -66,7 +66,8 @@ def usage(message: str) -> NoReturn:
 def open_store() -> Iterator[Store]:
     from ketch.store.sqlite import SqliteStore
 
-    state.store_path.parent.mkdir(parents=True, exist_ok=True)
+    # A new store's directory is private: the store holds Secrets unencrypted.
+    state.store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = SqliteStore(state.store_path)
     try:
         admission.ensure_builtin_namespaces(store)

@@ -144,7 +144,15 @@ def test_unknown_kind_lists_known_kinds() -> None:
         "AuthorizationPolicy (security.istio.io/v1), PeerAuthentication (security.istio.io/v1), "
         "RequestAuthentication (security.istio.io/v1), Gateway (gateway.networking.k8s.io/v1), "
         "HTTPRoute (gateway.networking.k8s.io/v1), "
-        "HorizontalPodAutoscaler (autoscaling/v2)"
+        "HorizontalPodAutoscaler (autoscaling/v2), ConfigMap (v1), Secret (v1), "
+        "PodDisruptionBudget (policy/v1)"
+    ]
+
+
+def test_secret_data_must_be_base64() -> None:
+    text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {password: not base64!}\n"
+    assert errors(text) == [
+        "pods.yaml doc 1: data: password: expected base64 (use stringData for plain text)"
     ]
 
 
@@ -351,7 +359,7 @@ def test_multiple_problems_are_all_collected() -> None:
         pod("{name: c, image: nginx, ports: [{containerPort: 0}]}", meta="{name: P}")
         + "---\n"
         + POD_OK
-        + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+        + "---\napiVersion: v1\nkind: Widget\nmetadata: {name: s}\n"
     )
     lines = errors(text)
     assert lines[:3] == [
@@ -362,7 +370,7 @@ def test_multiple_problems_are_all_collected() -> None:
         'cannot pull images; give the program to run, e.g. command: [python3, -m, http.server, "8080"]',
         "pods.yaml doc 1: spec.containers[0].ports[0].containerPort: expected integer 1-65535, got 0",
     ]
-    assert lines[3].startswith("pods.yaml doc 3: kind: unknown kind 'Secret'; known kinds: ")
+    assert lines[3].startswith("pods.yaml doc 3: kind: unknown kind 'Widget'; known kinds: ")
     assert len(lines) == 4
 
 

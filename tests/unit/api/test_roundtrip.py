@@ -371,7 +371,38 @@ spec:
     terminationMessagePolicy: FallbackToLogsOnError
 """
 
+CONFIG_MAP = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: shop}
+data: {app.properties: "a=1\\n", LOG_LEVEL: debug}
+binaryData: {logo.png: aGVsbG8=}
+immutable: true
+"""
+
+SECRET = """
+apiVersion: v1
+kind: Secret
+metadata: {name: creds, namespace: shop}
+type: Opaque
+data: {password: c2VjcmV0}
+stringData: {user: admin}
+"""
+
+PDB = """
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: shop}
+spec:
+  maxUnavailable: 25%
+  selector: {matchLabels: {app: web}}
+  unhealthyPodEvictionPolicy: AlwaysAllow
+"""
+
 CASES = {
+    "ConfigMap": CONFIG_MAP,
+    "Secret": SECRET,
+    "PodDisruptionBudget": PDB,
     "HorizontalPodAutoscaler": HPA,
     "Pod-real-world": POD_REAL_WORLD,
     "Namespace": NAMESPACE,

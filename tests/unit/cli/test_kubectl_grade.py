@@ -112,10 +112,14 @@ def test_real_world_set_applies_with_one_warning_per_kind_of_field(ketch: Ketch)
         "Warning: HorizontalPodAutoscaler is stored but nothing acts on it: Ketch has no "
         "metrics pipeline or autoscaler; set the Deployment's replicas (ketch scale) instead "
         "(in 1 object: horizontalpodautoscaler/frontend)",
+        "Warning: PodDisruptionBudget is stored but nothing acts on it: Ketch never evicts pods "
+        "(in 1 object: poddisruptionbudget/frontend)",
+        "Warning: ConfigMaps and Secrets are stored (Secrets unencrypted, in the config store) "
+        f"but not mounted or injected by {runtime} (in 1 object: configmap/frontend-config)",
     ]
     assert res.err == "\n".join(warnings(res.err)) + "\n"  # warnings only, no error
     assert "horizontalpodautoscaler/frontend created" in res.out
-    assert ketch("apply", "-f", str(REAL_WORLD)).out.count(" unchanged\n") == 14
+    assert ketch("apply", "-f", str(REAL_WORLD)).out.count(" unchanged\n") == 16
 
 
 def test_real_manifest_fields_round_trip(ketch: Ketch) -> None:
