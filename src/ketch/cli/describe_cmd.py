@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from ketch.api import wellknown
 from ketch.api.discovery import SERVICE_NAME_LABEL
 from ketch.cli import output
 from ketch.cli.common import fail, open_store, out, usage
@@ -108,6 +109,20 @@ def related(store: Store, m: Manifest) -> list[tuple[str, list[str]]]:
     elif kind == "ReplicaSet":
         pods = _owned_by(store.list("Pod", ns).items, m)
         sections.append(("Pods", [_pod_line(p) for p in pods] or ["<none>"]))
+    elif kind == "Gateway" and spec.get("gatewayClassName") == wellknown.WAYPOINT_GATEWAY_CLASS:
+        users = []
+        for obj_kind in ("Namespace", "Service"):
+            for o in store.list(obj_kind).items:
+                o_meta = o.get("metadata") or {}
+                labels = o_meta.get("labels") or {}
+                o_ns = o_meta.get("name") if obj_kind == "Namespace" else o_meta.get("namespace")
+                target_ns = labels.get(wellknown.USE_WAYPOINT_NAMESPACE) or o_ns
+                if labels.get(wellknown.USE_WAYPOINT) == meta["name"] and target_ns == ns:
+                    where = (
+                        o_meta["name"] if obj_kind == "Namespace" else f"{o_ns}/{o_meta['name']}"
+                    )
+                    users.append(f"{obj_kind} {where}")
+        sections.append(("Used by", users or ["<none>"]))
     elif kind == "Pod":
         owners = [
             f"{r.get('kind')}/{r.get('name')}"

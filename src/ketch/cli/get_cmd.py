@@ -134,7 +134,7 @@ def custom_columns(fmt: Format, items: Sequence[Manifest], no_headers: bool) -> 
     return output.format_table([h for h, _ in fmt.columns], rows, no_headers=no_headers)
 
 
-def acceptance_columns(ctx: acceptance.Context) -> list[output.Column]:
+def acceptance_columns(ctx: acceptance.Context, *, wide: bool = False) -> list[output.Column]:
     def status(m: Manifest) -> str:
         a = acceptance.accepted(m, ctx)
         return a.status if a else "<none>"
@@ -143,7 +143,12 @@ def acceptance_columns(ctx: acceptance.Context) -> list[output.Column]:
         a = acceptance.accepted(m, ctx)
         return a.reason if a else "<none>"
 
-    return [("ACCEPTED", status), ("REASON", reason)]
+    def message(m: Manifest) -> str:
+        a = acceptance.accepted(m, ctx)
+        return a.message if a else "<none>"
+
+    columns: list[output.Column] = [("ACCEPTED", status), ("REASON", reason)]
+    return [*columns, ("MESSAGE", message)] if wide else columns
 
 
 def context(store: Store) -> acceptance.Context:
@@ -314,7 +319,7 @@ def _tables(
         if shown:
             out.file.write("\n")
         extra = (
-            acceptance_columns(ctx)
+            acceptance_columns(ctx, wide=fmt.kind == "wide")
             if ctx is not None and info.kind in acceptance.KINDS_WITH_ACCEPTANCE
             else []
         )
@@ -398,7 +403,11 @@ def _print_event(
     if fmt.kind == "custom-columns":
         out.file.write(custom_columns(fmt, [m], no_headers=True))
         return
-    extra = acceptance_columns(ctx) if info.kind in acceptance.KINDS_WITH_ACCEPTANCE else []
+    extra = (
+        acceptance_columns(ctx, wide=fmt.kind == "wide")
+        if info.kind in acceptance.KINDS_WITH_ACCEPTANCE
+        else []
+    )
     columns = output.table_columns(
         info.kind,
         wide=fmt.kind == "wide",

@@ -244,6 +244,8 @@ def test_apply_warns_about_objects_nothing_acts_on(ketch: Ketch) -> None:
     table = ketch("get", "httproute,ap", "-n", "shop").out
     assert "httproute/web   <none>      False      NoWaypoint   " in table
     assert "authorizationpolicy/get-only   ALLOW    False      NoWaypoint   " in table
+    wide = ketch("get", "ap", "get-only", "-n", "shop", "-o", "wide", "--no-headers").out
+    assert "   NoWaypoint   waypoint Gateway shop/waypoint does not exist: no waypoint " in wide
     # Adding the waypoint and the label makes both accepted, computed at read time.
     waypoint = (
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n"
@@ -257,6 +259,8 @@ def test_apply_warns_about_objects_nothing_acts_on(ketch: Ketch) -> None:
     assert got.splitlines() == ["NAME", "web", "get-only"]
     table = ketch("get", "httproute", "-n", "shop", "--no-headers").out
     assert table.startswith("web   <none>   True   Accepted   ")
+    waypoint_text = ketch("describe", "gateway", "waypoint", "-n", "shop").out
+    assert "Used by:\n  Service shop/web\n" in waypoint_text
     described = ketch("describe", "httproute", "web", "-n", "shop").out
     assert "Accepted   True     Accepted   programmed into the parents' waypoints" in described
 
