@@ -309,6 +309,15 @@ def _split_template(template: str) -> Iterator[tuple[str, str, int]]:
 
 def compile(template: str) -> Template:
     """Parse a kubectl JSONPath template."""
+    try:
+        return _compile(template)
+    except RecursionError:
+        raise JSONPathError(
+            f"jsonpath: template nested too deeply ({len(template)} characters)"
+        ) from None
+
+
+def _compile(template: str) -> Template:
     stack: list[list[Node]] = [[]]
     ranges: list[Path] = []
     for what, content, offset in _split_template(template):

@@ -8,6 +8,8 @@ import contextlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ketch.cli.jsonpath import JSONPathError, compile, relaxed
 
@@ -125,6 +127,21 @@ def test_hostile_templates_do_not_crash() -> None:
         "{'}",
         "\x00{.\x00}",
         "{" * 1000,
+        "{.a" + "[?(@.b" * 5000 + "}",
     ]:
         with contextlib.suppress(JSONPathError):
             compile(bad).render(DOC)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="{}[]().@$*?'\"\\=!<>,:-_ abc0123\t", max_size=40))
+def test_any_template_parses_or_fails_with_a_message(template: str) -> None:
+    """Garbage in: a JSONPathError naming the problem, or a template that renders; never
+    another exception (the CLI turns JSONPathError into one `error:` line)."""
+    try:
+        compiled = compile(template)
+    except JSONPathError as e:
+        assert str(e).startswith("jsonpath ")
+        return
+    compiled.render(DOC)
+    compiled.render({"a": [1, "x", None, {"b": []}]})
