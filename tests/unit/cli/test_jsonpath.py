@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ketch.cli.jsonpath import JSONPathError, compile, relaxed
+from ketch.cli.jsonpath import JSONPathError, Template, compile, relaxed
 
 DOC = json.loads(
     """{
@@ -138,10 +138,14 @@ def test_hostile_templates_do_not_crash() -> None:
 def test_any_template_parses_or_fails_with_a_message(template: str) -> None:
     """Garbage in: a JSONPathError naming the problem, or a template that renders; never
     another exception (the CLI turns JSONPathError into one `error:` line)."""
+    compiled: Template | None = None
+    message = ""
     try:
         compiled = compile(template)
     except JSONPathError as e:
-        assert str(e).startswith("jsonpath ")
+        message = str(e)
+    if compiled is None:
+        assert message.startswith("jsonpath ")
         return
     compiled.render(DOC)
     compiled.render({"a": [1, "x", None, {"b": []}]})
