@@ -72,6 +72,36 @@ if ! command -v uv >/dev/null; then
   python3 -m pip install -q --root-user-action=ignore uv
 fi
 uv sync --frozen --quiet
-if [ "$(id -u)" -eq 0 ] && [ -w /usr/local/bin ]; then
-  ln -sf "$PWD/.venv/bin/ketch" /usr/local/bin/ketch
+
+# The global `ketch` (/usr/local/bin/ketch, as root) is a link to one clone's .venv. It is
+# created when missing and kept when it already points here; one pointing at another clone
+# is left alone (say so) unless KETCH_LINK_GLOBAL=1 asks to repoint it. Never silently.
+link_global_ketch() { # target link
+  local target=$1 link=$2 current
+  if [ -L "$link" ]; then
+    current=$(readlink "$link")
+    if [ "$current" = "$target" ]; then
+      echo "ketch install: $link already runs this clone ($target)"
+      return 0
+    fi
+    if [ "${KETCH_LINK_GLOBAL:-0}" = 1 ]; then
+      ln -sfn "$target" "$link"
+      echo "ketch install: $link now runs this clone ($target); it ran $current before"
+      return 0
+    fi
+    echo "ketch install: $link runs another clone ($current), left as it is; run this" \
+      "clone's ketch as $target, or repoint the global one with KETCH_LINK_GLOBAL=1 $0"
+    return 0
+  fi
+  if [ -e "$link" ]; then
+    echo "ketch install: $link exists and is not a link Ketch made, left as it is; run this" \
+      "clone's ketch as $target"
+    return 0
+  fi
+  ln -s "$target" "$link"
+  echo "ketch install: $link -> $target (this clone)"
+}
+global_bin=${KETCH_GLOBAL_BIN:-/usr/local/bin}
+if [ "$(id -u)" -eq 0 ] && [ -w "$global_bin" ]; then
+  link_global_ketch "$PWD/.venv/bin/ketch" "$global_bin/ketch"
 fi

@@ -8,7 +8,10 @@ it does not pull images. So a container must give `command` (and optionally `arg
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, PlainValidator, ValidationInfo, field_validator, model_validator
@@ -115,12 +118,72 @@ class ServiceAccount(Resource):
     )
 
 
+# --- ConfigMap, Secret ----------------------------------------------------------------------
+
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _config_keys(value: Any, *, base64_values: bool = False) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise fail(f"expected a mapping of keys to strings, got {describe(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not _CONFIG_KEY.match(key) or len(key) > 253:
+            raise fail(
+                f"key {describe(key)} must be letters, digits, '-', '_' or '.' (at most 253)"
+            )
+        if not isinstance(item, str):
+            raise fail(f"{key}: expected a string (quote it in YAML), got {describe(item)}")
+        if base64_values:
+            try:
+                base64.b64decode(item, validate=True)
+            except (binascii.Error, ValueError):
+                raise fail(f"{key}: expected base64 (use stringData for plain text)") from None
+    return dict(value)
+
+
+ConfigData = Annotated[dict[str, str], PlainValidator(_config_keys)]
+Base64Data = Annotated[
+    dict[str, str], PlainValidator(lambda v: _config_keys(v, base64_values=True))
+]
+
+
+class ConfigMap(Resource):
+    """v1 ConfigMap: stored, not mounted or injected by Ketch's local runtime."""
+
+    api_version: Literal["v1"] = Field(default="v1", alias="apiVersion")
+    kind: Literal["ConfigMap"] = "ConfigMap"
+    spec: None = None
+    status: None = None
+    data: ConfigData | None = None
+    binary_data: Base64Data | None = Field(default=None, alias="binaryData")
+    immutable: bool | None = None
+
+
+class Secret(Resource):
+    """v1 Secret: stored (unencrypted, in the config store), not mounted or injected."""
+
+    api_version: Literal["v1"] = Field(default="v1", alias="apiVersion")
+    kind: Literal["Secret"] = "Secret"
+    spec: None = None
+    status: None = None
+    type: str | None = None
+    data: Base64Data | None = None
+    string_data: ConfigData | None = Field(default=None, alias="stringData")
+    immutable: bool | None = None
+
+
 # --- Pod -----------------------------------------------------------------------------------
 
 
 class EnvVar(KetchModel):
     name: str
     value: str | None = None
+    value_from: dict[str, Any] | None = Field(
+        default=None,
+        alias="valueFrom",
+        description="fieldRef, resourceFieldRef, configMapKeyRef or secretKeyRef: stored, "
+        "not resolved by Ketch's local runtime (the variable is not set).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EnvVar:
@@ -132,10 +195,133 @@ class EnvVar(KetchModel):
         return self
 
 
+def _check_quantity(value: Any) -> str | int | float:
+    """A Kubernetes resource quantity: 500m, 1, 0.5, 128Mi, 1Gi, 1e3."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise fail(f"expected a quantity like '500m', '1' or '128Mi', got {describe(value)}")
+    if isinstance(value, str) and not _QUANTITY.match(value):
+        raise fail(f"expected a quantity like '500m', '1' or '128Mi', got {describe(value)}")
+    return value
+
+
+_QUANTITY = re.compile(
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+)
+Quantity = Annotated[str | int | float, PlainValidator(_check_quantity)]
+
+
+class ResourceRequirements(KetchModel):
+    """Compute resources (stored, not enforced by Ketch's local runtime)."""
+
+    limits: dict[str, Quantity] | None = Field(
+        default=None,
+        description="Maximum amount of each resource, e.g. {cpu: 500m, memory: 128Mi}.",
+    )
+    requests: dict[str, Quantity] | None = Field(
+        default=None, description="Amount of each resource the scheduler reserves."
+    )
+    claims: list[dict[str, Any]] | None = None
+
+
+class Capabilities(KetchModel):
+    add: list[str] | None = None
+    drop: list[str] | None = None
+
+
+class SeccompProfile(KetchModel):
+    type: Literal["RuntimeDefault", "Localhost", "Unconfined"]
+    localhost_profile: str | None = Field(default=None, alias="localhostProfile")
+
+
+class SecurityContext(KetchModel):
+    """Container security settings (stored, not applied by Ketch's local runtime)."""
+
+    run_as_user: NonNegativeInt | None = Field(default=None, alias="runAsUser")
+    run_as_group: NonNegativeInt | None = Field(default=None, alias="runAsGroup")
+    run_as_non_root: bool | None = Field(default=None, alias="runAsNonRoot")
+    read_only_root_filesystem: bool | None = Field(default=None, alias="readOnlyRootFilesystem")
+    allow_privilege_escalation: bool | None = Field(default=None, alias="allowPrivilegeEscalation")
+    privileged: bool | None = None
+    capabilities: Capabilities | None = None
+    seccomp_profile: SeccompProfile | None = Field(default=None, alias="seccompProfile")
+    se_linux_options: dict[str, str] | None = Field(default=None, alias="seLinuxOptions")
+    app_armor_profile: dict[str, str] | None = Field(default=None, alias="appArmorProfile")
+    proc_mount: Literal["Default", "Unmasked"] | None = Field(default=None, alias="procMount")
+    windows_options: dict[str, Any] | None = Field(default=None, alias="windowsOptions")
+
+
+class PodSecurityContext(KetchModel):
+    """Pod-wide security settings (stored, not applied by Ketch's local runtime)."""
+
+    run_as_user: NonNegativeInt | None = Field(default=None, alias="runAsUser")
+    run_as_group: NonNegativeInt | None = Field(default=None, alias="runAsGroup")
+    run_as_non_root: bool | None = Field(default=None, alias="runAsNonRoot")
+    fs_group: NonNegativeInt | None = Field(default=None, alias="fsGroup")
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = Field(
+        default=None, alias="fsGroupChangePolicy"
+    )
+    supplemental_groups: list[NonNegativeInt] | None = Field(
+        default=None, alias="supplementalGroups"
+    )
+    supplemental_groups_policy: str | None = Field(default=None, alias="supplementalGroupsPolicy")
+    seccomp_profile: SeccompProfile | None = Field(default=None, alias="seccompProfile")
+    se_linux_options: dict[str, str] | None = Field(default=None, alias="seLinuxOptions")
+    app_armor_profile: dict[str, str] | None = Field(default=None, alias="appArmorProfile")
+    sysctls: list[dict[str, str]] | None = None
+    windows_options: dict[str, Any] | None = Field(default=None, alias="windowsOptions")
+
+
+class VolumeMount(KetchModel):
+    name: str = Field(description="Name of a volume of the pod (spec.volumes[].name).")
+    mount_path: str = Field(alias="mountPath", description="Path inside the container.")
+    read_only: bool | None = Field(default=None, alias="readOnly")
+    sub_path: str | None = Field(default=None, alias="subPath")
+    sub_path_expr: str | None = Field(default=None, alias="subPathExpr")
+    mount_propagation: str | None = Field(default=None, alias="mountPropagation")
+    recursive_read_only: str | None = Field(default=None, alias="recursiveReadOnly")
+
+
+class Volume(KetchModel):
+    """A pod volume: `name` plus one source (stored, not mounted by Ketch's local runtime)."""
+
+    name: DNS1123Label
+    empty_dir: dict[str, Any] | None = Field(default=None, alias="emptyDir")
+    config_map: dict[str, Any] | None = Field(default=None, alias="configMap")
+    secret: dict[str, Any] | None = None
+    persistent_volume_claim: dict[str, Any] | None = Field(
+        default=None, alias="persistentVolumeClaim"
+    )
+    host_path: dict[str, Any] | None = Field(default=None, alias="hostPath")
+    projected: dict[str, Any] | None = None
+    downward_api: dict[str, Any] | None = Field(default=None, alias="downwardAPI")
+    csi: dict[str, Any] | None = None
+    ephemeral: dict[str, Any] | None = None
+    nfs: dict[str, Any] | None = None
+    image: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        sources = [n for n in self.model_fields_set if n != "name"]
+        if len(sources) > 1:
+            names = sorted(type(self).model_fields[n].alias or n for n in sources)
+            raise fail(f"expected one volume source, got {len(sources)} ({', '.join(names)})")
+        return self
+
+
+class Toleration(KetchModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds")
+
+
 class ContainerPort(KetchModel):
     name: PortName | None = None
     container_port: PortNumber = Field(alias="containerPort")
     protocol: Protocol = "TCP"
+    host_port: PortNumber | None = Field(default=None, alias="hostPort")
+    host_ip: IPAddress | None = Field(default=None, alias="hostIP")
 
 
 class HTTPGetAction(KetchModel):
@@ -143,6 +329,7 @@ class HTTPGetAction(KetchModel):
     port: IntOrPortName
     host: str | None = None
     scheme: Literal["HTTP", "HTTPS"] = "HTTP"
+    http_headers: list[dict[str, str]] | None = Field(default=None, alias="httpHeaders")
 
 
 class TCPSocketAction(KetchModel):
@@ -166,12 +353,20 @@ class Probe(KetchModel):
     timeout_seconds: PositiveInt = Field(default=1, alias="timeoutSeconds")
     success_threshold: PositiveInt = Field(default=1, alias="successThreshold")
     failure_threshold: PositiveInt = Field(default=3, alias="failureThreshold")
+    termination_grace_period_seconds: PositiveInt | None = Field(
+        default=None, alias="terminationGracePeriodSeconds"
+    )
+    grpc: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one_handler(self) -> Probe:
-        handlers = [h for h in (self.http_get, self.tcp_socket, self.exec) if h is not None]
+        handlers = [
+            h for h in (self.http_get, self.tcp_socket, self.exec, self.grpc) if h is not None
+        ]
         if len(handlers) != 1:
-            raise fail(f"expected exactly one of httpGet, tcpSocket, exec, got {len(handlers)}")
+            raise fail(
+                f"expected exactly one of httpGet, tcpSocket, exec, grpc, got {len(handlers)}"
+            )
         return self
 
 
@@ -185,6 +380,31 @@ class Container(KetchModel):
     working_dir: str | None = Field(default=None, alias="workingDir")
     readiness_probe: Probe | None = Field(default=None, alias="readinessProbe")
     liveness_probe: Probe | None = Field(default=None, alias="livenessProbe")
+    startup_probe: Probe | None = Field(
+        default=None, alias="startupProbe", description="Stored, not run by Ketch's local runtime."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, alias="imagePullPolicy", description="Ignored: Ketch pulls no images."
+    )
+    resources: ResourceRequirements | None = None
+    security_context: SecurityContext | None = Field(default=None, alias="securityContext")
+    volume_mounts: list[VolumeMount] | None = Field(default=None, alias="volumeMounts")
+    env_from: list[dict[str, Any]] | None = Field(
+        default=None, alias="envFrom", description="Stored, not resolved by Ketch's runtime."
+    )
+    lifecycle: dict[str, Any] | None = Field(
+        default=None, description="postStart/preStop hooks: stored, not run by Ketch's runtime."
+    )
+    termination_message_path: str | None = Field(default=None, alias="terminationMessagePath")
+    termination_message_policy: Literal["File", "FallbackToLogsOnError"] | None = Field(
+        default=None, alias="terminationMessagePolicy"
+    )
+    stdin: bool | None = None
+    stdin_once: bool | None = Field(default=None, alias="stdinOnce")
+    tty: bool | None = None
+    restart_policy: Literal["Always"] | None = Field(
+        default=None, alias="restartPolicy", description="Only for init containers (sidecars)."
+    )
 
     @field_validator("command")
     @classmethod
@@ -210,6 +430,7 @@ class Container(KetchModel):
         for kind, probe in (
             ("readinessProbe", self.readiness_probe),
             ("livenessProbe", self.liveness_probe),
+            ("startupProbe", self.startup_probe),
         ):
             if probe is None:
                 continue
@@ -231,17 +452,73 @@ class Container(KetchModel):
 
 
 class PodSpec(KetchModel):
-    node_name: DNS1123Subdomain | None = Field(default=None, alias="nodeName")
-    node_selector: Labels | None = Field(default=None, alias="nodeSelector")
-    host_network: bool | None = Field(default=None, alias="hostNetwork")
-    service_account_name: DNS1123Subdomain = Field(default="default", alias="serviceAccountName")
-    containers: list[Container]
+    node_name: DNS1123Subdomain | None = Field(
+        default=None, alias="nodeName", description="Run the pod on this node."
+    )
+    node_selector: Labels | None = Field(
+        default=None, alias="nodeSelector", description="Run on a node with these labels."
+    )
+    host_network: bool | None = Field(
+        default=None, alias="hostNetwork", description="Run in the node's network namespace."
+    )
+    service_account_name: DNS1123Subdomain = Field(
+        default="default",
+        alias="serviceAccountName",
+        description="The pod's identity: spiffe://<trust domain>/ns/<namespace>/sa/<name>.",
+    )
+    service_account: DNS1123Subdomain | None = Field(
+        default=None,
+        alias="serviceAccount",
+        description="Deprecated spelling of serviceAccountName (used when that is not set).",
+    )
+    automount_service_account_token: bool | None = Field(
+        default=None, alias="automountServiceAccountToken"
+    )
+    containers: list[Container] = Field(description="The processes to run.")
+    init_containers: list[Container] | None = Field(
+        default=None, alias="initContainers", description="Stored, not run by Ketch's runtime."
+    )
     restart_policy: Literal["Always", "OnFailure", "Never"] = Field(
         default="Always", alias="restartPolicy"
     )
     termination_grace_period_seconds: NonNegativeInt | None = Field(
-        default=None, alias="terminationGracePeriodSeconds"
+        default=None,
+        alias="terminationGracePeriodSeconds",
+        description="Seconds between SIGTERM and SIGKILL when the pod stops.",
     )
+    active_deadline_seconds: PositiveInt | None = Field(default=None, alias="activeDeadlineSeconds")
+    volumes: list[Volume] | None = None
+    security_context: PodSecurityContext | None = Field(default=None, alias="securityContext")
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None, alias="imagePullSecrets"
+    )
+    tolerations: list[Toleration] | None = None
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="nodeAffinity, podAffinity, podAntiAffinity: stored, not used."
+    )
+    topology_spread_constraints: list[dict[str, Any]] | None = Field(
+        default=None, alias="topologySpreadConstraints"
+    )
+    priority_class_name: str | None = Field(default=None, alias="priorityClassName")
+    priority: int | None = None
+    preemption_policy: str | None = Field(default=None, alias="preemptionPolicy")
+    scheduler_name: str | None = Field(default=None, alias="schedulerName")
+    runtime_class_name: str | None = Field(default=None, alias="runtimeClassName")
+    dns_policy: Literal["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"] | None = (
+        Field(default=None, alias="dnsPolicy")
+    )
+    dns_config: dict[str, Any] | None = Field(default=None, alias="dnsConfig")
+    hostname: DNS1123Label | None = None
+    subdomain: DNS1123Label | None = None
+    set_hostname_as_fqdn: bool | None = Field(default=None, alias="setHostnameAsFQDN")
+    host_aliases: list[dict[str, Any]] | None = Field(default=None, alias="hostAliases")
+    host_pid: bool | None = Field(default=None, alias="hostPID")
+    host_ipc: bool | None = Field(default=None, alias="hostIPC")
+    share_process_namespace: bool | None = Field(default=None, alias="shareProcessNamespace")
+    enable_service_links: bool | None = Field(default=None, alias="enableServiceLinks")
+    readiness_gates: list[dict[str, Any]] | None = Field(default=None, alias="readinessGates")
+    os: dict[str, Any] | None = None
+    overhead: dict[str, Quantity] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PodSpec:
@@ -252,6 +529,28 @@ class PodSpec(KetchModel):
             if c.name in seen:
                 raise fail(f"duplicate container name {c.name!r}", f"containers[{i}].name")
             seen.add(c.name)
+        volumes = [v.name for v in self.volumes or []]
+        for i, name in enumerate(volumes):
+            if name in volumes[:i]:
+                raise fail(f"duplicate volume name {name!r}", f"volumes[{i}].name")
+        for group, containers in (
+            ("containers", self.containers),
+            ("initContainers", self.init_containers or []),
+        ):
+            for i, c in enumerate(containers):
+                for j, mount in enumerate(c.volume_mounts or []):
+                    if mount.name not in volumes:
+                        raise fail(
+                            f"volume {mount.name!r} is not a volume of the pod (its volumes: "
+                            f"{', '.join(volumes) or 'none'}); add it to spec.volumes",
+                            f"{group}[{i}].volumeMounts[{j}].name",
+                        )
+        if self.service_account is not None and "service_account_name" not in (
+            self.model_fields_set
+        ):
+            # Kubernetes: serviceAccount (deprecated) is used when serviceAccountName is unset.
+            # Set the attribute without marking it set, so the manifest round-trips.
+            object.__setattr__(self, "service_account_name", self.service_account)
         return self
 
     def port_by_name(self, name: str) -> int | None:
@@ -376,6 +675,10 @@ class DeploymentSpec(KetchModel):
     revision_history_limit: NonNegativeInt | None = Field(
         default=None, alias="revisionHistoryLimit"
     )
+    progress_deadline_seconds: PositiveInt | None = Field(
+        default=None, alias="progressDeadlineSeconds"
+    )
+    paused: bool | None = None
 
     @model_validator(mode="after")
     def _selector_matches(self) -> DeploymentSpec:
@@ -490,6 +793,21 @@ class ServiceSpec(KetchModel):
     cluster_ip: ClusterIP | None = Field(default=None, alias="clusterIP")
     cluster_ips: list[ClusterIP] | None = Field(default=None, alias="clusterIPs")
     type: Annotated[str, PlainValidator(_check_service_type)] = "ClusterIP"
+    session_affinity: Literal["None", "ClientIP"] | None = Field(
+        default=None, alias="sessionAffinity"
+    )
+    session_affinity_config: dict[str, Any] | None = Field(
+        default=None, alias="sessionAffinityConfig"
+    )
+    ip_families: list[Literal["IPv4", "IPv6"]] | None = Field(default=None, alias="ipFamilies")
+    ip_family_policy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] | None = Field(
+        default=None, alias="ipFamilyPolicy"
+    )
+    internal_traffic_policy: Literal["Cluster", "Local"] | None = Field(
+        default=None, alias="internalTrafficPolicy"
+    )
+    publish_not_ready_addresses: bool | None = Field(default=None, alias="publishNotReadyAddresses")
+    traffic_distribution: str | None = Field(default=None, alias="trafficDistribution")
 
     @model_validator(mode="after")
     def _check(self) -> ServiceSpec:
@@ -543,6 +861,7 @@ class Service(Resource):
 
 __all__ = [
     "NO_IMAGES",
+    "ConfigMap",
     "Container",
     "ContainerPort",
     "ContainerState",
@@ -567,6 +886,7 @@ __all__ = [
     "ReplicaSet",
     "ReplicaSetSpec",
     "ReplicaSetStatus",
+    "Secret",
     "Service",
     "ServiceAccount",
     "ServicePort",

@@ -25,7 +25,7 @@ from pydantic_core import ErrorDetails
 
 from ketch.api.base import KETCH_ERROR, Resource, describe
 from ketch.api.errors import Problem, ResourceError
-from ketch.api.registry import KINDS, kind_for_manifest, lookup_kind
+from ketch.api.registry import KINDS, foreign_kind_message, kind_for_manifest, lookup_kind
 from ketch.api.semantics import warnings_for
 
 STDIN = "-"
@@ -147,6 +147,11 @@ def from_manifest(
         problems.append(problem("kind", f"expected string, got {describe(kind)}"))
     else:
         info = kind_for_manifest(kind)
+        foreign = foreign_kind_message(api_version, kind)
+        if foreign is not None and (
+            info is None or not info.accepts(api_version if isinstance(api_version, str) else "")
+        ):
+            raise ResourceError([problem("kind", foreign)])
         if info is None:
             near = lookup_kind(kind)
             hint = f" (did you mean {near.kind!r}?)" if near else ""

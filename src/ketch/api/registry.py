@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ketch.api.autoscaling import HorizontalPodAutoscaler, PodDisruptionBudget
 from ketch.api.base import Resource
 from ketch.api.core import (
+    ConfigMap,
     Deployment,
     Namespace,
     Node,
     Pod,
     ReplicaSet,
+    Secret,
     Service,
     ServiceAccount,
 )
@@ -53,7 +56,7 @@ class KindInfo:
         return (self.kind.lower(), self.plural, self.singular, *self.short_names)
 
 
-_ALL = (
+_ALL: tuple[KindInfo, ...] = (
     KindInfo("Namespace", "", ("v1",), "namespaces", "namespace", ("ns",), False, Namespace),
     KindInfo("Node", "", ("v1",), "nodes", "node", ("no",), False, Node),
     KindInfo(
@@ -133,6 +136,82 @@ _ALL = (
         HTTPRoute,
     ),
 )
+
+_ALL = (
+    *_ALL,
+    KindInfo(
+        "HorizontalPodAutoscaler",
+        "autoscaling",
+        ("v2",),
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        ("hpa",),
+        True,
+        HorizontalPodAutoscaler,
+    ),
+    KindInfo("ConfigMap", "", ("v1",), "configmaps", "configmap", ("cm",), True, ConfigMap),
+    KindInfo("Secret", "", ("v1",), "secrets", "secret", (), True, Secret),
+    KindInfo(
+        "PodDisruptionBudget",
+        "policy",
+        ("v1",),
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        ("pdb",),
+        True,
+        PodDisruptionBudget,
+    ),
+)
+
+# Kinds users paste from Istio setups that Ketch refuses, each with what to use instead.
+# Keyed by (group, kind); `ketch.api.loader` reports the message for `kind:` of that group.
+FOREIGN_KINDS: dict[tuple[str, str], str] = {
+    ("networking.istio.io", "VirtualService"): (
+        "Ketch does not implement Istio's VirtualService: route with a Gateway API HTTPRoute "
+        "(parentRefs: the Service, as in Istio ambient) and a waypoint; see docs/resources.md"
+    ),
+    ("networking.istio.io", "DestinationRule"): (
+        "Ketch does not implement Istio's DestinationRule: mesh traffic is always mutual TLS "
+        "(HBONE), load balancing is round robin, and subsets become one Service per version "
+        "used as HTTPRoute backendRefs with weights; remove it from the file"
+    ),
+    ("networking.istio.io", "ServiceEntry"): (
+        "Ketch does not implement Istio's ServiceEntry: there is no egress or external-service "
+        "registry; a Service without a selector plus an EndpointSlice names endpoints outside "
+        "the mesh"
+    ),
+    ("networking.istio.io", "Sidecar"): (
+        "Sidecar does not apply in ambient mode (there are no sidecars; Istio ignores it for "
+        "ambient workloads too); remove it from the file"
+    ),
+    ("networking.istio.io", "Gateway"): (
+        "Ketch does not implement Istio's networking.istio.io Gateway: use a Gateway API "
+        "Gateway (apiVersion gateway.networking.k8s.io/v1) with HTTPRoutes"
+    ),
+    ("networking.istio.io", "EnvoyFilter"): (
+        "Ketch does not implement EnvoyFilter (it would patch Envoy configuration Ketch "
+        "generates); remove it from the file"
+    ),
+    ("networking.istio.io", "WorkloadEntry"): (
+        "Ketch does not implement WorkloadEntry: a Service without a selector plus an "
+        "EndpointSlice names endpoints outside the mesh"
+    ),
+    ("telemetry.istio.io", "Telemetry"): (
+        "Ketch does not implement Istio's Telemetry API: the node proxy always exports "
+        "Istio's standard metrics on :15020"
+    ),
+}
+
+
+def foreign_kind_message(api_version: object, kind: str) -> str | None:
+    """The message for a kind Ketch refuses on purpose (e.g. VirtualService), else None."""
+    group = api_version.partition("/")[0] if isinstance(api_version, str) else ""
+    message = FOREIGN_KINDS.get((group, kind))
+    if message is None and not isinstance(api_version, str):
+        candidates = [m for (_, k), m in FOREIGN_KINDS.items() if k == kind and k != "Gateway"]
+        message = candidates[0] if candidates else None
+    return message
+
 
 KINDS: dict[str, KindInfo] = {info.kind: info for info in _ALL}
 """Every supported kind, keyed by its `kind` (e.g. "Pod")."""

@@ -1,44 +1,44 @@
 """`ketch`: kubectl-style verbs over the Ketch config store.
 
 Exit codes scripts can rely on: 0 success; 1 the request failed (invalid input, not found,
-conflict, refused by admission); 2 usage error (unknown flag, missing argument).
-User mistakes are printed as one `error:` line per problem, never a traceback.
+conflict, refused by admission); 2 usage error (unknown command or flag, missing argument,
+bad flag value) — `ketch diff` follows kubectl: 1 means differences were found.
+Every failure is printed as `error: <message>` lines on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
 from ketch import __version__
-from ketch.api import (
-    KINDS,
-    KindInfo,
-    Problem,
-    ResourceError,
-    apply_namespace_defaults,
-    from_manifest,
-    load,
-    resolve_kind,
-    to_manifest,
-)
-from ketch.cli import cluster_cmd, output
+from ketch.api import ResourceError, from_manifest, resolve_kind, to_manifest
+from ketch.cli import cluster_cmd
 from ketch.cli.agent_cmd import agent_app
-from ketch.cli.common import CliError, err, fail, open_store, out, state
+from ketch.cli.common import err, fail, open_store, out, run_app, state, usage
+from ketch.cli.describe_cmd import describe
+from ketch.cli.edit_cmd import diff, edit
+from ketch.cli.explain_cmd import api_resources, explain
+from ketch.cli.get_cmd import NsOpt, check_selector, get, kind_of, namespace_for, targets
+from ketch.cli.help import KetchGroup
+from ketch.cli.manifests import (
+    FileOpt,
+    RecursiveOpt,
+    acceptance_warnings,
+    admission_error,
+    load_manifests,
+)
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
 from ketch.control import admission
-from ketch.control.translate.policy import policy_warnings
-from ketch.labels import SelectorError, parse_selector
-from ketch.store import ListResult, Manifest, NotFoundError, ObjectKey, StoreError
+from ketch.store import NotFoundError, ObjectKey, StoreError
 
 app = typer.Typer(
     name="ketch",
+    cls=KetchGroup,
     help="Ketch: a sidecar-less (ambient) service mesh. kubectl-style commands over Ketch's config store.",
     no_args_is_help=True,
     add_completion=False,
@@ -53,7 +53,8 @@ def _global(
         Path | None,
         typer.Option(
             "--store",
-            help="Config store file (SQLite). Default: $KETCH_STORE, else /var/lib/ketch/ketch.db as root.",
+            help="Config store file (SQLite). Default: $KETCH_STORE, else ketch.db in "
+            "$KETCH_HOME, /var/lib/ketch (root) or ~/.local/state/ketch.",
             show_default=False,
         ),
     ] = None,
@@ -63,83 +64,11 @@ def _global(
 ) -> None:
     if store is not None:
         state.store_path = store
+        state.store_origin = "--store"
     try:
         state.service_cidr = ipaddress.IPv4Network(service_cidr)
     except ValueError:
-        fail(f"--service-cidr: expected an IPv4 CIDR such as 10.96.0.0/16, got {service_cidr!r}")
-
-
-app.add_typer(node_app, name="node")
-app.add_typer(cp_app, name="control-plane")
-app.add_typer(ztunnel_app, name="ztunnel")
-app.add_typer(agent_app, name="agent")
-app.command("ztunnel-config")(ztunnel_config)
-app.command("proxy-status")(proxy_status)
-cluster_cmd.register(app)
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _kind(word: str) -> KindInfo:
-    try:
-        return resolve_kind(word)
-    except ResourceError as e:
-        fail("; ".join(p.message for p in e.problems))
-
-
-def _split_kinds(words: str) -> list[KindInfo]:
-    if words.lower() == "all":
-        # kubectl's "all" means the namespaced workload kinds; Ketch adds its mesh kinds.
-        return [k for k in KINDS.values() if k.namespaced]
-    return [_kind(w) for w in words.split(",") if w]
-
-
-def _namespace_for(info: KindInfo, namespace: str | None) -> str:
-    return (namespace or "default") if info.namespaced else ""
-
-
-def _load(files: list[str], recursive: bool, namespace: str | None) -> list[Manifest]:
-    result = load(files, recursive=recursive)
-    warnings = [str(w) for w in result.warnings]
-    for obj in result.objects:  # what the node proxy will not enforce as written
-        warnings += [
-            str(Problem(obj.source, obj.doc, at, msg)) for at, msg in policy_warnings(obj.resource)
-        ]
-    for warning in warnings:
-        err.print(f"Warning: {warning}")
-    manifests = [to_manifest(obj) for obj in apply_namespace_defaults(result.objects, namespace)]
-    if not manifests:
-        fail(f"no objects passed to apply (read {', '.join(files)})")
-    return manifests
-
-
-def _selector_or_fail(selector: str | None) -> None:
-    if selector:
-        try:
-            parse_selector(selector)
-        except SelectorError as e:
-            fail(f"-l {selector!r}: {e}")
-
-
-FileOpt = Annotated[
-    list[str] | None,
-    typer.Option("--filename", "-f", help="File, directory or '-' (stdin); may be repeated."),
-]
-NsOpt = Annotated[
-    str | None, typer.Option("--namespace", "-n", help="Namespace (default: default).")
-]
-RecursiveOpt = Annotated[
-    bool, typer.Option("--recursive", "-R", help="Descend into directories given with -f.")
-]
-
-
-# ---------------------------------------------------------------------------- verbs
-
-
-@app.command()
-def version() -> None:
-    """Print Ketch's version."""
-    out.print(f"ketch {__version__}")
+        usage(f"--service-cidr: expected an IPv4 CIDR such as 10.96.0.0/16, got {service_cidr!r}")
 
 
 @app.command()
@@ -158,106 +87,31 @@ def apply(
     (server-set metadata and status are kept).
     """
     if not filename:
-        fail("apply needs -f FILE|DIR|- (e.g. ketch apply -f examples/bookinfo.yaml)")
-    manifests = _load(filename, recursive, namespace)
+        usage("apply needs -f FILE|DIR|- (e.g. ketch apply -f examples/bookinfo.yaml)")
+    loaded = load_manifests(filename, recursive, namespace)
     with open_store() as store:
-        outcomes = admission.apply(
-            store, manifests, service_cidr=state.service_cidr, dry_run=dry_run
-        )
+        for line in acceptance_warnings(store, loaded):
+            err.print(f"Warning: {line}", markup=False)
+        try:
+            outcomes = admission.apply(
+                store, loaded.manifests, service_cidr=state.service_cidr, dry_run=dry_run
+            )
+        except admission.AdmissionError as e:
+            raise admission_error(loaded, e) from None
     suffix = " (dry run)" if dry_run else ""
     for o in outcomes:
         out.print(f"{resolve_kind(o.key.kind).singular}/{o.key.name} {o.action.value}{suffix}")
 
 
-@app.command()
-def get(
-    kind: Annotated[
-        str,
-        typer.Argument(help="Kind, plural, short name (po, svc, ap, ...), a comma list, or 'all'."),
-    ],
-    names: Annotated[list[str] | None, typer.Argument(help="Object names (default: all).")] = None,
-    namespace: NsOpt = None,
-    all_namespaces: Annotated[
-        bool, typer.Option("--all-namespaces", "-A", help="List across all namespaces.")
-    ] = False,
-    output_fmt: Annotated[
-        str, typer.Option("--output", "-o", help="table, wide, yaml, json or name.")
-    ] = "table",
-    selector: Annotated[
-        str | None, typer.Option("--selector", "-l", help="Label selector, e.g. app=web,tier!=db.")
-    ] = None,
-    show_labels: Annotated[
-        bool, typer.Option("--show-labels", help="Add a LABELS column.")
-    ] = False,
-) -> None:
-    """List or show objects."""
-    if output_fmt not in ("table", "wide", "yaml", "json", "name"):
-        fail(f"-o {output_fmt!r}: expected one of table, wide, yaml, json, name")
-    _selector_or_fail(selector)
-    if names and all_namespaces:
-        fail("a name cannot be combined with -A: names are looked up in one namespace (-n)")
-    infos = _split_kinds(kind)
-    if names and len(infos) > 1:
-        fail("names can only be given with a single kind")
-    groups: list[tuple[KindInfo, list[Manifest]]] = []
-    with open_store() as store:
-        for info in infos:
-            ns = None if (all_namespaces or not info.namespaced) else (namespace or "default")
-            if names:
-                items = []
-                for name in names:
-                    try:
-                        items.append(store.get(info.kind, _namespace_for(info, namespace), name))
-                    except NotFoundError:
-                        fail(
-                            f'{info.plural} "{name}" not found'
-                            + (f" in namespace {ns}" if ns else "")
-                        )
-            else:
-                listed: ListResult = store.list(info.kind, ns, selector)
-                items = sorted(
-                    listed.items,
-                    key=lambda m: (m["metadata"].get("namespace", ""), m["metadata"]["name"]),
-                )
-            groups.append((info, items))
-    everything = [m for _, items in groups for m in items]
-    if output_fmt == "yaml":
-        if everything:
-            out.print(output.to_yaml(everything), end="")
-        return
-    if output_fmt == "json":
-        out.print(output.to_json(everything, as_list=not (names and len(everything) == 1)))
-        return
-    if output_fmt == "name":
-        for info, items in groups:
-            for m in items:
-                out.print(f"{info.singular}/{m['metadata']['name']}")
-        return
-    shown = False
-    for info, items in groups:
-        if not items:
-            continue
-        if shown:
-            out.print()
-        output.render_table(
-            out,
-            info.kind,
-            items,
-            wide=output_fmt == "wide",
-            with_namespace=all_namespaces and info.namespaced,
-            show_labels=show_labels,
-            with_kind_prefix=len(groups) > 1,
-            plural=info.singular,
-        )
-        shown = True
-    if not shown:
-        where = "any namespace" if all_namespaces else f"{namespace or 'default'} namespace"
-        err.print(f"No resources found in {where}.")
+app.command()(get)
+app.command()(describe)
 
 
 @app.command()
 def delete(
-    kind: Annotated[str | None, typer.Argument(help="Kind (or plural/short name).")] = None,
+    kind: Annotated[
+        str | None, typer.Argument(help="Kind (or plural/short name), or TYPE/NAME.")
+    ] = None,
     names: Annotated[list[str] | None, typer.Argument(help="Names to delete.")] = None,
     filename: FileOpt = None,
     namespace: NsOpt = None,
@@ -271,39 +125,61 @@ def delete(
 ) -> None:
     """Delete objects named in files, by kind and name, or by label selector.
 
-    Deleting a Namespace deletes everything in it.
+    Deleting a Namespace deletes everything in it; objects of a file that went with their
+    namespace earlier in the same delete are reported as deleted.
     """
     keys: list[ObjectKey] = []
     if filename:
         if kind or names:
-            fail("give either -f FILE or KIND NAME..., not both")
-        keys = [ObjectKey.of(m) for m in _load(filename, recursive, namespace)]
+            usage("give either -f FILE or KIND NAME..., not both")
+        keys = [
+            ObjectKey.of(m)
+            for m in load_manifests(filename, recursive, namespace, warn=False).manifests
+        ]
     elif kind:
-        info = _kind(kind)
-        ns = _namespace_for(info, namespace)
-        if selector:
-            _selector_or_fail(selector)
-            with open_store() as store:
-                keys = [ObjectKey.of(m) for m in store.list(info.kind, ns or None, selector).items]
-        elif names:
-            keys = [ObjectKey(info.kind, ns, n) for n in names]
+        parsed = targets(kind, names or [])
+        if isinstance(parsed, list):
+            for t, n in parsed:
+                info = kind_of(t)
+                keys.append(ObjectKey(info.kind, namespace_for(info, namespace), n))
         else:
-            fail(f"delete {kind}: name the objects, or select them with -l")
+            info = kind_of(kind)
+            ns = namespace_for(info, namespace)
+            if selector:
+                check_selector(selector)
+                with open_store() as store:
+                    keys = [
+                        ObjectKey.of(m) for m in store.list(info.kind, ns or None, selector).items
+                    ]
+            elif names:
+                keys = [ObjectKey(info.kind, ns, n) for n in names]
+            else:
+                usage(f"delete {kind}: name the objects, or select them with -l")
     else:
-        fail("delete needs -f FILE or KIND NAME... (e.g. ketch delete pod web-1)")
+        usage("delete needs -f FILE or KIND NAME... (e.g. ketch delete pod web-1)")
     missing = 0
+    gone_namespaces: set[str] = set()
     with open_store() as store:
         for key in keys:
+            word = resolve_kind(key.kind).singular
             try:
                 admission.delete(store, key)
             except NotFoundError:
-                if not ignore_not_found:
-                    err.print(f'Error: {resolve_kind(key.kind).plural} "{key.name}" not found')
+                if key.namespace in gone_namespaces:  # went with its namespace (cascade)
+                    out.print(f'{word} "{key.name}" deleted')
+                elif not ignore_not_found:
+                    err.print(f'error: {resolve_kind(key.kind).plural} "{key.name}" not found')
                     missing += 1
                 continue
-            out.print(f'{resolve_kind(key.kind).singular} "{key.name}" deleted')
+            if key.kind == "Namespace":
+                gone_namespaces.add(key.name)
+            out.print(f'{word} "{key.name}" deleted')
     if missing:
         raise typer.Exit(1)
+
+
+app.command()(diff)
+app.command()(edit)
 
 
 @app.command()
@@ -316,8 +192,8 @@ def label(
         bool, typer.Option("--overwrite", help="Allow changing an existing label's value.")
     ] = False,
 ) -> None:
-    """Add, change or remove labels, e.g. `ketch label ns bookinfo istio.io/dataplane-mode=ambient`."""
-    info = _kind(kind)
+    """Add, change or remove labels (key=value sets, key- removes)."""
+    info = kind_of(kind)
     sets: dict[str, str] = {}
     removes: list[str] = []
     for change in changes:
@@ -327,19 +203,23 @@ def label(
             k, _, v = change.partition("=")
             sets[k] = v
         else:
-            fail(f"{change!r}: expected key=value or key-")
+            usage(f"{change!r}: expected key=value or key-")
     with open_store() as store:
         try:
-            current = store.get(info.kind, _namespace_for(info, namespace), name)
+            current = store.get(info.kind, namespace_for(info, namespace), name)
         except NotFoundError:
             fail(f'{info.plural} "{name}" not found')
-        labels = dict(current.get("metadata", {}).get("labels") or {})
+        before = dict(current.get("metadata", {}).get("labels") or {})
+        labels = dict(before)
         for k, v in sets.items():
             if k in labels and labels[k] != v and not overwrite:
                 fail(f"'{k}' already has a value ({labels[k]}), and --overwrite is false")
             labels[k] = v
         for k in removes:
             labels.pop(k, None)
+        if labels == before:
+            out.print(f"{info.singular}/{name} not labeled")
+            return
         updated = dict(current)
         updated["metadata"] = {**current["metadata"], "labels": labels}
         try:  # validate the new labels with the same rules as apply
@@ -350,66 +230,30 @@ def label(
     out.print(f"{info.singular}/{name} labeled" if sets else f"{info.singular}/{name} unlabeled")
 
 
+app.command("api-resources")(api_resources)
+app.command()(explain)
+
+
 @app.command()
-def describe(
-    kind: Annotated[str, typer.Argument(help="Kind (or plural/short name).")],
-    name: Annotated[str, typer.Argument(help="Object name.")],
-    namespace: NsOpt = None,
-) -> None:
-    """Show one object in detail."""
-    info = _kind(kind)
-    with open_store() as store:
-        try:
-            m = store.get(info.kind, _namespace_for(info, namespace), name)
-        except NotFoundError:
-            fail(f'{info.plural} "{name}" not found')
-    meta = m.get("metadata", {})
-    rows = [
-        ("Name", meta.get("name")),
-        ("Namespace", meta.get("namespace") or "<cluster>"),
-        ("Kind", f"{m.get('kind')} ({m.get('apiVersion')})"),
-        (
-            "Labels",
-            ", ".join(f"{k}={v}" for k, v in sorted((meta.get("labels") or {}).items()))
-            or "<none>",
-        ),
-        (
-            "Annotations",
-            ", ".join(f"{k}={v}" for k, v in sorted((meta.get("annotations") or {}).items()))
-            or "<none>",
-        ),
-        ("UID", meta.get("uid")),
-        ("Resource Version", meta.get("resourceVersion")),
-        ("Generation", meta.get("generation")),
-        ("Created", f"{meta.get('creationTimestamp')} ({output.age(m)} ago)"),
-    ]
-    width = max(len(k) for k, _ in rows) + 2
-    for k, v in rows:
-        out.print(f"{k + ':':<{width}}{v}")
-    for section in ("spec", "status"):
-        body = output.clean_for_output({section: m.get(section)}) if m.get(section) else {}
-        if body:
-            out.print(f"{section.capitalize()}:")
-            text = yaml.safe_dump(body[section], sort_keys=False, default_flow_style=False)
-            for line in text.splitlines():
-                out.print(f"  {line}")
+def version() -> None:
+    """Print Ketch's version and which config store it uses."""
+    out.print(f"ketch {__version__}")
+    out.print(f"store: {state.store_path} ({state.store_origin})", markup=False)
+
+
+app.add_typer(node_app, name="node")
+app.add_typer(cp_app, name="control-plane")
+app.add_typer(ztunnel_app, name="ztunnel")
+app.add_typer(agent_app, name="agent")
+cluster_cmd.register(app)
+app.command("ztunnel-config")(ztunnel_config)
+app.command("proxy-status")(proxy_status)
 
 
 def main() -> None:
-    """Entry point: the app in standalone mode (usage errors exit 2, --help exits 0), with one
-    error boundary that turns user-facing failures into `error:` lines and exit code 1."""
-    try:
-        app()
-    except CliError as e:
-        err.print(f"error: {e}")
-        sys.exit(1)
-    except ResourceError as e:
-        for line in str(e).splitlines():
-            err.print(f"error: {line}")
-        sys.exit(1)
-    except (StoreError, admission.AdmissionError) as e:
-        err.print(f"error: {e}")
-        sys.exit(1)
+    """Entry point, with one error boundary (`run_app`): every failure becomes `error:` lines
+    on stderr; usage errors (click's and ours) exit 2, failed requests 1, --help 0."""
+    run_app(app, failures=(ResourceError, StoreError, admission.AdmissionError))
 
 
 if __name__ == "__main__":

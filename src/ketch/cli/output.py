@@ -13,7 +13,6 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from ketch.store import Manifest
 
@@ -188,11 +187,69 @@ COLUMNS: dict[str, tuple[list[Column], list[Column]]] = {
         ],
         [("WAYPOINT-FOR", lambda m: _labels(m).get("istio.io/waypoint-for", "service"))],
     ),
+    "HorizontalPodAutoscaler": (
+        [
+            (
+                "REFERENCE",
+                lambda m: "{kind}/{name}".format(**(_spec(m).get("scaleTargetRef") or {})),
+            ),
+            ("MINPODS", lambda m: str(_spec(m).get("minReplicas", 1))),
+            ("MAXPODS", lambda m: str(_spec(m).get("maxReplicas", ""))),
+            _AGE,
+        ],
+        [],
+    ),
     "HTTPRoute": (
         [("HOSTNAMES", lambda m: _join(_spec(m).get("hostnames") or [])), _AGE],
         [("PARENTS", _parents)],
     ),
 }
+
+
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, no_headers: bool = False
+) -> str:
+    """kubectl's plain table: columns padded to their widest cell plus 3 spaces, never cut
+    (a pipe gets the same content as a terminal), no trailing spaces."""
+    lines = [] if no_headers else [list(headers)]
+    lines += [[str(c) for c in row] for row in rows]
+    if not lines:
+        return ""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    out = []
+    for line in lines:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(line)]
+        out.append("   ".join(cells).rstrip())
+    return "\n".join(out) + "\n"
+
+
+def table_columns(
+    kind: str,
+    *,
+    wide: bool = False,
+    with_namespace: bool = False,
+    show_labels: bool = False,
+    prefix: str = "",
+    extra: Sequence[Column] = (),
+) -> list[Column]:
+    """The columns `ketch get` shows for `kind`: [NAMESPACE,] NAME, the kind's own,
+    `extra` (e.g. ACCEPTED, computed by the caller), the wide ones, [LABELS]."""
+    base, wide_cols = COLUMNS.get(kind, ([_AGE], []))
+    columns: list[Column] = []
+    if with_namespace:
+        columns.append(("NAMESPACE", lambda m: m.get("metadata", {}).get("namespace", "")))
+    columns.append(("NAME", lambda m: prefix + str(m.get("metadata", {}).get("name", ""))))
+    if extra:  # before AGE, which kubectl keeps last among the default columns
+        age_at = next((i for i, c in enumerate(base) if c[0] == "AGE"), len(base))
+        columns += base[:age_at] + list(extra) + base[age_at:]
+    else:
+        columns += base
+    columns += wide_cols if wide else []
+    if show_labels:
+        columns.append(
+            ("LABELS", lambda m: _join([f"{k}={v}" for k, v in sorted(_labels(m).items())]))
+        )
+    return columns
 
 
 def render_table(
@@ -205,26 +262,23 @@ def render_table(
     show_labels: bool = False,
     with_kind_prefix: bool = False,
     plural: str = "",
+    extra: Sequence[Column] = (),
+    no_headers: bool = False,
 ) -> None:
-    base, extra = COLUMNS.get(kind, ([_AGE], []))
-    columns: list[Column] = []
-    if with_namespace:
-        columns.append(("NAMESPACE", lambda m: m.get("metadata", {}).get("namespace", "")))
-    prefix = f"{plural}/" if with_kind_prefix else ""
-    columns.append(("NAME", lambda m: prefix + str(m.get("metadata", {}).get("name", ""))))
-    columns += base + (extra if wide else [])
-    if show_labels:
-        columns.append(
-            ("LABELS", lambda m: _join([f"{k}={v}" for k, v in sorted(_labels(m).items())]))
-        )
-    table = Table(
-        box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 3, 0, 0)
+    columns = table_columns(
+        kind,
+        wide=wide,
+        with_namespace=with_namespace,
+        show_labels=show_labels,
+        prefix=f"{plural}/" if with_kind_prefix else "",
+        extra=extra,
     )
-    for title, _ in columns:
-        table.add_column(title, no_wrap=True, overflow="ignore")
-    for m in items:
-        table.add_row(*(fn(m) for _, fn in columns))
-    console.print(table)
+    text = format_table(
+        [title for title, _ in columns],
+        [[fn(m) for _, fn in columns] for m in items],
+        no_headers=no_headers,
+    )
+    console.file.write(text)
 
 
 def clean_for_output(m: Manifest) -> Manifest:
@@ -243,15 +297,26 @@ def clean_for_output(m: Manifest) -> Manifest:
     return pruned
 
 
-def to_yaml(items: Sequence[Manifest]) -> str:
+def as_document(items: Sequence[Manifest], *, as_list: bool, revision: int | None = None) -> Any:
+    """What -o yaml/json/jsonpath print: the object itself for one named object, else a
+    `List` (kubectl: a list request or several names), with the list's revision."""
     docs = [clean_for_output(m) for m in items]
-    return yaml.safe_dump_all(
-        docs, sort_keys=False, default_flow_style=False, explicit_start=len(docs) > 1
+    if not as_list and len(docs) == 1:
+        return docs[0]
+    listing: dict[str, Any] = {"apiVersion": "v1", "kind": "List", "items": docs}
+    listing["metadata"] = {"resourceVersion": str(revision)} if revision is not None else {}
+    return listing
+
+
+def to_yaml(
+    items: Sequence[Manifest], *, as_list: bool = False, revision: int | None = None
+) -> str:
+    return yaml.safe_dump(
+        as_document(items, as_list=as_list, revision=revision),
+        sort_keys=False,
+        default_flow_style=False,
     )
 
 
-def to_json(items: Sequence[Manifest], *, as_list: bool) -> str:
-    docs = [clean_for_output(m) for m in items]
-    if as_list:
-        return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}, indent=2)
-    return json.dumps(docs[0] if docs else {}, indent=2)
+def to_json(items: Sequence[Manifest], *, as_list: bool, revision: int | None = None) -> str:
+    return json.dumps(as_document(items, as_list=as_list, revision=revision), indent=2)

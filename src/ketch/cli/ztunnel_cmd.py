@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ketch.cli.common import CliError, err, fail
+from ketch.cli.common import fail, run_app
 
 ztunnel_app = typer.Typer(
     help="The node L4 proxy (ztunnel): mTLS HBONE tunnels, L4 policy, telemetry.",
@@ -302,8 +302,4 @@ def run_main() -> None:
     group = typer.Typer(help=ztunnel_app.info.help)
     group.command("run")(run)
     app.add_typer(group, name="ztunnel")
-    try:
-        app(prog_name="ketch")
-    except CliError as e:
-        err.print(f"error: {e}")
-        sys.exit(1)
+    run_app(app)

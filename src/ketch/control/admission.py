@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ketch.store import ConflictError, Manifest, NotFoundError, ObjectKey, Store
+from ketch.store import ConflictError, Manifest, NotFoundError, ObjectKey, Store, StoreError
 
 DEFAULT_SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/16")
 ALLOCATION_KIND = "RangeAllocation"
@@ -33,7 +33,18 @@ _SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp")
 
 
 class AdmissionError(Exception):
-    """An object was refused; the message names the object and what to change."""
+    """An object was refused; the message names the object and what to change.
+
+    `key` is the refused object and `path` the field (YAML names), so a caller that knows
+    which file and document the object came from can say so (as `ketch apply` does)."""
+
+    def __init__(self, message: str, key: ObjectKey | None = None, path: str = "") -> None:
+        self.key = key
+        self.path = path
+        self.reason = message
+        parts = [str(key)] if key is not None else []
+        parts += [path] if path else []
+        super().__init__(": ".join([*parts, message]))
 
 
 class Action(enum.StrEnum):
@@ -109,11 +120,18 @@ class _Allocator:
             )
         if ip not in self.cidr:
             raise AdmissionError(
-                f"{owner}: spec.clusterIP {ip} is outside the service CIDR {self.cidr}; "
-                "leave clusterIP empty to have one allocated"
+                f"{ip} is outside the service CIDR {self.cidr}; "
+                "leave clusterIP empty to have one allocated",
+                owner,
+                "spec.clusterIP",
             )
         if ip in self.used:
-            raise AdmissionError(f"{owner}: spec.clusterIP {ip} is already allocated")
+            raise AdmissionError(
+                f"{ip} is already allocated (to another Service); leave clusterIP empty to "
+                "have a free one allocated",
+                owner,
+                "spec.clusterIP",
+            )
         self.used.add(ip)
         self.dirty = True
 
@@ -126,7 +144,11 @@ class _Allocator:
                 self.used.add(ip)
                 self.dirty = True
                 return ip
-        raise AdmissionError(f"{owner}: the service CIDR {self.cidr} is exhausted")
+        raise AdmissionError(
+            f"the service CIDR {self.cidr} is exhausted; delete unused Services",
+            owner,
+            "spec.clusterIP",
+        )
 
     def manifest(self) -> Manifest:
         record = copy.deepcopy(self.record)
@@ -169,8 +191,10 @@ def _admit_service(
     if existing is not None and old:
         if wanted and wanted != old:
             raise AdmissionError(
-                f"{key}: spec.clusterIP is immutable (is {old}, you sent {wanted}); "
-                "delete and re-create the Service to change it"
+                f"cannot be changed (is {old}, you sent {wanted}); "
+                "delete and re-create the Service to change it",
+                key,
+                "spec.clusterIP",
             )
         spec["clusterIP"] = old
         return
@@ -181,7 +205,7 @@ def _admit_service(
             ip = ipaddress.IPv4Address(wanted)
         except ValueError:
             raise AdmissionError(
-                f"{key}: spec.clusterIP: expected an IPv4 address or 'None', got {wanted!r}"
+                f"expected an IPv4 address or 'None', got {wanted!r}", key, "spec.clusterIP"
             ) from None
         alloc.claim(ip, key)
         spec["clusterIP"] = str(ip)
@@ -205,8 +229,10 @@ def _check_namespaces(store: Store, manifests: Sequence[Manifest]) -> None:
             continue
         if _get(store, ObjectKey("Namespace", "", ns)) is None:
             raise AdmissionError(
-                f"{ObjectKey.of(m)}: namespace {ns!r} not found; create it first "
-                f"(a Namespace document in the same apply is fine)"
+                f"namespace {ns!r} not found; create it first "
+                f"(a Namespace document in the same apply is fine)",
+                ObjectKey.of(m),
+                "metadata.namespace",
             )
         checked.add(ns)
 
@@ -222,7 +248,9 @@ def apply(
     keys = [ObjectKey.of(m) for m in manifests]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
-        raise AdmissionError(f"{dup} appears more than once in this apply")
+        raise AdmissionError(
+            "appears more than once in this apply (each object once per apply)", dup
+        )
     _check_namespaces(store, manifests)
     for attempt in range(_MAX_RETRIES):
         alloc = _load_allocator(store, service_cidr)
@@ -258,5 +286,35 @@ def apply(
 
 
 def delete(store: Store, key: ObjectKey) -> Manifest:
-    """Delete one object (a Namespace takes its objects with it; see docs/store.md)."""
+    """Delete one object (a Namespace takes its objects with it; see docs/store.md). The
+    built-in namespaces cannot be deleted, as in Kubernetes."""
+    if key.kind == "Namespace" and key.name in BUILTIN_NAMESPACES:
+        raise AdmissionError(
+            f"namespace {key.name!r} is built in and may not be deleted "
+            f"(built in: {', '.join(BUILTIN_NAMESPACES)})",
+            key,
+        )
     return store.delete(key.kind, key.namespace, key.name)
+
+
+def builtin_namespace(name: str) -> Manifest:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+def ensure_builtin_namespaces(store: Store) -> list[Manifest]:
+    """Create the built-in namespaces (`default`, `istio-system`, `ketch-system`) that are
+    missing, so they exist as objects (`ketch get ns default`), as in Kubernetes where the
+    API server creates them. Returns the ones created; a store that cannot be written to
+    (read-only file) is left as it is."""
+    existing = {
+        str(m["metadata"]["name"])
+        for m in store.list("Namespace").items
+        if m["metadata"]["name"] in BUILTIN_NAMESPACES
+    }
+    missing = [builtin_namespace(n) for n in BUILTIN_NAMESPACES if n not in existing]
+    if not missing:
+        return []
+    try:
+        return store.apply(missing, create_only=True)
+    except (ConflictError, StoreError):
+        return []  # created meanwhile by another process, or a read-only store

@@ -47,6 +47,8 @@ from pydantic import (
     model_validator,
 )
 
+from ketch.api.errors import Problem
+from ketch.api.loader import translate_errors
 from ketch.control.translate.policy import PolicyError, translate_policies
 from ketch.identity.spiffe import InvalidSpiffeId, SpiffeId
 from ketch.mesh import (
@@ -67,6 +69,29 @@ from ketch.mesh import (
     selector_matches,
 )
 from ketch.ztunnel.state import ProxyState
+
+
+def yaml_problem(source: str, e: yaml.YAMLError) -> Problem:
+    """A YAML syntax error worded as `ketch apply` words it (file, line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    message = f"YAML syntax error: {what}" + (f" ({context})" if context else "")
+    if mark is None:
+        return Problem(source, 0, "", message)
+    return Problem(source, 0, "", message, line=mark.line + 1, column=mark.column + 1)
+
+
+def field_problems(
+    source: str, prefix: str, e: ValidationError, model: type[BaseModel]
+) -> list[str]:
+    """Validation errors worded as `ketch apply` words them: `file: path: expected ...`,
+    `unknown field; known fields: ...`, `required field is missing` (ketch.api.loader)."""
+    out = []
+    for at, message in translate_errors(e, model):
+        path = prefix + ("." if prefix and at and not at.startswith("[") else "") + at
+        out.append(str(Problem(source, 0, path or "<top>", message)))
+    return out
 
 
 class ConfigError(ValueError):
@@ -422,9 +447,7 @@ def parse_config(text: str, source: str = "<config>") -> LoadedConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{source}:{where}: invalid YAML: {e}"]) from e
+        raise ConfigError([str(yaml_problem(source, e))]) from e
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -432,12 +455,7 @@ def parse_config(text: str, source: str = "<config>") -> LoadedConfig:
     try:
         cfg = StandaloneConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(
-            [
-                f"{source}: {_loc(err['loc']) or '<top>'}: {err['msg'].removeprefix('Value error, ')}"
-                for err in e.errors()
-            ]
-        ) from e
+        raise ConfigError(field_problems(source, "", e, StandaloneConfig)) from e
 
     b = _Builder(cfg, source)
     services = b.services()

@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ketch.control.translate.workloads import workload_uid
-from ketch.standalone.config import ConfigError, LocalPod, _loc, _Model
+from ketch.standalone.config import ConfigError, LocalPod, _Model, field_problems
 
 __all__ = ["PodEntry", "parse_pods", "read_pods"]
 
@@ -67,11 +67,7 @@ def parse_pods(
         try:
             entry = PodEntry.model_validate(item)
         except ValidationError as err:
-            problems += [
-                f"{source}: [{i}]{'.' if x['loc'] else ''}{_loc(x['loc'])}: "
-                f"{x['msg'].removeprefix('Value error, ')}"
-                for x in err.errors()
-            ]
+            problems += field_problems(source, f"[{i}]", err, PodEntry)
             continue
         uid = entry.uid or workload_uid(cluster_id, entry.namespace, entry.name)
         if uid in seen:

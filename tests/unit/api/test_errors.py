@@ -59,7 +59,7 @@ def test_strict_types_no_coercion() -> None:
 def test_unknown_field_names_the_field_and_suggests() -> None:
     assert errors(pod("{name: c, command: [x], ports: [{containerPort: 80, protocl: TCP}]}")) == [
         "pods.yaml doc 1: spec.containers[0].ports[0].protocl: unknown field "
-        "(did you mean 'protocol'?); known fields: name, containerPort, protocol"
+        "(did you mean 'protocol'?); known fields: name, containerPort, protocol, hostPort, hostIP"
     ]
 
 
@@ -67,7 +67,9 @@ def test_python_field_names_are_not_accepted_in_yaml() -> None:
     assert errors(pod("{name: c, command: [x], working_dir: /tmp}")) == [
         "pods.yaml doc 1: spec.containers[0].working_dir: unknown field "
         "(did you mean 'workingDir'?); known fields: name, image, command, args, env, ports, "
-        "workingDir, readinessProbe, livenessProbe"
+        "workingDir, readinessProbe, livenessProbe, startupProbe, imagePullPolicy, resources, "
+        "securityContext, volumeMounts, envFrom, lifecycle, terminationMessagePath, "
+        "terminationMessagePolicy, stdin, stdinOnce, tty, restartPolicy"
     ]
 
 
@@ -134,14 +136,32 @@ def test_missing_kind() -> None:
 
 
 def test_unknown_kind_lists_known_kinds() -> None:
-    text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\n"
+    text = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: v}\n"
     assert errors(text, "vs.yaml") == [
-        "vs.yaml doc 1: kind: unknown kind 'VirtualService'; known kinds: Namespace (v1), "
+        "vs.yaml doc 1: kind: unknown kind 'Widget'; known kinds: Namespace (v1), "
         "Node (v1), ServiceAccount (v1), Pod (v1), Deployment (apps/v1), ReplicaSet (apps/v1), "
         "Service (v1), EndpointSlice (discovery.k8s.io/v1), "
         "AuthorizationPolicy (security.istio.io/v1), PeerAuthentication (security.istio.io/v1), "
         "RequestAuthentication (security.istio.io/v1), Gateway (gateway.networking.k8s.io/v1), "
-        "HTTPRoute (gateway.networking.k8s.io/v1)"
+        "HTTPRoute (gateway.networking.k8s.io/v1), "
+        "HorizontalPodAutoscaler (autoscaling/v2), ConfigMap (v1), Secret (v1), "
+        "PodDisruptionBudget (policy/v1)"
+    ]
+
+
+def test_secret_data_must_be_base64() -> None:
+    text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {password: not base64!}\n"
+    assert errors(text) == [
+        "pods.yaml doc 1: data: password: expected base64 (use stringData for plain text)"
+    ]
+
+
+def test_istio_networking_kinds_say_what_to_use_instead() -> None:
+    text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\n"
+    assert errors(text, "vs.yaml") == [
+        "vs.yaml doc 1: kind: Ketch does not implement Istio's VirtualService: route with a "
+        "Gateway API HTTPRoute (parentRefs: the Service, as in Istio ambient) and a waypoint; "
+        "see docs/resources.md"
     ]
 
 
@@ -339,7 +359,7 @@ def test_multiple_problems_are_all_collected() -> None:
         pod("{name: c, image: nginx, ports: [{containerPort: 0}]}", meta="{name: P}")
         + "---\n"
         + POD_OK
-        + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+        + "---\napiVersion: v1\nkind: Widget\nmetadata: {name: s}\n"
     )
     lines = errors(text)
     assert lines[:3] == [
@@ -350,7 +370,7 @@ def test_multiple_problems_are_all_collected() -> None:
         'cannot pull images; give the program to run, e.g. command: [python3, -m, http.server, "8080"]',
         "pods.yaml doc 1: spec.containers[0].ports[0].containerPort: expected integer 1-65535, got 0",
     ]
-    assert lines[3].startswith("pods.yaml doc 3: kind: unknown kind 'Secret'; known kinds: ")
+    assert lines[3].startswith("pods.yaml doc 3: kind: unknown kind 'Widget'; known kinds: ")
     assert len(lines) == 4
 
 

@@ -108,13 +108,14 @@ def test_empty_input_gives_no_objects() -> None:
 
 def test_warnings_have_the_same_prefix_format() -> None:
     text = (
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {istio.io/dataplane-mode: x}}\n"
         "spec: {containers: [{name: c, image: nginx, command: [nginx]}]}\n"
     )
     result = load(["-"], stdin=io.StringIO(text))
     assert [str(w) for w in result.warnings] == [
-        "<stdin> doc 1: spec.containers[0].image: image 'nginx' is ignored: Ketch runs "
-        "`command`/`args` as a process in the pod's network namespace and cannot pull images"
+        '<stdin> doc 1: metadata.labels["istio.io/dataplane-mode"]: istio.io/dataplane-mode: '
+        "'x' is stored but means nothing to Ketch: the values are 'ambient' (join the mesh) "
+        "and 'none' (opt out)"
     ]
 
 

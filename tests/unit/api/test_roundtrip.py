@@ -317,7 +317,94 @@ ports:
 - {name: http, port: 8080, protocol: TCP}
 """
 
+HPA = """
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web, namespace: shop}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 2
+  maxReplicas: 10
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 70}}
+  behavior: {scaleDown: {stabilizationWindowSeconds: 300}}
+"""
+
+POD_REAL_WORLD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: real, namespace: shop}
+spec:
+  serviceAccount: legacy
+  automountServiceAccountToken: false
+  securityContext: {runAsNonRoot: true, runAsUser: 1000, fsGroup: 2000, seccompProfile: {type: RuntimeDefault}}
+  imagePullSecrets: [{name: regcred}]
+  tolerations: [{key: k, operator: Equal, value: v, effect: NoSchedule, tolerationSeconds: 30}]
+  affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]}}}
+  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]
+  priorityClassName: high
+  dnsPolicy: ClusterFirst
+  hostname: real
+  terminationGracePeriodSeconds: 10
+  volumes:
+  - {name: data, emptyDir: {}}
+  - {name: cfg, configMap: {name: c, items: [{key: a, path: a}]}}
+  - {name: pvc, persistentVolumeClaim: {claimName: p}}
+  initContainers:
+  - {name: init, command: ["true"]}
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    env:
+    - {name: A, value: "1"}
+    - {name: B, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    envFrom: [{configMapRef: {name: c}}]
+    resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: 1, memory: 1.5Gi}}
+    securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+    volumeMounts: [{name: data, mountPath: /data}, {name: cfg, mountPath: /cfg, readOnly: true}]
+    startupProbe: {httpGet: {path: /, port: 80, httpHeaders: [{name: X, value: y}]}, failureThreshold: 30}
+    livenessProbe: {grpc: {port: 9000}, periodSeconds: 5, terminationGracePeriodSeconds: 3}
+    lifecycle: {preStop: {exec: {command: [sleep, "5"]}}}
+    terminationMessagePolicy: FallbackToLogsOnError
+"""
+
+CONFIG_MAP = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: shop}
+data: {app.properties: "a=1\\n", LOG_LEVEL: debug}
+binaryData: {logo.png: aGVsbG8=}
+immutable: true
+"""
+
+SECRET = """
+apiVersion: v1
+kind: Secret
+metadata: {name: creds, namespace: shop}
+type: Opaque
+data: {password: c2VjcmV0}
+stringData: {user: admin}
+"""
+
+PDB = """
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: shop}
+spec:
+  maxUnavailable: 25%
+  selector: {matchLabels: {app: web}}
+  unhealthyPodEvictionPolicy: AlwaysAllow
+"""
+
 CASES = {
+    "ConfigMap": CONFIG_MAP,
+    "Secret": SECRET,
+    "PodDisruptionBudget": PDB,
+    "HorizontalPodAutoscaler": HPA,
+    "Pod-real-world": POD_REAL_WORLD,
     "Namespace": NAMESPACE,
     "Node": NODE,
     "ServiceAccount": SERVICE_ACCOUNT,
@@ -445,3 +532,10 @@ def test_unquoted_timestamp_is_kept_as_rfc3339_text() -> None:
     manifest = yaml.safe_load(NAMESPACE.replace('"2024-05-01T10:00:00Z"', "2024-05-01T10:00:00Z"))
     ns = from_manifest(manifest)
     assert to_manifest(ns)["metadata"]["creationTimestamp"] == "2024-05-01T10:00:00Z"
+
+
+def test_deprecated_service_account_is_the_identity_when_service_account_name_is_unset() -> None:
+    pod = from_manifest(yaml.safe_load(POD_REAL_WORLD))
+    assert isinstance(pod, Pod)
+    assert pod.spec.service_account_name == "legacy"
+    assert "serviceAccountName" not in to_manifest(pod)["spec"]  # still round-trips

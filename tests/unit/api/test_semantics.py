@@ -6,6 +6,7 @@ from __future__ import annotations
 import yaml
 
 from ketch.api import from_manifest, warnings_for
+from ketch.api.semantics import Unenforced, summarize_unenforced, unenforced
 
 
 def test_request_authentication_with_selector() -> None:
@@ -24,10 +25,50 @@ def test_deployment_image_is_ignored() -> None:
         "spec: {selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}}, "
         "spec: {containers: [{name: c, command: [x]}, {name: e, image: i, command: [y]}]}}}\n"
     )
-    assert warnings_for(from_manifest(manifest)) == [
-        (
-            "spec.template.spec.containers[1].image",
-            "image 'i' is ignored: Ketch runs `command`/`args` as a process in the pod's network "
-            "namespace and cannot pull images",
-        )
+    resource = from_manifest(manifest)
+    assert warnings_for(resource) == []
+    assert unenforced(resource) == [Unenforced("image", "spec.template.spec.containers[1].image")]
+    assert summarize_unenforced([("deployment/d", u) for u in unenforced(resource)]) == [
+        "image and imagePullPolicy are ignored: Ketch runs `command`/`args` as a process in "
+        "the pod's network namespace and cannot pull images (in 1 object: deployment/d)"
     ]
+
+
+def test_unenforced_fields_are_named_once_per_kind_with_a_count() -> None:
+    def pod(name: str, spec: str) -> tuple[str, list[Unenforced]]:
+        text = f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+        return f"pod/{name}", unenforced(from_manifest(yaml.safe_load(text)))
+
+    found = [
+        pod(f"p{i}", "{containers: [{name: c, command: [x], resources: {limits: {cpu: '1'}}}]}")
+        for i in range(5)
+    ]
+    found.append(
+        pod("q", "{tolerations: [{operator: Exists}], containers: [{name: c, command: [x]}]}")
+    )
+    lines = summarize_unenforced((who, u) for who, us in found for u in us)
+    assert lines == [
+        "resources (cpu/memory requests and limits) are stored but not enforced by Ketch's "
+        "local runtime (in 5 objects: pod/p0, pod/p1, pod/p2, ...)",
+        "scheduling constraints (tolerations, affinity, topologySpreadConstraints, priority) "
+        "are stored but not used: Ketch places pods by nodeName and nodeSelector only "
+        "(in 1 object: pod/q)",
+    ]
+
+
+def test_service_and_hpa_fields_not_honoured() -> None:
+    svc = yaml.safe_load(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 1}], "
+        "sessionAffinity: ClientIP, internalTrafficPolicy: Local, ipFamilyPolicy: "
+        "RequireDualStack, ipFamilies: [IPv4, IPv6]}\n"
+    )
+    assert [u.feature for u in unenforced(from_manifest(svc))] == [
+        "sessionAffinity",
+        "internalTrafficPolicy",
+        "ipFamilies",
+    ]
+    quiet = yaml.safe_load(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 1}], "
+        "sessionAffinity: None, internalTrafficPolicy: Cluster, ipFamilyPolicy: SingleStack}\n"
+    )
+    assert unenforced(from_manifest(quiet)) == []

@@ -164,8 +164,11 @@ services:
     ("text", "message"),
     [
         ("workloads: [{name: a, addresses: [10.0.0.300]}]", r"workloads\[0\]\.addresses\[0\]: "),
-        ("workloads: [{name: a, adresses: [10.0.0.1]}]", r"workloads\[0\]\.adresses: Extra inputs"),
-        ("workloads: [{namespace: x}]", r"workloads\[0\]\.name: Field required"),
+        (
+            "workloads: [{name: a, adresses: [10.0.0.1]}]",
+            r"workloads\[0\]\.adresses: unknown field \(did you mean 'addresses'\?\); known fields: ",
+        ),
+        ("workloads: [{namespace: x}]", r"workloads\[0\]\.name: required field is missing"),
         ("workloads: [{name: a, protocol: TCP}]", r"workloads\[0\]\.protocol: "),
         (
             "workloads: [{name: a, serviceAccount: Bad_SA}]",
@@ -200,7 +203,7 @@ services:
             "policies: [{kind: AuthorizationPolicy, metadata: {name: p}, spec: {action: NOPE}}]",
             r"policies\[0\].spec.action: expected 'ALLOW'",
         ),
-        ("workloads: [a, b", "invalid YAML"),
+        ("workloads: [a, b", r"mesh.yaml line 1 column \d+: YAML syntax error: "),
         ("- just a list", "top level must be a mapping"),
     ],
 )

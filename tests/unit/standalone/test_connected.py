@@ -349,7 +349,7 @@ async def test_bad_pods_file_at_start_is_a_clear_error(cp: ControlPlane) -> None
     pods = cp.dir / "pods.yaml"
     pods.write_text("- {name: a}\n")
     p = StandaloneProxy(options(cp, pods=pods))
-    with pytest.raises(StandaloneError, match=r"--pods: .*\[0\]\.netns: Field required"):
+    with pytest.raises(StandaloneError, match=r"--pods: .*\[0\]\.netns: required field is missing"):
         await p.start()
     await p.close()
 
