@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ketch.cli.common import err, fail, out, state
+from ketch.cli.output import format_table
 from ketch.cluster import fabric as cluster_fabric
 from ketch.cluster import nodes as cluster_nodes
 from ketch.cluster import supervisor as sv
@@ -236,6 +236,9 @@ def up(
             cnodes = cluster_nodes.ensure_nodes(store, layout, nodes)
         except cluster_nodes.NodeError as e:
             fail(str(e))
+        from ketch.control.admission import ensure_builtin_namespaces
+
+        ensure_builtin_namespaces(store)
         names = [n.name for n in cnodes]
         extra = [n for n in names if n not in cluster_nodes.wanted_names(nodes)]
         if extra:
@@ -508,44 +511,43 @@ def status(name: NameOpt = DEFAULT_NAME, state_dir: StateDirOpt = None) -> None:
     layout = _layout(state_dir, name)
     out.print(f"cluster:   {layout.name}")
     out.print(f"state dir: {layout.state_dir}")
-    out.print(f"store:     {layout.store_path}")
+    out.print(f"store:     {layout.store_path}", markup=False)
     pidfiles = sv.read_pid_files(layout)
     netns = cluster_fabric.existing_netns(layout)
     if not pidfiles and not netns:
         out.print(f"\ncluster {layout.name} is not up (start it with ketch up)")
         raise typer.Exit(3)
     problems: list[str] = []
-    procs = Table(title="processes", title_justify="left", box=None, pad_edge=False)
-    for col in ("ROLE", "PID", "STATE", "UPTIME"):
-        procs.add_column(col, no_wrap=True)
-    procs.add_column("LOG", overflow="fold")
+    rows: list[list[str]] = []
     for pf in pidfiles:
         if pf.record is None:
-            procs.add_row(pf.role, "-", "[red]bad pid file[/]", "-", str(pf.path))
+            rows.append([pf.role, "-", "bad-pid-file", "-", str(pf.path)])
             problems.append(pf.problem or f"bad PID file {pf.path}")
             continue
         st = sv.check(pf.record)
         if st is sv.ProcState.RUNNING:
-            state_txt, up_txt = "[green]running[/]", _duration(sv.uptime(pf.record))
+            state_txt, up_txt = "running", _duration(sv.uptime(pf.record))
         elif st is sv.ProcState.REPLACED:
-            state_txt, up_txt = "[red]stale pid file[/]", "-"
+            state_txt, up_txt = "stale-pid-file", "-"
             problems.append(f"{pf.role}: PID {pf.record.pid} is another process now")
         else:
-            state_txt, up_txt = "[red]exited[/]", "-"
+            state_txt, up_txt = "exited", "-"
             problems.append(f"{pf.role} (pid {pf.record.pid}) exited")
-        procs.add_row(
-            pf.role, str(pf.record.pid), state_txt, up_txt, str(layout.process_log(pf.role))
+        rows.append(
+            [pf.role, str(pf.record.pid), state_txt, up_txt, str(layout.process_log(pf.role))]
         )
-    out.print()
-    out.print(procs)
+    out.print("\nprocesses", markup=False)
+    out.print(
+        format_table(["ROLE", "PID", "STATE", "UPTIME", "LOG"], rows).rstrip("\n"),
+        markup=False,
+        soft_wrap=True,
+    )
     if layout.store_path.exists():
         with _store(layout) as store:
             cnodes = cluster_nodes.cluster_nodes(store)
             manifests = {m["metadata"]["name"]: m for m in store.list("Node").items}
             pods = store.list("Pod").items
-        table = Table(title="nodes", title_justify="left", box=None, pad_edge=False)
-        for col in ("NAME", "STATUS", "HEARTBEAT", "INTERNAL-IP", "POD-CIDR", "PODS", "NETNS"):
-            table.add_column(col)
+        node_rows: list[list[str]] = []
         for n in cnodes:
             m = manifests[n.name]
             cond = cluster_nodes.ready_condition(m) or {}
@@ -557,22 +559,31 @@ def status(name: NameOpt = DEFAULT_NAME, state_dir: StateDirOpt = None) -> None:
             if not has_ns:
                 problems.append(f"netns {layout.node_netns(n.name)} is missing")
             if ready:
-                node_state = "[green]Ready[/]"
+                node_state = "Ready"
             elif cond.get("status") == "True":
-                node_state = "[red]NotReady[/] (no heartbeat)"
+                node_state = "NotReady(no-heartbeat)"
             else:
-                node_state = f"[red]NotReady[/] ({cond.get('reason', '?')})"
-            table.add_row(
-                n.name,
-                node_state,
-                ago,
-                str(layout.node_ip(n.index)),
-                str(layout.pod_cidr(n.index)),
-                str(running_pods),
-                "yes" if has_ns else "[red]missing[/]",
+                node_state = f"NotReady({cond.get('reason', '?')})"
+            node_rows.append(
+                [
+                    n.name,
+                    node_state,
+                    ago,
+                    str(layout.node_ip(n.index)),
+                    str(layout.pod_cidr(n.index)),
+                    str(running_pods),
+                    "yes" if has_ns else "missing",
+                ]
             )
-        out.print()
-        out.print(table)
+        out.print("\nnodes", markup=False)
+        out.print(
+            format_table(
+                ["NAME", "STATUS", "HEARTBEAT", "INTERNAL-IP", "POD-CIDR", "PODS", "NETNS"],
+                node_rows,
+            ).rstrip("\n"),
+            markup=False,
+            soft_wrap=True,
+        )
     if problems:
         for p in problems:
             err.print(f"problem: {p}")

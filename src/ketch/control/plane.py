@@ -241,6 +241,9 @@ async def run(
     write_private_file(config.trust_bundle_file, ca.trust_bundle_pem)
     config.trust_bundle_file.chmod(0o644)  # public material
     store = SqliteStore(config.store_file)
+    from ketch.control.admission import ensure_builtin_namespaces
+
+    ensure_builtin_namespaces(store)  # as the API server creates them
     for sock in (config.ca_socket, config.join_socket):
         sock.unlink(missing_ok=True)
     tokens = token_store(config.state_dir)
