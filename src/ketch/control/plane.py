@@ -35,6 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ketch.control.admission import ensure_builtin_namespaces
 from ketch.identity.ca import CertificateAuthority, write_private_file
 from ketch.identity.directory import StoreNodeDirectory
 from ketch.identity.server import SERVER_CERT_TTL, RunningCa, serve_ca
@@ -241,8 +242,6 @@ async def run(
     write_private_file(config.trust_bundle_file, ca.trust_bundle_pem)
     config.trust_bundle_file.chmod(0o644)  # public material
     store = SqliteStore(config.store_file)
-    from ketch.control.admission import ensure_builtin_namespaces
-
     ensure_builtin_namespaces(store)  # as the API server creates them
     for sock in (config.ca_socket, config.join_socket):
         sock.unlink(missing_ok=True)
