@@ -192,7 +192,8 @@ async def start_push(
         watch_store,
     )
 
-    holder = SnapshotHolder(lambda: build(store))
+    update = getattr(build, "update", None)  # MeshBuild's incremental path
+    holder = SnapshotHolder(lambda: build(store), update)
     admin_serial = write_admin_credential(ca, config.admin_dir, ca.trust_bundle_pem)
 
     def is_admin(node: str, serial: int | None) -> bool:

@@ -188,28 +188,76 @@ def snapshot_delta(old: Snapshot, new: Snapshot) -> list[TypeDelta]:
     return out
 
 
+@dataclass(frozen=True)
+class Patch:
+    """Part of a new snapshot, from an incremental build: per type, resources (re)built and
+    names removed; every other resource is unchanged. A resource listed with its current
+    version is not sent again."""
+
+    changed: Mapping[str, Mapping[str, Entry]] = field(default_factory=dict)
+    removed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+Update = Callable[[Sequence["StoreChange"]], Patch | None]
+"""An incremental build: store changes since the last build -> the Patch they make, or
+None when it cannot tell (then `build` runs)."""
+
+
 class SnapshotHolder:
     """Keeps the current snapshot; `rebuild()` calls `build` and returns what changed.
 
     `build` is the translation + encoding (store -> type_url -> name -> (version, Any));
     versions must change exactly when the encoded resource changes (e.g. a hash of the
-    bytes, as istiod's xxhash64 of the marshaled Address).
+    bytes, as istiod's xxhash64 of the marshaled Address). `update`, when given, is the
+    incremental path: `rebuild(changes)` hands it the store changes since the last rebuild
+    and applies its Patch (only the patched names are compared), falling back to `build`
+    when there are no changes to go by (the first build, a resync) or it returns None.
     """
 
-    def __init__(self, build: Callable[[], Resources]) -> None:
+    def __init__(self, build: Callable[[], Resources], update: Update | None = None) -> None:
         self._build = build
+        self._update = update
+        self._built = False
         self._current = Snapshot(0, {})
 
     @property
     def current(self) -> Snapshot:
         return self._current
 
-    def rebuild(self) -> list[TypeDelta]:
+    def rebuild(self, changes: Sequence[StoreChange] | None = None) -> list[TypeDelta]:
+        if changes is not None and self._update is not None and self._built:
+            patch = self._update(changes)
+            if patch is not None:
+                return self._patch(patch)
         built = self._build()
+        self._built = True
         candidate = Snapshot(self._current.version, {t: dict(r) for t, r in built.items()})
         deltas = snapshot_delta(self._current, candidate)
         if deltas:
             self._current = Snapshot(self._current.version + 1, candidate.resources)
+        return deltas
+
+    def _patch(self, patch: Patch) -> list[TypeDelta]:
+        resources = dict(self._current.resources)
+        deltas = []
+        for type_url in push_order([*patch.changed, *patch.removed]):
+            old = self._current.of(type_url)
+            changed = {
+                n: e
+                for n, e in patch.changed.get(type_url, {}).items()
+                if n not in old or old[n][0] != e[0]
+            }
+            removed = frozenset(n for n in patch.removed.get(type_url, ()) if n in old)
+            if not changed and not removed:
+                continue
+            new = dict(old)
+            new.update(changed)
+            for name in removed:
+                del new[name]
+            resources[type_url] = new
+            deltas.append(TypeDelta(type_url, {n: changed[n] for n in sorted(changed)}, removed))
+        if deltas:
+            self._current = Snapshot(self._current.version + 1, resources)
         return deltas
 
 
@@ -291,12 +339,19 @@ class Pusher:
         self._debouncer = debouncer or Debouncer()
         self._clock = clock
         self._wake = asyncio.Event()
+        self._changes: list[StoreChange] = []
+        self._full = False  # the next rebuild must be a full one
         self.pushes = 0
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
-    def changed(self, _change: StoreChange | None = None) -> None:
+    def changed(self, change: StoreChange | None = None) -> None:
+        """A store change (None, or a resync: the next rebuild is a full one)."""
+        if change is None or change.resync:
+            self._full = True
+        else:
+            self._changes.append(change)
         self._debouncer.event(self._now())
         self._wake.set()
 
@@ -319,11 +374,16 @@ class Pusher:
                 await self.push_now(f"{push.events} change(s), {push.reason}")
 
     async def push_now(self, why: str = "initial") -> list[TypeDelta]:
-        """Rebuild now (in a worker thread: translation reads the store) and notify."""
+        """Rebuild now (in a worker thread: translation reads the store) and notify: from
+        the store changes seen since the last rebuild, or in full for the first one, after
+        a resync or after a failed rebuild."""
+        changes = None if self._full or not self._changes else self._changes
+        self._changes, self._full = [], False
         try:
-            deltas = await asyncio.to_thread(self.holder.rebuild)
+            deltas = await asyncio.to_thread(self.holder.rebuild, changes)
         except Exception:  # the task's one boundary: a translation bug must not stop pushes
             log.exception("rebuilding the snapshot failed (%s); keeping the previous one", why)
+            self._full = True  # the failed changes are not lost: rebuild all next time
             return []
         self.pushes += 1
         if deltas:
