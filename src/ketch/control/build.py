@@ -125,7 +125,9 @@ class MeshBuild:
         out: dict[str, dict[str, Entry]] = {}
         for type_url, objs in self._by_type(self._mesh):
             out[type_url] = {}
-            for name, obj in objs:
+            # by name: a session sorts the names it sends, and Timsort is linear on sorted
+            # input (the mesh's dicts are in the order objects arrived)
+            for name, obj in sorted(objs, key=lambda item: item[0]):
                 entry = self._encode(obj, old.get(type_url, {}).get(name))
                 self._encoded.setdefault(type_url, {})[name] = entry
                 out[type_url][name] = (entry[1], entry[2])
