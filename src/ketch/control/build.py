@@ -1,6 +1,8 @@
 """The push pipeline's `build`: the store's objects -> the xDS resources every node is sent.
 
-    store.list() ─(kinds the translation reads)─> translate_all ─> MeshSnapshot
+    full build (start, resync):  store.list() -> IncrementalMesh.apply(all) -> encode all
+    update (every push):         watch events -> IncrementalMesh.apply(changed) -> encode
+                                 what changed -> push.Patch
         ADDRESS_TYPE:       xds.convert.snapshot(workloads + services)
         AUTHORIZATION_TYPE: xds.convert.snapshot(authorizations)
 
@@ -8,24 +10,24 @@
 (`control/translate/peer_authentication.py`); the native PeerAuthentications of the mesh
 snapshot are for Ketch's standalone node proxy and do not travel over xDS, as with istiod.
 
-One `list()` of the whole store is one consistent read: a Pod and the Service selecting it
-are never taken from two different revisions. Translation warnings are logged when the set
-of warnings changes (each new warning once), not on every rebuild.
+A full build's one `list()` of the whole store is one consistent read; an update applies
+the events in revision order (the last event of an object wins), so it too ends at one
+store revision. The translation is `control/translate/incremental.IncrementalMesh`, which
+re-derives only what the changed objects affect and equals `translate_all` (the reference,
+tested on random change sequences). Translation warnings are logged when the set of
+warnings changes (each new warning once), not on every push.
 
-Between rebuilds `MeshBuild` keeps three caches, so a push costs less than the first build
-while giving exactly what a fresh `MeshBuild` gives:
+Caches, so that a push costs in proportion to what changed:
 
-- the validated `ketch.api` model of each manifest, keyed by its apiVersion, kind,
-  namespace, name, uid and resourceVersion (the store gives every write a new
-  resourceVersion, so only written objects are validated again; a manifest without a
-  resourceVersion, or one that does not validate, is handed to `translate_all` as is);
-- the encoded `(version, Any)` of each mesh object by resource name, reused when the new
-  object is equal to the one it was encoded from (mesh objects are frozen dataclasses).
-- the Workload of each pod (`translate_all`'s `workload_cache`), reused when its inputs are
-  the same cached models and equal values.
+- the validated `ketch.api` model of each manifest of the last full build, keyed by its
+  apiVersion, kind, namespace, name, uid and resourceVersion (a resync validates only what
+  was written since); an update validates the manifests of its events only;
+- the encoded `(version, Any)` of each mesh object by type and resource name, reused when
+  the new object is equal to (or is) the one it was encoded from: a push encodes and
+  hashes only resources whose content changed.
 
-Each keeps only what the last build saw. The models and `Any`s are shared between builds
-and must not be mutated (nothing in the translation or the push does).
+The models and `Any`s are shared between builds and must not be mutated (nothing in the
+translation or the push does).
 """
 
 from __future__ import annotations
