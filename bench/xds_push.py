@@ -14,7 +14,8 @@ What it does (docs/benchmark-control-plane.md):
    and issues one node certificate per client, recorded in nodes.json as a join does
    (`tests/unit/control/plane_helpers.Proxy`).
 2. Starts the control plane as its own process (`ketch control-plane run --xds`, the venv's
-   console script) and waits for xds.sock (this includes the first build of the whole store).
+   console script) and waits for its log line "xDS (delta ADS) serving" (after the first build
+   of the whole store; xDS shares ca.sock with the certificate service).
 3. Initial sync: N clients connect over the unix socket with mTLS (each as its node), subscribe
    to Address and Authorization (ztunnel's initial requests, `ClientStream`) and ACK; timed
    from the first connect to the last client's ACK of both types with every resource held.
@@ -329,7 +330,7 @@ async def run(args: argparse.Namespace) -> Result:
             clients.append(
                 Client(
                     node, cert.key_pem, cert.chain_bytes, ca.trust_bundle_pem,
-                    cfg.xds_socket, args.decode,
+                    cfg.ca_socket, args.decode,
                 )
             )  # fmt: skip
 
@@ -337,14 +338,14 @@ async def run(args: argparse.Namespace) -> Result:
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         ketch = Path(sys.executable).parent / "ketch"  # the console script (a Python file)
         cmd = [sys.executable, str(ketch), "control-plane", "run"]
-        cmd += ["--state-dir", str(state), "--xds", "--log-level", "warning"]
+        cmd += ["--state-dir", str(state), "--xds", "--log-level", "info"]
         if args.profile:
             cmd[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
         t = time.perf_counter()
         proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; timed from here
             cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env
         )
-        while not cfg.xds_socket.exists():
+        while b"xDS (delta ADS) serving" not in (tmp / "plane.log").read_bytes():
             if proc.poll() is not None:
                 raise RuntimeError(f"control plane exited: {(tmp / 'plane.log').read_text()}")
             await asyncio.sleep(0.01)
@@ -446,7 +447,7 @@ def report(res: Result) -> str:
         "",
         "| measurement | value |",
         "|---|---|",
-        f"| plane start to xds.sock (first build of the store) | {res.plane_ready_s:.2f} s "
+        f"| plane start to xDS serving (first build of the store) | {res.plane_ready_s:.2f} s "
         f"({res.cpu_at_ready:.2f} CPU s) |",
         f"| full initial sync of {a.clients} clients (last ACK) | {res.sync_s * ms:.0f} ms |",
         f"| ... first / median client | {res.sync_per_client[0] * ms:.0f} ms / "

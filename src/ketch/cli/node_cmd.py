@@ -186,15 +186,12 @@ def run_control_plane(
         bool,
         typer.Option(
             "--xds",
-            help="Also serve delta ADS (config push to node proxies) on xds.sock: the "
-            "store's workloads, services and L4 policies as Istio's Address and "
-            "Authorization resources. Experimental.",
+            help="Also serve delta ADS (config push to node proxies) on the certificate "
+            "service's listeners (ca.sock, --listen; as istiod on 15012) and, for xDS "
+            "tokens, the join listeners: the store's workloads, services and L4 policies "
+            "as Istio's Address and Authorization resources.",
         ),
     ] = False,
-    xds_listen: Annotated[
-        str | None,
-        typer.Option("--xds-listen", help="With --xds, also serve ADS on HOST:PORT (mTLS)."),
-    ] = None,
     cluster_id: Annotated[
         str,
         typer.Option("--cluster-id", help="Cluster id in workload uids (istiod's CLUSTER_ID)."),
@@ -230,8 +227,7 @@ def run_control_plane(
         ca_chain=ca_chain,
         workload_ttl=_parse_ttl(workload_ttl),
         store_path=state.store_path if state_dir is None else None,
-        xds=xds or xds_listen is not None,
-        xds_listen=xds_listen,
+        xds=xds,
         cluster_id=cluster_id,
         root_namespace=root_namespace,
         xds_revalidate=xds_revalidate,
@@ -257,7 +253,7 @@ def proxy_status(
         typer.Option(
             "--xds-address",
             help="The control plane's xDS server: HOST:PORT, unix:PATH or a socket path. "
-            "Default: <state-dir>/xds.sock.",
+            "Default: <state-dir>/ca.sock (certificates and xDS share it).",
         ),
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",

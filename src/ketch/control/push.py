@@ -572,6 +572,7 @@ class PushServer:
         session_factory: Callable[[Sequence[str]], ServerStream] = ServerStream,
         served_types: Sequence[str] = PUSH_ORDER,
         allow_debug: Callable[[Caller], bool] = lambda _caller: True,
+        ready: bool = True,
     ) -> None:
         self._snapshot = snapshot
         self._trust_domain = trust_domain
@@ -584,6 +585,14 @@ class PushServer:
         self._streams: dict[int, _Stream] = {}
         self._next_id = 0
         self._syncz_nonce = 0
+        self._ready = asyncio.Event()
+        if ready:
+            self._ready.set()
+
+    def set_ready(self) -> None:
+        """The first snapshot is built: serve the streams (those opened before it wait, so
+        that no node is answered from an empty snapshot and told to drop what it holds)."""
+        self._ready.set()
 
     # --- the registry ---
 
@@ -728,6 +737,7 @@ class PushServer:
     ) -> None:
         peer = context.peer()
         caller = await self._authenticate(context)
+        await self._ready.wait()
         refusal = self._admission(caller)
         if refusal:
             log.warning("refused xDS stream from node %s (%s): %s", caller.node, peer, refusal)
@@ -979,6 +989,15 @@ def _peer_cert(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
 # --- the listeners ------------------------------------------------------------------------
 
 
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),  # find dead peers of idle streams
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_connection_idle_ms", 300_000),  # connections with no stream at all
+)
+"""gRPC server options for long-lived xDS streams (also set on the control plane's shared
+certificate + xDS server)."""
+
+
 @dataclass
 class RunningPush:
     """A started push server. Addresses are the bound ones (port 0 resolved)."""
@@ -1022,9 +1041,7 @@ async def serve_push(
         options=[
             ("grpc.max_receive_message_length", push.limits.max_receive_bytes),
             ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_time_ms", 30_000),  # find dead peers of idle streams
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.max_connection_idle_ms", 300_000),  # connections with no stream at all
+            *SERVER_OPTIONS,
         ],
         # gRPC's own cap is the backstop; ours (with a message that says why) comes first,
         # with room for streams still being authenticated or refused.

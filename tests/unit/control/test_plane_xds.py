@@ -1,4 +1,4 @@
-"""The control plane process with `xds` on, in-process: a node connects to xds.sock with its
+"""The control plane process with `xds` on, in-process: a node connects to ca.sock (certificates and xDS on one listener) with its
 node certificate, a change applied to the SQLite store (by another connection, as the CLI
 does) is pushed to it, and `ketch node revoke` (the token store) ends its stream."""
 
@@ -54,7 +54,7 @@ async def test_control_plane_serves_xds_pushes_store_changes_and_honours_revoke(
     task = spawn(plane.run(config, stop, build=namespaces_as_addresses), "test-plane")
     try:
         async with asyncio.timeout(10):
-            while not config.xds_socket.exists():  # noqa: ASYNC110 - another task's file
+            while not config.ca_socket.exists():  # noqa: ASYNC110 - another task's file
                 await asyncio.sleep(0.02)
         ca = CertificateAuthority.create(TD, state_dir=config.ca_dir)  # the plane's root
         node = ca.issue_node("node-a")
@@ -62,7 +62,7 @@ async def test_control_plane_serves_xds_pushes_store_changes_and_honours_revoke(
         plane.token_store(config.state_dir).replace_certs("node-a", serial)  # as a join does
 
         channel = grpc.aio.secure_channel(
-            f"unix:{config.xds_socket}",
+            f"unix:{config.ca_socket}",
             grpc.ssl_channel_credentials(ca.trust_bundle_pem, node.key_pem, node.chain_bytes),
             options=[("grpc.ssl_target_name_override", "ketch-control-plane")],
         )
@@ -90,4 +90,4 @@ async def test_control_plane_serves_xds_pushes_store_changes_and_honours_revoke(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-    assert not config.xds_socket.exists()
+    assert not config.ca_socket.exists()
