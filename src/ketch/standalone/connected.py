@@ -115,6 +115,8 @@ def default_xds_target(control_plane: str) -> str:
     """The control plane's delta ADS: the certificate service's own address (the control
     plane serves both on each listener, as istiod on 15012), unless `--xds-address` says
     otherwise."""
+    if is_unix(control_plane):
+        return f"unix:{unix_path(control_plane)}"
     return control_plane
 
 
