@@ -203,6 +203,9 @@ def prepare_push(
         cert_is_current=lambda node, serial: (
             is_admin(node, serial) or tokens.is_current(node, serial)
         ),
+        # a stock ztunnel's `authorization: Bearer`: a Ketch xDS token (docs/control-plane.md)
+        validate_token=tokens.xds_token_node,
+        token_is_current=tokens.xds_token_is_current,
         allow_debug=lambda caller: is_admin(caller.node, caller.serial),
         ready=False,
     )

@@ -43,6 +43,7 @@ from google.protobuf.message import DecodeError
 from ketch.identity.authorize import node_from_cert
 from ketch.identity.ca import IssuedCert
 from ketch.identity.errors import IdentityError, Unauthenticated
+from ketch.identity.tokens import token_id
 from ketch.store.base import RevisionTooOldError, Store, StoreError, WatchEvent
 from ketch.util.tasks import spawn
 from ketch.xds.session import ServerStream
@@ -414,6 +415,7 @@ class Caller:
     node: str
     method: str  # "certificate" or "token"
     serial: int | None = None  # of the node certificate, to re-check it later
+    token: str | None = None  # `tokens.token_id` of the bearer token, to re-check it later
 
 
 def authenticate(
@@ -448,7 +450,7 @@ def authenticate(
         raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
     if validate_token is None:
         raise Unauthenticated("token authentication is not enabled on this listener")
-    return Caller(validate_token(token.strip()), "token")
+    return Caller(validate_token(token.strip()), "token", token=token_id(token.strip()))
 
 
 # --- I/O: the delta ADS servicer ----------------------------------------------------------
@@ -568,6 +570,7 @@ class PushServer:
         trust_domain: str,
         cert_is_current: CertIsCurrent,
         validate_token: TokenValidator | None = None,
+        token_is_current: Callable[[str], bool] | None = None,
         limits: Limits | None = None,
         session_factory: Callable[[Sequence[str]], ServerStream] = ServerStream,
         served_types: Sequence[str] = PUSH_ORDER,
@@ -578,6 +581,7 @@ class PushServer:
         self._trust_domain = trust_domain
         self._cert_is_current = cert_is_current
         self._validate_token = validate_token
+        self._token_is_current = token_is_current
         self.limits = limits or Limits()
         self._session_factory = session_factory
         self._served = tuple(served_types)
@@ -630,28 +634,32 @@ class PushServer:
         return len(victims)
 
     async def revalidate(self) -> list[str]:
-        """Re-check the certificate of every certificate-authenticated stream and end those
-        whose certificate is no longer current (`ketch node revoke` or a re-join, done by
-        another process: the token store is the shared record). The check reads the token
-        store, so it runs in a worker thread. Returns the nodes disconnected."""
-        held = {
-            (s.caller.node, s.caller.serial)
-            for s in self._streams.values()
-            if s.caller.serial is not None
-        }
+        """Re-check the credential of every stream and end those whose certificate is no
+        longer current (`ketch node revoke` or a re-join, done by another process: the token
+        store is the shared record) or whose bearer token was revoked or expired
+        (`token_is_current`). The checks read the token store, so they run in a worker
+        thread. Returns the nodes disconnected."""
+        held = {(s.caller.node, s.caller.serial, s.caller.token) for s in self._streams.values()}
+        check_token = self._token_is_current
 
-        def stale() -> set[tuple[str, int]]:
-            return {(n, serial) for n, serial in held if not self._cert_is_current(n, serial)}
+        def stale() -> set[tuple[str, int | None, str | None]]:
+            def bad(node: str, serial: int | None, token: str | None) -> bool:
+                if serial is not None:
+                    return not self._cert_is_current(node, serial)
+                return token is not None and (check_token is None or not check_token(token))
+
+            return {h for h in held if bad(*h)}
 
         gone = await asyncio.to_thread(stale)
         for stream in list(self._streams.values()):
-            if (stream.caller.node, stream.caller.serial) in gone:
+            c = stream.caller
+            if (c.node, c.serial, c.token) in gone:
+                what = "node certificate" if c.serial is not None else "xDS token"
                 stream.close(
                     grpc.StatusCode.UNAUTHENTICATED,
-                    f"node certificate of {stream.caller.node} was revoked or replaced by a "
-                    "newer join",
+                    f"{what} of {c.node} was revoked, expired or replaced by a newer join",
                 )
-        return sorted({n for n, _ in gone})
+        return sorted({n for n, _, _ in gone})
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The ADS service: DeltaAggregatedResources for node proxies, and

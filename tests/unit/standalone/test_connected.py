@@ -248,9 +248,7 @@ def test_default_join_address_and_trust_bundle_sit_next_to_ca_sock() -> None:
     )
     assert connected.default_join_target("10.0.0.1:15012") is None
     # certificates and xDS share the control plane's listeners (istiod's 15012)
-    assert connected.default_xds_target("/var/lib/ketch/ca.sock") == (
-        "unix:/var/lib/ketch/ca.sock"
-    )
+    assert connected.default_xds_target("/var/lib/ketch/ca.sock") == ("unix:/var/lib/ketch/ca.sock")
     assert connected.default_xds_target("unix:///run/k/ca.sock") == "unix:/run/k/ca.sock"
     assert connected.default_xds_target("10.0.0.1:15012") == "10.0.0.1:15012"
 
