@@ -200,3 +200,42 @@ async def test_sotw_syncz_as_istioctl_asks_it() -> None:
         finally:
             await proxy.close()
             await channel.close(None)
+
+
+def test_node_token_create_xds_and_revoke() -> None:
+    """`ketch node token create --xds` prints a reusable xDS token for the node (valid for
+    the plane's token store), `ketch node revoke` ends it; TTL bounds are errors."""
+    from ketch.identity.errors import TokenError
+
+    state = Path(tempfile.mkdtemp(prefix="kps-"))
+    try:
+        config = plane.ControlPlaneConfig(state_dir=state)
+        proc = ketch(
+            config, "node", "token", "create", "node-x", "--xds", "--state-dir", str(state)
+        )
+        assert proc.returncode == 0, proc.stderr
+        token = proc.stdout.strip()
+        assert token.startswith("ketch-xds-")
+        tokens = plane.token_store(state)
+        assert tokens.xds_token_node(token) == "node-x"
+        assert tokens.xds_token_node(token) == "node-x"  # reusable
+        too_long = ketch(
+            config,
+            "node",
+            "token",
+            "create",
+            "n",
+            "--xds",
+            "--ttl",
+            "400d",
+            "--state-dir",
+            str(state),
+        )
+        assert too_long.returncode == 1
+        assert "outside 1s..365 days" in too_long.stderr
+        proc = ketch(config, "node", "revoke", "node-x", "--state-dir", str(state))
+        assert proc.returncode == 0, proc.stderr
+        with pytest.raises(TokenError, match="unknown or revoked"):
+            tokens.xds_token_node(token)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
