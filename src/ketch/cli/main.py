@@ -32,7 +32,7 @@ from ketch.cli.common import CliError, err, fail, open_store, out, state
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
 from ketch.control import admission
-from ketch.control.translate.policy import policy_warnings
+from ketch.control.translate.policy import peer_authentication_warnings, policy_warnings
 from ketch.labels import SelectorError, parse_selector
 from ketch.store import ListResult, Manifest, NotFoundError, ObjectKey, StoreError
 
@@ -158,6 +158,9 @@ def apply(
         fail("apply needs -f FILE|DIR|- (e.g. ketch apply -f examples/bookinfo.yaml)")
     manifests = _load(filename, recursive, namespace)
     with open_store() as store:
+        stored = lambda: store.list("PeerAuthentication").items  # noqa: E731 - quirks need them
+        for warning in peer_authentication_warnings(manifests, stored):
+            err.print(f"Warning: {warning}")
         outcomes = admission.apply(
             store, manifests, service_cidr=state.service_cidr, dry_run=dry_run
         )
