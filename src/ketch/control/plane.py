@@ -30,22 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ketch.identity.ca import CertificateAuthority, write_private_file
 from ketch.identity.directory import StoreNodeDirectory
-from ketch.identity.server import (
-    MAX_CONCURRENT_RPCS,
-    MAX_MESSAGE_BYTES,
-    SERVER_CERT_TTL,
-    RunningCa,
-    serve_ca,
-)
+from ketch.identity.server import SERVER_CERT_TTL, RunningCa, serve_ca
 from ketch.identity.tokens import TokenStore
 from ketch.store.base import Store
 from ketch.util.tasks import spawn
@@ -246,19 +241,13 @@ async def run(
         sock.unlink(missing_ok=True)
     tokens = token_store(config.state_dir)
     pipeline: RunningPushPipeline | None = None
-    extra: dict[str, Any] = {}
+    serve: Callable[..., Awaitable[RunningCa]] = serve_ca
     if config.xds:
-        from ketch.control.push import SERVER_OPTIONS, Limits
+        from ketch.control.push import serve_push
 
         pipeline = prepare_push(config, ca, store, tokens, build or mesh_build(config))
-        limits = Limits()
-        extra = {
-            "extra_handlers": [pipeline.server.handler()],
-            "max_receive_bytes": max(limits.max_receive_bytes, MAX_MESSAGE_BYTES),
-            "max_concurrent_rpcs": MAX_CONCURRENT_RPCS + limits.max_streams + 64,
-            "extra_options": SERVER_OPTIONS,
-        }
-    running: RunningCa = await serve_ca(
+        serve = functools.partial(serve_push, pipeline.server)  # + delta ADS, same listeners
+    running = await serve(
         ca,
         StoreNodeDirectory(store),
         tokens,
@@ -266,7 +255,6 @@ async def run(
         unix_path=config.ca_socket,
         join_address=config.join_listen,
         join_unix_path=config.join_socket,
-        **extra,
     )
     log.info(
         "control plane up: trust domain %s, certificate service%s unix:%s%s, join unix:%s%s, "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -41,9 +40,11 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
 from ketch.identity.authorize import node_from_cert
-from ketch.identity.ca import IssuedCert
+from ketch.identity.ca import CertificateAuthority
+from ketch.identity.directory import NodeDirectory
 from ketch.identity.errors import IdentityError, Unauthenticated
-from ketch.identity.tokens import token_id
+from ketch.identity.server import MAX_CONCURRENT_RPCS, MAX_MESSAGE_BYTES, RunningCa, serve_ca
+from ketch.identity.tokens import TokenStore, token_id
 from ketch.store.base import RevisionTooOldError, Store, StoreError, WatchEvent
 from ketch.util.tasks import spawn
 from ketch.xds.session import ServerStream
@@ -1002,83 +1003,39 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_connection_idle_ms", 300_000),  # connections with no stream at all
 )
-"""gRPC server options for long-lived xDS streams (also set on the control plane's shared
-certificate + xDS server)."""
-
-
-@dataclass
-class RunningPush:
-    """A started push server. Addresses are the bound ones (port 0 resolved)."""
-
-    server: grpc.aio.Server
-    address: str | None = None  # mTLS (node certificate)
-    unix_path: Path | None = None  # mTLS (node certificate)
-    token_address: str | None = None  # server-auth TLS + bearer token
-    token_unix_path: Path | None = None
-    _stopped: bool = field(default=False, repr=False)
-
-    async def stop(self, grace: float | None = 1.0) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        await self.server.stop(grace)
-        for path in (self.unix_path, self.token_unix_path):
-            if path is not None:
-                path.unlink(missing_ok=True)
+"""gRPC server options for long-lived xDS streams."""
 
 
 async def serve_push(
     push: PushServer,
-    server_cert: IssuedCert,
-    trust_bundle_pem: bytes,
+    ca: CertificateAuthority,
+    directory: NodeDirectory,
+    tokens: TokenStore,
     *,
     address: str | None = None,
     unix_path: Path | None = None,
-    token_address: str | None = None,
-    token_unix_path: Path | None = None,
-) -> RunningPush:
-    """Serve `push` over gRPC: mTLS listeners (`address`, `unix_path`) where nodes present
-    their node certificate, and optional server-auth TLS listeners for bearer tokens
-    (grpcio cannot ask for a client certificate without requiring it, as in serve_ca)."""
-    pair = [(server_cert.key_pem, server_cert.chain_bytes)]
-    mtls = grpc.ssl_server_credentials(
-        pair, root_certificates=trust_bundle_pem, require_client_auth=True
-    )
-    tls = grpc.ssl_server_credentials(pair)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", push.limits.max_receive_bytes),
-            ("grpc.so_reuseport", 0),
-            *SERVER_OPTIONS,
-        ],
+    join_address: str | None = None,
+    join_unix_path: Path | None = None,
+) -> RunningCa:
+    """The control plane's gRPC server with delta ADS: the certificate service and node join
+    (`identity.server.serve_ca`) plus `push`'s ADS on the same listeners, as istiod serves
+    certificates and xDS on 15012. On the mTLS listeners (`address`, `unix_path`) callers
+    present their node certificate; on the server-auth TLS ones (`join_*`: grpcio cannot ask
+    for a client certificate without requiring it) a bearer xDS token. The limits cover both
+    services: ADS's larger messages and stream counts, the keepalive of long-lived streams."""
+    limits = push.limits
+    return await serve_ca(
+        ca,
+        directory,
+        tokens,
+        address=address,
+        unix_path=unix_path,
+        join_address=join_address,
+        join_unix_path=join_unix_path,
+        extra_handlers=[push.handler()],
+        max_receive_bytes=max(limits.max_receive_bytes, MAX_MESSAGE_BYTES),
         # gRPC's own cap is the backstop; ours (with a message that says why) comes first,
         # with room for streams still being authenticated or refused.
-        maximum_concurrent_rpcs=push.limits.max_streams + 64,
+        max_concurrent_rpcs=MAX_CONCURRENT_RPCS + limits.max_streams + 64,
+        extra_options=SERVER_OPTIONS,
     )
-    server.add_generic_rpc_handlers((push.handler(),))
-    running = RunningPush(server=server)
-    for attr, where, creds in (
-        ("address", address, mtls),
-        ("token_address", token_address, tls),
-    ):
-        if where is not None:
-            port = server.add_secure_port(where, creds)
-            if port == 0:
-                raise OSError(f"xDS server cannot listen on {where} (in use?)")
-            setattr(running, attr, f"{where.rsplit(':', 1)[0]}:{port}")
-    for attr, path, creds in (
-        ("unix_path", unix_path, mtls),
-        ("token_unix_path", token_unix_path, tls),
-    ):
-        if path is not None:
-            path = Path(path)
-            path.unlink(missing_ok=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if server.add_secure_port(f"unix:{path}", creds) == 0:
-                raise OSError(f"xDS server cannot listen on unix:{path}")
-            setattr(running, attr, path)
-    await server.start()
-    for path in (running.unix_path, running.token_unix_path):
-        if path is not None:
-            os.chmod(path, 0o666)  # nodes authenticate with TLS, not file modes
-    return running
