@@ -97,40 +97,6 @@ def test_mesh_build_caches_validate_and_encode_only_changes() -> None:
     assert len(gone[ADDRESS_TYPE]) == 60 + 6 - 1
 
 
-def test_translate_all_workload_cache_reuses_only_unchanged_pods() -> None:
-    """With `workload_cache`, a pod whose inputs are the same objects keeps its Workload
-    object; one whose Service, policy names or namespace changed is translated again; the
-    snapshot always equals an uncached translation."""
-    from ketch.api import from_manifest
-    from ketch.control.translate.snapshot import WorkloadCache, translate_all
-
-    manifests = xds_push.make_objects(pods=40, services=4, policies=4, nodes=2)
-    models = [from_manifest(m) for m in manifests]
-    cache: WorkloadCache = {}
-    first = translate_all(models, workload_cache=cache)
-    assert first == translate_all(models)
-    second = translate_all(models, workload_cache=cache)
-    assert second == first
-    assert all(second.workloads[u] is first.workloads[u] for u in first.workloads)
-
-    # a Service's target port changes: the pods it selects get new workloads
-    i = next(i for i, m in enumerate(manifests) if m["kind"] == "Service")
-    svc = manifests[i]
-    ports = [{**p, "targetPort": 9090} for p in svc["spec"]["ports"]]
-    models[i] = from_manifest({**svc, "spec": {**svc["spec"], "ports": ports}})
-    # a policy's selector changes: the pods it selected and now selects change names
-    j = next(j for j, m in enumerate(manifests) if m["kind"] == "AuthorizationPolicy")
-    pol = manifests[j]
-    other = {"app": "svc-3"}
-    models[j] = from_manifest({**pol, "spec": {**pol["spec"], "selector": {"matchLabels": other}}})
-    third = translate_all(models, workload_cache=cache)
-    assert third == translate_all(models)
-    assert third != first
-    changed = {u for u in third.workloads if third.workloads[u] is not first.workloads[u]}
-    assert changed == {u for u in third.workloads if third.workloads[u] != first.workloads[u]}
-    assert changed
-
-
 def test_mesh_build_update_from_watch_events_equals_a_full_build() -> None:
     """The push's incremental path: `update(changes)` with the store's events gives the
     snapshot a from-scratch build gives, validating and encoding only what changed."""
