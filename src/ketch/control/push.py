@@ -535,14 +535,20 @@ class _Stream:
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.room = asyncio.Semaphore(inbox)
         self.pending: set[str] = set()
+        #: per type, the names pushes changed since this stream's last answer of the type
+        self.changed: dict[str, set[str]] = {}
         self.push_queued = False
         self.subscribed: set[str] = set()  # type URLs the client has asked for
         self.held = False  # Address answer held back until Authorization is subscribed
         self.node_id = ""
         self.metadata: dict[str, str] = {}
 
-    def push(self, type_urls: Iterable[str]) -> None:
-        self.pending.update(type_urls)
+    def push(self, deltas: Iterable[TypeDelta]) -> None:
+        for d in deltas:
+            self.pending.add(d.type_url)
+            names = self.changed.setdefault(d.type_url, set())
+            names.update(d.changed)
+            names.update(d.removed)
         if not self.push_queued:
             self.push_queued = True
             self.inbox.put_nowait(_PUSH)
@@ -602,10 +608,9 @@ class PushServer:
     # --- the registry ---
 
     def notify(self, deltas: Sequence[TypeDelta]) -> None:
-        """The snapshot changed (Pusher's `on_push`): wake every stream."""
-        types = [d.type_url for d in deltas]
+        """The snapshot changed (Pusher's `on_push`): wake every stream, with the names."""
         for stream in self._streams.values():
-            stream.push(types)
+            stream.push(deltas)
 
     def clients(self) -> list[ClientStatus]:
         return [
@@ -828,6 +833,7 @@ class PushServer:
             while not stream.inbox.empty():
                 items.append(stream.inbox.get_nowait())
             answer: set[str] = set()
+            full: set[str] = set()  # answered over the whole snapshot (requests)
             for item in items:
                 if item is _EOF:
                     return "client closed the stream"
@@ -850,7 +856,9 @@ class PushServer:
                         await self._write(stream, context, self._syncz(stream))
                     continue
                 stream.subscribed.add(request.type_url)
-                answer.update(stream.session.on_request(request))
+                asked = stream.session.on_request(request)
+                answer.update(asked)
+                full.update(asked)
             # Authorization before Address for the first answers too: hold Address until
             # the client subscribed to Authorization (and gets it first, by push order), or
             # `policy_grace` after the stream opened (a client that never asks for policies).
@@ -864,12 +872,20 @@ class PushServer:
                 stream.held = True
             elif stream.held and not hold:
                 answer.add(ADDRESS_TYPE)
+                full.add(ADDRESS_TYPE)
                 stream.held = False
-            snapshot = self._snapshot()
             for type_url in push_order(answer):
-                response = stream.session.respond(
-                    type_url, snapshot.of(type_url), version=str(snapshot.version)
-                )
+                # The snapshot and the changed names are taken together, with no await
+                # between: a push during a write below is answered by the next round.
+                snapshot = self._snapshot()
+                changed = stream.changed.pop(type_url, set())
+                resources, version = snapshot.of(type_url), str(snapshot.version)
+                if type_url in full:
+                    response = stream.session.respond(type_url, resources, version=version)
+                else:  # a push: only the names it changed (the session falls back if needed)
+                    response = stream.session.respond_changes(
+                        type_url, resources, changed, version=version
+                    )
                 if response is not None:
                     await self._write(stream, context, response)
 
