@@ -191,10 +191,6 @@ class IncrementalMesh:
             warnings=self.warnings(),
         )
 
-    def objects(self) -> list[Resource]:
-        """The valid objects held (what `translate_all` would be given)."""
-        return list(self._models.values())
-
     # --- changes ---
 
     def reset(self, objects: Iterable[Resource | Mapping[str, Any]]) -> MeshChanges:
@@ -322,7 +318,8 @@ class IncrementalMesh:
                     out.add((ns, name))
         return out
 
-    def _all_pods_of(self, namespace: str) -> set[_Key]:
+    def _policy_scope(self, namespace: str) -> set[_Key]:
+        """Every pod a policy of `namespace` can apply to (all, for the root namespace)."""
         return self._selected(namespace, {})
 
     # --- recomputation ---
@@ -350,7 +347,7 @@ class IncrementalMesh:
             if dirty.pas:
                 for key in dirty.pas:
                     self._translate_pa(key)
-                    pods |= self._all_pods_of(key[0])
+                    pods |= self._policy_scope(key[0])
                 mesh_pas = [self._mesh_pas[k] for k in sorted(self._mesh_pas, key=_pa_ref)]
                 converted = {
                     a.key: a
