@@ -1,5 +1,7 @@
-"""Where a push's rebuild spends its time: the stages of `MeshBuild` + `SnapshotHolder.rebuild`
-timed one by one, then cProfile's top functions, on the store `bench/xds_push.py` fills.
+"""Where a push's rebuild spends its time: the stages of a full `MeshBuild` +
+`SnapshotHolder.rebuild` timed one by one, then the incremental rebuild a push does (from the
+watch events of one policy change) and cProfile's top functions of it, on the store
+`bench/xds_push.py` fills.
 
     uv run --frozen python bench/xds_build_profile.py [--pods 10000 --services 1000
         --policies 1000] [--top 25]
@@ -33,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ketch.control.build import TRANSLATED_KINDS, MeshBuild
-    from ketch.control.push import SnapshotHolder
+    from ketch.control.push import SnapshotHolder, StoreChange
     from ketch.control.translate.snapshot import translate_all
     from ketch.store.sqlite import SqliteStore
     from ketch.xds.convert import snapshot
@@ -43,7 +45,7 @@ def main() -> None:
         store = SqliteStore(tmp / "ketch.db")
         store.apply(xds_push.make_objects(args.pods, args.services, args.policies, 10))
         build = MeshBuild()
-        holder = SnapshotHolder(lambda: build(store))
+        holder = SnapshotHolder(lambda: build(store), build.update)
         holder.rebuild()  # the initial snapshot: the next rebuild is a push's
         store.apply([xds_push.policy(0, args.services, 1)])
 
@@ -66,20 +68,39 @@ def main() -> None:
         stages.append(("whole SnapshotHolder.rebuild() (all of the above + diff)", t))
         stages[-1] = (stages[-1][0], time.perf_counter() - t)
 
+        # the push's path since the incremental work: the watch events of one change
+        def change(n: int) -> list[StoreChange]:
+            since = store.revision()
+            store.apply([xds_push.policy(0, args.services, n)])
+            return [StoreChange(store.revision(), store.events(since))]
+
+        for n in (3, 4, 5):  # warm
+            holder.rebuild(change(n))
+        times = []
+        for n in range(6, 26):
+            events = change(n)
+            t = time.perf_counter()
+            holder.rebuild(events)
+            times.append(time.perf_counter() - t)
+        times.sort()
+        stages.append(
+            ("incremental `rebuild(changes)` of one policy change (median of 20)", times[10])
+        )
+
         print(f"## Rebuild stages ({args.pods} pods, {args.services} services, "
               f"{args.policies} policies)\n")  # fmt: skip
         print("| stage | ms |\n|---|---|")
         for name, secs in stages:
             print(f"| {name} | {secs * 1000:.0f} |")
 
-        store.apply([xds_push.policy(0, args.services, 2)])
+        events = change(2)
         prof = cProfile.Profile()
         prof.enable()
-        holder.rebuild()
+        holder.rebuild(events)
         prof.disable()
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
-        print("\n## cProfile of one rebuild, by own time\n\n```")
+        print("\n## cProfile of one incremental rebuild, by own time\n\n```")
         print(out.getvalue().strip())
         print("```")
         out = io.StringIO()

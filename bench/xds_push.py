@@ -14,7 +14,8 @@ What it does (docs/benchmark-control-plane.md):
    and issues one node certificate per client, recorded in nodes.json as a join does
    (`tests/unit/control/plane_helpers.Proxy`).
 2. Starts the control plane as its own process (`ketch control-plane run --xds`, the venv's
-   console script) and waits for xds.sock (this includes the first build of the whole store).
+   console script) and waits for its log line "xDS (delta ADS) serving" (after the first build
+   of the whole store; xDS shares ca.sock with the certificate service).
 3. Initial sync: N clients connect over the unix socket with mTLS (each as its node), subscribe
    to Address and Authorization (ztunnel's initial requests, `ClientStream`) and ACK; timed
    from the first connect to the last client's ACK of both types with every resource held.
@@ -87,39 +88,51 @@ def make_objects(pods: int, services: int, policies: int, nodes: int) -> list[di
                 },
             }
         )
-    for i in range(pods):
-        j = i % services
-        out.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": f"pod-{i}",
-                    "namespace": f"ns-{j % nns}",
-                    "labels": {"app": f"svc-{j}"},
-                    "annotations": {"ambient.istio.io/redirection": "enabled"},
-                },
-                "spec": {
-                    "nodeName": f"node-{i % nodes}",
-                    "serviceAccountName": f"sa-{j}",
-                    "containers": [
-                        {
-                            "name": "c",
-                            "command": ["sleep", "infinity"],
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                        }
-                    ],
-                },
-                "status": {
-                    "phase": "Running",
-                    "podIP": _ip(0, i + 1),
-                    "conditions": [{"type": "Ready", "status": "True"}],
-                },
-            }
-        )
+    out += [pod(i, services, nodes, 0) for i in range(pods)]
     for p in range(policies):
         out.append(policy(p, services, 0))
     return out
+
+
+def pod(i: int, services: int, nodes: int, generation: int) -> dict[str, Any]:
+    """Pod pod-I of service I mod services on node-(I mod nodes); `generation` > 0 sets its
+    `version` label (its workload's canonical revision: the `--change pod` change)."""
+    nns = namespaces_for(services)
+    j = i % services
+    labels = {"app": f"svc-{j}"}
+    if generation:
+        labels["version"] = f"v{generation}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"pod-{i}",
+            "namespace": f"ns-{j % nns}",
+            "labels": labels,
+            "annotations": {"ambient.istio.io/redirection": "enabled"},
+        },
+        "spec": {
+            "nodeName": f"node-{i % nodes}",
+            "serviceAccountName": f"sa-{j}",
+            "containers": [
+                {
+                    "name": "c",
+                    "command": ["sleep", "infinity"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                }
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": _ip(0, i + 1),
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def pod_resource_name(i: int, services: int) -> str:
+    nns = namespaces_for(services)
+    return f"Kubernetes//Pod/ns-{(i % services) % nns}/pod-{i}"
 
 
 def policy(p: int, services: int, generation: int) -> dict[str, Any]:
@@ -329,7 +342,7 @@ async def run(args: argparse.Namespace) -> Result:
             clients.append(
                 Client(
                     node, cert.key_pem, cert.chain_bytes, ca.trust_bundle_pem,
-                    cfg.xds_socket, args.decode,
+                    cfg.ca_socket, args.decode,
                 )
             )  # fmt: skip
 
@@ -337,14 +350,14 @@ async def run(args: argparse.Namespace) -> Result:
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         ketch = Path(sys.executable).parent / "ketch"  # the console script (a Python file)
         cmd = [sys.executable, str(ketch), "control-plane", "run"]
-        cmd += ["--state-dir", str(state), "--xds", "--log-level", "warning"]
+        cmd += ["--state-dir", str(state), "--xds", "--log-level", "info"]
         if args.profile:
             cmd[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
         t = time.perf_counter()
         proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; timed from here
             cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env
         )
-        while not cfg.xds_socket.exists():
+        while b"xDS (delta ADS) serving" not in (tmp / "plane.log").read_bytes():
             if proc.poll() is not None:
                 raise RuntimeError(f"control plane exited: {(tmp / 'plane.log').read_text()}")
             await asyncio.sleep(0.01)
@@ -382,12 +395,17 @@ async def run(args: argparse.Namespace) -> Result:
         await asyncio.sleep(0.5)  # let the ACKs settle
         cpu0 = proc_cpu_seconds(proc.pid)
         for k in range(args.changes):
-            p = (k * 7919) % args.policies
-            name = policy_resource_name(p, args.services)
+            if args.change == "pod":
+                i = (k * 7919) % args.pods
+                name = pod_resource_name(i, args.services)
+                changed = pod(i, args.services, args.clients, k + 1)
+            else:
+                p = (k * 7919) % args.policies
+                name = policy_resource_name(p, args.services)
+                changed = policy(p, args.services, k + 1)
             for cl in clients:
                 cl.watch, cl.seen_at = name, 0.0
                 cl.seen.clear()
-            changed = policy(p, args.services, k + 1)
             t0 = time.perf_counter()
             await asyncio.to_thread(store.apply, [changed])
             async with asyncio.timeout(args.timeout):
@@ -442,11 +460,11 @@ def report(res: Result) -> str:
         f"| store objects (one bulk apply) | {res.objects} in {res.fill_s:.2f} s |",
         f"| resources per client | Address {res.address_resources}, "
         f"Authorization {res.authorization_resources} |",
-        f"| clients / changes | {a.clients} / {len(ch)} |",
+        f"| clients / changes | {a.clients} / {len(ch)} ({getattr(a, 'change', 'policy')}) |",
         "",
         "| measurement | value |",
         "|---|---|",
-        f"| plane start to xds.sock (first build of the store) | {res.plane_ready_s:.2f} s "
+        f"| plane start to xDS serving (first build of the store) | {res.plane_ready_s:.2f} s "
         f"({res.cpu_at_ready:.2f} CPU s) |",
         f"| full initial sync of {a.clients} clients (last ACK) | {res.sync_s * ms:.0f} ms |",
         f"| ... first / median client | {res.sync_per_client[0] * ms:.0f} ms / "
@@ -489,6 +507,13 @@ def main() -> None:
     ap.add_argument("--policies", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--changes", type=int, default=50)
+    ap.add_argument(
+        "--change",
+        choices=("policy", "pod"),
+        default="policy",
+        help="what each change rewrites: an AuthorizationPolicy's rule (default) or a Pod's "
+        "version label (one Address resource)",
+    )
     ap.add_argument("--quick", action="store_true", help="1/10 of pods, services, policies")
     ap.add_argument("--decode", action="store_true", help="clients decode every resource")
     ap.add_argument("--gap", type=float, default=0.3, help="seconds between changes")

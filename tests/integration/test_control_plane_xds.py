@@ -88,11 +88,12 @@ class Mesh:
         self.plane = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         alive = _deadline(30)
-        while "xDS (delta ADS) unix:" not in self.plane_log():
+        while "xDS (delta ADS) serving" not in self.plane_log():
             assert self.plane.poll() is None, self.log("plane")
             assert alive(), "control plane did not start:\n" + self.log("plane")
             time.sleep(0.05)
-        assert all((self.state / s).exists() for s in ("ca.sock", "join.sock", "xds.sock"))
+        assert all((self.state / s).exists() for s in ("ca.sock", "join.sock"))
+        assert not (self.state / "xds.sock").exists()  # xDS shares ca.sock (istiod's 15012)
 
     def plane_log(self) -> str:
         """The control plane's log since its last start."""
@@ -315,14 +316,15 @@ def _bring_up(m: Mesh) -> str:
     m.start_proxy(m.node1, tokens["node1"], m.pods_file(m.node1, m.a))
     m.start_proxy(m.node2, tokens["node2"], m.pods_file(m.node2, m.b))
 
-    # joined, connected to xds.sock, both types ACKed; the pod from --pods is enrolled
+    # joined, xDS from ca.sock (certificates and xDS on one listener), both types ACKed; the
+    # pod from --pods is enrolled
     for node, pod in ((m.node1, m.a), (m.node2, m.b)):
         m.wait(
             f"{node.name} synced",
             lambda node=node: m.dump(node).get("xds", {}).get("synced") is True,
         )
         xds = m.dump(node)["xds"]
-        assert xds["target"] == f"unix:{m.state / 'xds.sock'}"
+        assert xds["target"] == f"unix:{m.state / 'ca.sock'}"
         assert xds["nacks"] == 0, xds
         assert (m.state / f"node-{node.name}" / "node-key.pem").exists()
         assert [p["name"] for p in m.dump(node)["pods"]] == [pod.name]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -96,35 +97,59 @@ def test_mesh_build_caches_validate_and_encode_only_changes() -> None:
     assert len(gone[ADDRESS_TYPE]) == 60 + 6 - 1
 
 
-def test_translate_all_workload_cache_reuses_only_unchanged_pods() -> None:
-    """With `workload_cache`, a pod whose inputs are the same objects keeps its Workload
-    object; one whose Service, policy names or namespace changed is translated again; the
-    snapshot always equals an uncached translation."""
-    from ketch.api import from_manifest
-    from ketch.control.translate.snapshot import WorkloadCache, translate_all
+def test_mesh_build_update_from_watch_events_equals_a_full_build() -> None:
+    """The push's incremental path: `update(changes)` with the store's events gives the
+    snapshot a from-scratch build gives, validating and encoding only what changed."""
+    from ketch.control.push import SnapshotHolder, StoreChange
 
-    manifests = xds_push.make_objects(pods=40, services=4, policies=4, nodes=2)
-    models = [from_manifest(m) for m in manifests]
-    cache: WorkloadCache = {}
-    first = translate_all(models, workload_cache=cache)
-    assert first == translate_all(models)
-    second = translate_all(models, workload_cache=cache)
-    assert second == first
-    assert all(second.workloads[u] is first.workloads[u] for u in first.workloads)
+    store = MemoryStore()
+    store.apply(xds_push.make_objects(pods=60, services=6, policies=5, nodes=3))
+    build = MeshBuild()
+    holder = SnapshotHolder(lambda: build(store), build.update)
+    holder.rebuild()
+    revision = store.revision()
 
-    # a Service's target port changes: the pods it selects get new workloads
-    i = next(i for i, m in enumerate(manifests) if m["kind"] == "Service")
-    svc = manifests[i]
-    ports = [{**p, "targetPort": 9090} for p in svc["spec"]["ports"]]
-    models[i] = from_manifest({**svc, "spec": {**svc["spec"], "ports": ports}})
-    # a policy's selector changes: the pods it selected and now selects change names
-    j = next(j for j, m in enumerate(manifests) if m["kind"] == "AuthorizationPolicy")
-    pol = manifests[j]
-    other = {"app": "svc-3"}
-    models[j] = from_manifest({**pol, "spec": {**pol["spec"], "selector": {"matchLabels": other}}})
-    third = translate_all(models, workload_cache=cache)
-    assert third == translate_all(models)
-    assert third != first
-    changed = {u for u in third.workloads if third.workloads[u] is not first.workloads[u]}
-    assert changed == {u for u in third.workloads if third.workloads[u] != first.workloads[u]}
-    assert changed
+    def step(write: Any) -> list[Any]:
+        nonlocal revision
+        write()
+        events = store.events(revision)
+        revision = store.revision()
+        deltas = holder.rebuild([StoreChange(revision, events)])
+        full = MeshBuild()(store)
+        assert {t: dict(r) for t, r in holder.current.resources.items()} == full
+        return deltas
+
+    # a policy rewrite with the same selector: one manifest, one Authorization, no Address
+    (delta,) = step(lambda: store.apply([xds_push.policy(3, 6, 1)]))
+    assert (build.validated, build.encoded) == (1, 1)
+    assert (delta.type_url, list(delta.changed)) == (
+        AUTHORIZATION_TYPE,
+        [xds_push.policy_resource_name(3, 6)],
+    )
+    pod = next(o for o in store.list().items if o["kind"] == "Pod")
+    relabelled = {**pod, "metadata": {**pod["metadata"], "labels": {"app": "elsewhere"}}}
+    (delta,) = step(lambda: store.apply([relabelled]))
+    assert (build.validated, build.encoded) == (1, 1)
+    assert delta.type_url == ADDRESS_TYPE
+    svc = next(o for o in store.list().items if o["kind"] == "Service")
+    step(lambda: store.delete("Service", svc["metadata"]["namespace"], svc["metadata"]["name"]))
+    step(lambda: store.delete("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]))
+    ns = next(o for o in store.list().items if o["kind"] == "Namespace")
+    labelled = {**ns, "metadata": {**ns["metadata"], "labels": {"istio.io/use-waypoint": "w"}}}
+    step(lambda: store.apply([labelled]))
+    # several writes in one push, one object written twice: the last write counts
+    step(
+        lambda: (
+            store.apply([xds_push.policy(1, 6, 2)]),
+            store.apply([xds_push.policy(1, 6, 3)]),
+            store.delete("AuthorizationPolicy", *_policy_key(store, 2)),
+        )
+    )
+    step(lambda: store.delete("Namespace", "", ns["metadata"]["name"]))  # with its contents
+    # a resync: a full build of the same store changes nothing
+    assert holder.rebuild([StoreChange(revision, resync=True)]) == []
+
+
+def _policy_key(store: MemoryStore, index: int) -> tuple[str, str]:
+    ap = [o for o in store.list().items if o["kind"] == "AuthorizationPolicy"][index]
+    return ap["metadata"]["namespace"], ap["metadata"]["name"]

@@ -383,7 +383,7 @@ def _wait_role(layout: ClusterLayout, store: Store, rec: sv.PidRecord) -> None:
     """Wait until a started role is ready: the control plane's xDS socket accepts, the
     controllers wrote their ready file, a node's heartbeat is in the store."""
     if rec.role == sv.CONTROL_PLANE:
-        sock = layout.state_dir / "xds.sock"
+        sock = layout.state_dir / "ca.sock"
 
         def ready() -> bool:
             return _unix_connects(sock)

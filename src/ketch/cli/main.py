@@ -34,6 +34,7 @@ from ketch.cli.manifests import (
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
 from ketch.control import admission
+from ketch.control.translate.policy import peer_authentication_warnings
 from ketch.store import NotFoundError, ObjectKey, StoreError
 
 app = typer.Typer(
@@ -92,6 +93,9 @@ def apply(
     with open_store() as store:
         for line in acceptance_warnings(store, loaded):
             err.print(f"Warning: {line}", markup=False)
+        stored = lambda: store.list("PeerAuthentication").items  # noqa: E731 - quirks need them
+        for warning in peer_authentication_warnings(loaded.manifests, stored):
+            err.print(f"Warning: {warning}", markup=False)
         try:
             outcomes = admission.apply(
                 store, loaded.manifests, service_cidr=state.service_cidr, dry_run=dry_run

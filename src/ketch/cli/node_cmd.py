@@ -54,11 +54,24 @@ def _parse_ttl(text: str) -> dt.timedelta:
 def token_create(
     name: Annotated[str, typer.Argument(help="Node name.")],
     ttl: Annotated[
-        str, typer.Option("--ttl", help="How long the token stays valid (max 7d).")
-    ] = "1h",
+        str | None,
+        typer.Option(
+            "--ttl", help="How long the token stays valid (default 1h, max 7d; --xds: 30d, 365d)."
+        ),
+    ] = None,
+    xds: Annotated[
+        bool,
+        typer.Option(
+            "--xds",
+            help="An xDS token instead: reusable, only opens xDS streams as NAME (sent as "
+            "`authorization: Bearer` by a node proxy without a node certificate, e.g. a stock "
+            "ztunnel); ends with `ketch node revoke NAME`.",
+        ),
+    ] = False,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Create a one-time bootstrap token for NAME (and the Node object, if missing).
+    """Create a one-time bootstrap token for NAME (and the Node object, if missing), or with
+    --xds a reusable xDS token.
 
     The token is printed once and stored only as a hash.
     """
@@ -66,8 +79,12 @@ def token_create(
     from ketch.control import plane
     from ketch.identity.errors import IdentityError
 
+    tokens = plane.token_store(_state_dir(state_dir))
     try:
-        token = plane.token_store(_state_dir(state_dir)).create(name, _parse_ttl(ttl))
+        if xds:
+            token = tokens.create_xds_token(name, _parse_ttl(ttl or "30d"))
+        else:
+            token = tokens.create(name, _parse_ttl(ttl or "1h"))
     except IdentityError as e:
         fail(str(e))
     with open_store() as store:
@@ -92,7 +109,8 @@ def revoke(
     name: Annotated[str, typer.Argument(help="Node name.")],
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Stop signing for NAME's node certificate at once (the Node object stays)."""
+    """Stop signing for NAME's node certificate and accepting its xDS tokens at once; its
+    open xDS streams end within --xds-revalidate (the Node object stays)."""
     from ketch.control import plane
 
     if plane.token_store(_state_dir(state_dir)).revoke(name):
@@ -186,15 +204,12 @@ def run_control_plane(
         bool,
         typer.Option(
             "--xds",
-            help="Also serve delta ADS (config push to node proxies) on xds.sock: the "
-            "store's workloads, services and L4 policies as Istio's Address and "
-            "Authorization resources. Experimental.",
+            help="Also serve delta ADS (config push to node proxies) on the certificate "
+            "service's listeners (ca.sock, --listen; as istiod on 15012) and, for xDS "
+            "tokens, the join listeners: the store's workloads, services and L4 policies "
+            "as Istio's Address and Authorization resources.",
         ),
     ] = False,
-    xds_listen: Annotated[
-        str | None,
-        typer.Option("--xds-listen", help="With --xds, also serve ADS on HOST:PORT (mTLS)."),
-    ] = None,
     cluster_id: Annotated[
         str,
         typer.Option("--cluster-id", help="Cluster id in workload uids (istiod's CLUSTER_ID)."),
@@ -230,8 +245,7 @@ def run_control_plane(
         ca_chain=ca_chain,
         workload_ttl=_parse_ttl(workload_ttl),
         store_path=state.store_path if state_dir is None else None,
-        xds=xds or xds_listen is not None,
-        xds_listen=xds_listen,
+        xds=xds,
         cluster_id=cluster_id,
         root_namespace=root_namespace,
         xds_revalidate=xds_revalidate,
@@ -257,7 +271,7 @@ def proxy_status(
         typer.Option(
             "--xds-address",
             help="The control plane's xDS server: HOST:PORT, unix:PATH or a socket path. "
-            "Default: <state-dir>/xds.sock.",
+            "Default: <state-dir>/ca.sock (certificates and xDS share it).",
         ),
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",

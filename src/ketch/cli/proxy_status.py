@@ -67,13 +67,13 @@ def load_credentials(state_dir: Path) -> Credentials:
 
 def target(address: str | None, state_dir: Path) -> str:
     """A gRPC target: `--xds-address` as HOST:PORT, unix:PATH or a socket path; by default
-    `<state-dir>/xds.sock`, which must exist."""
+    `<state-dir>/ca.sock`, which must exist."""
     if address is None:
-        sock = state_dir / "xds.sock"
+        sock = state_dir / "ca.sock"
         if not sock.exists():
             raise CliError(
-                f"no xDS socket at {sock}: the control plane is not running, or runs without "
-                "--xds (ketch control-plane run --xds)"
+                f"no control plane socket at {sock}: the control plane is not running here "
+                "(ketch control-plane run --xds; --state-dir if not the default)"
             )
         return f"unix:{sock}"
     if address.startswith("unix:"):
@@ -126,6 +126,11 @@ def _explain(address: str, code: Any, details: str) -> str:
         )
     if name == "DEADLINE_EXCEEDED":
         return f"the control plane at {address} did not answer within {TIMEOUT:g}s"
+    if name == "UNIMPLEMENTED":
+        return (
+            f"the control plane at {address} serves no xDS: it runs without --xds "
+            "(restart it with `ketch control-plane run --xds`)"
+        )
     if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
         return (
             f"the control plane refused proxy-status ({name}: {details}); the admin "

@@ -81,7 +81,7 @@ def run(
         str | None,
         typer.Option(
             "--xds-address",
-            help="The control plane's delta ADS (default: xds.sock next to a unix --control-plane, else the --control-plane address).",
+            help="The control plane's delta ADS (default: the --control-plane address, which serves certificates and xDS).",
         ),
     ] = None,
     trust_bundle: Annotated[

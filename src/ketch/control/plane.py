@@ -4,21 +4,23 @@ Layout of the state directory (default /var/lib/ketch):
 
     ketch.db          the config store (SQLite, shared with the `ketch` CLI)
     ca/               CA root (root-cert.pem, root-key.pem 0600) and nodes.json (tokens, serials)
-    ca.sock           certificate service, mTLS (nodes present their node certificate)
-    join.sock         node join, server-authenticated TLS (nodes present a bootstrap token)
+    ca.sock           certificate service, mTLS (nodes present their node certificate);
+                      with `--xds` also delta ADS (istiod serves both on 15012)
+    join.sock         node join, server-authenticated TLS (nodes present a bootstrap token);
+                      with `--xds` also delta ADS for a bearer xDS token (a stock ztunnel)
     trust-bundle.pem  the roots nodes must trust (copied to them out of band, or read here)
-
-    xds.sock          delta ADS (with `--xds`), mTLS with the node certificate
     admin/            (with `--xds`) the operator's credential for `ketch proxy-status`
                       (syncz), re-issued at every start, in Istio's file names:
                       cert-chain.pem, key.pem (0600), root-cert.pem
 
 Unix sockets are the default transport because node proxies run in other network namespaces
-on the same machine; TCP listeners (`--listen`, `--join-listen`, `--xds-listen`) are there for
-remote nodes.
+on the same machine; TCP listeners (`--listen`, `--join-listen`) are there for remote nodes.
+One gRPC server serves every listener: the certificate service, node join and (with `--xds`)
+delta ADS, each authenticating its callers as the listener allows.
 
 With `xds` on, the push pipeline of `ketch.control.push` runs here (docs/control-plane.md,
 "Push"): store watch -> debounce -> rebuild with `build(store)` -> delta ADS to every node.
+Streams opened before the first build wait for it.
 The default `build` is `ketch.control.build.MeshBuild`: the store's Pods, Services,
 Namespaces, Nodes, Gateways, AuthorizationPolicies and PeerAuthentications, translated
 (`ketch.control.translate`) and encoded as Istio's Address and Authorization resources.
@@ -28,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -44,7 +47,7 @@ from ketch.store.base import Store
 from ketch.util.tasks import spawn
 
 if TYPE_CHECKING:  # the push pipeline (grpc, Envoy protos) loads only with --xds
-    from ketch.control.push import Pusher, PushServer, Resources, RunningPush
+    from ketch.control.push import Pusher, PushServer, Resources, SnapshotHolder
 
 log = logging.getLogger("ketch.control")
 
@@ -60,8 +63,7 @@ class ControlPlaneConfig:
     ca_chain: Path | None = None  # ... and the chain up to the root
     workload_ttl: timedelta = timedelta(hours=24)
     store_path: Path | None = None
-    xds: bool = False  # serve delta ADS (the push pipeline) on xds.sock
-    xds_listen: str | None = None  # ... and on HOST:PORT
+    xds: bool = False  # also serve delta ADS (the push pipeline) on the listeners
     xds_revalidate: float = 10.0  # seconds between re-checks of open streams' certificates
     cluster_id: str = "Kubernetes"  # in workload uids and CLUSTER_ID (istiod's default)
     root_namespace: str = "istio-system"  # where mesh-wide policies live
@@ -85,10 +87,6 @@ class ControlPlaneConfig:
     @property
     def trust_bundle_file(self) -> Path:
         return self.state_dir / "trust-bundle.pem"
-
-    @property
-    def xds_socket(self) -> Path:
-        return self.state_dir / "xds.sock"
 
     @property
     def admin_dir(self) -> Path:
@@ -156,8 +154,9 @@ def mesh_build(config: ControlPlaneConfig) -> Callable[[Store], Resources]:
 @dataclass
 class RunningPushPipeline:
     server: PushServer
-    running: RunningPush
     pusher: Pusher
+    holder: SnapshotHolder
+    revision: int = 0  # the store revision the first build starts from
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -166,7 +165,6 @@ class RunningPushPipeline:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.running.stop()
 
 
 async def _revalidate_every(server: PushServer, interval: float) -> None:
@@ -176,24 +174,20 @@ async def _revalidate_every(server: PushServer, interval: float) -> None:
             log.warning("ended the xDS streams of node %s: its certificate is revoked", node)
 
 
-async def start_push(
+def prepare_push(
     config: ControlPlaneConfig,
     ca: CertificateAuthority,
     store: Store,
     tokens: TokenStore,
     build: Callable[[Store], Resources],
 ) -> RunningPushPipeline:
-    """Build the first snapshot, serve delta ADS, and follow the store from the revision
-    the first build started at (nothing between the two is missed)."""
-    from ketch.control.push import (
-        Pusher,
-        PushServer,
-        SnapshotHolder,
-        serve_push,
-        watch_store,
-    )
+    """The delta ADS servicer, not serving yet: its handler goes on the certificate
+    service's server (`serve_ca(extra_handlers=...)`); `start_push` builds the first
+    snapshot and lets the streams through."""
+    from ketch.control.push import Pusher, PushServer, SnapshotHolder
 
-    holder = SnapshotHolder(lambda: build(store))
+    update = getattr(build, "update", None)  # MeshBuild's incremental path
+    holder = SnapshotHolder(lambda: build(store), update)
     admin_serial = write_admin_credential(ca, config.admin_dir, ca.trust_bundle_pem)
 
     def is_admin(node: str, serial: int | None) -> bool:
@@ -205,26 +199,28 @@ async def start_push(
         cert_is_current=lambda node, serial: (
             is_admin(node, serial) or tokens.is_current(node, serial)
         ),
+        # a stock ztunnel's `authorization: Bearer`: a Ketch xDS token (docs/control-plane.md)
+        validate_token=tokens.xds_token_node,
+        token_is_current=tokens.xds_token_is_current,
         allow_debug=lambda caller: is_admin(caller.node, caller.serial),
+        ready=False,
     )
-    pusher = Pusher(holder, server.notify)
+    return RunningPushPipeline(server, Pusher(holder, server.notify), holder)
+
+
+async def start_push(pipeline: RunningPushPipeline, store: Store, revalidate: float) -> None:
+    """Build the first snapshot, let the streams through, and follow the store from the
+    revision the first build started at (nothing between the two is missed)."""
+    from ketch.control.push import watch_store
+
     revision = await asyncio.to_thread(store.revision)
-    await pusher.push_now()
-    config.xds_socket.unlink(missing_ok=True)
-    running = await serve_push(
-        server,
-        ca.issue_server(ttl=SERVER_CERT_TTL),
-        ca.trust_bundle_pem,
-        address=config.xds_listen,
-        unix_path=config.xds_socket,
-    )
-    pipeline = RunningPushPipeline(server, running, pusher)
+    await pipeline.pusher.push_now()
+    pipeline.server.set_ready()
     pipeline.tasks = [
-        spawn(pusher.run(), "xds-pusher"),
-        spawn(watch_store(store, pusher.changed, since=revision), "xds-store-watch"),
-        spawn(_revalidate_every(server, config.xds_revalidate), "xds-revalidate"),
+        spawn(pipeline.pusher.run(), "xds-pusher"),
+        spawn(watch_store(store, pipeline.pusher.changed, since=revision), "xds-store-watch"),
+        spawn(_revalidate_every(pipeline.server, revalidate), "xds-revalidate"),
     ]
-    return pipeline
 
 
 async def run(
@@ -246,7 +242,14 @@ async def run(
     for sock in (config.ca_socket, config.join_socket):
         sock.unlink(missing_ok=True)
     tokens = token_store(config.state_dir)
-    running: RunningCa = await serve_ca(
+    pipeline: RunningPushPipeline | None = None
+    serve: Callable[..., Awaitable[RunningCa]] = serve_ca
+    if config.xds:
+        from ketch.control.push import serve_push
+
+        pipeline = prepare_push(config, ca, store, tokens, build or mesh_build(config))
+        serve = functools.partial(serve_push, pipeline.server)  # + delta ADS, same listeners
+    running = await serve(
         ca,
         StoreNodeDirectory(store),
         tokens,
@@ -256,22 +259,22 @@ async def run(
         join_unix_path=config.join_socket,
     )
     log.info(
-        "control plane up: trust domain %s, certificate service unix:%s%s, join unix:%s%s, store %s",
+        "control plane up: trust domain %s, certificate service%s unix:%s%s, join unix:%s%s, "
+        "store %s",
         ca.trust_domain,
+        " and delta ADS" if config.xds else "",
         config.ca_socket,
         f" and {running.address}" if running.address else "",
         config.join_socket,
         f" and {running.join_address}" if running.join_address else "",
         config.store_file,
     )
-    pipeline: RunningPushPipeline | None = None
     try:
-        if config.xds:
-            pipeline = await start_push(config, ca, store, tokens, build or mesh_build(config))
+        if pipeline is not None:
+            await start_push(pipeline, store, config.xds_revalidate)
             log.info(
-                "xDS (delta ADS) unix:%s%s",
-                config.xds_socket,
-                f" and {pipeline.running.address}" if pipeline.running.address else "",
+                "xDS (delta ADS) serving: first snapshot built (version %d)",
+                pipeline.holder.current.version,
             )
         await stop.wait()
     finally:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -41,8 +40,11 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
 from ketch.identity.authorize import node_from_cert
-from ketch.identity.ca import IssuedCert
+from ketch.identity.ca import CertificateAuthority
+from ketch.identity.directory import NodeDirectory
 from ketch.identity.errors import IdentityError, Unauthenticated
+from ketch.identity.server import MAX_CONCURRENT_RPCS, MAX_MESSAGE_BYTES, RunningCa, serve_ca
+from ketch.identity.tokens import TokenStore, token_id
 from ketch.store.base import RevisionTooOldError, Store, StoreError, WatchEvent
 from ketch.util.tasks import spawn
 from ketch.xds.session import ServerStream
@@ -188,28 +190,76 @@ def snapshot_delta(old: Snapshot, new: Snapshot) -> list[TypeDelta]:
     return out
 
 
+@dataclass(frozen=True)
+class Patch:
+    """Part of a new snapshot, from an incremental build: per type, resources (re)built and
+    names removed; every other resource is unchanged. A resource listed with its current
+    version is not sent again."""
+
+    changed: Mapping[str, Mapping[str, Entry]] = field(default_factory=dict)
+    removed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+Update = Callable[[Sequence["StoreChange"]], Patch | None]
+"""An incremental build: store changes since the last build -> the Patch they make, or
+None when it cannot tell (then `build` runs)."""
+
+
 class SnapshotHolder:
     """Keeps the current snapshot; `rebuild()` calls `build` and returns what changed.
 
     `build` is the translation + encoding (store -> type_url -> name -> (version, Any));
     versions must change exactly when the encoded resource changes (e.g. a hash of the
-    bytes, as istiod's xxhash64 of the marshaled Address).
+    bytes, as istiod's xxhash64 of the marshaled Address). `update`, when given, is the
+    incremental path: `rebuild(changes)` hands it the store changes since the last rebuild
+    and applies its Patch (only the patched names are compared), falling back to `build`
+    when there are no changes to go by (the first build, a resync) or it returns None.
     """
 
-    def __init__(self, build: Callable[[], Resources]) -> None:
+    def __init__(self, build: Callable[[], Resources], update: Update | None = None) -> None:
         self._build = build
+        self._update = update
+        self._built = False
         self._current = Snapshot(0, {})
 
     @property
     def current(self) -> Snapshot:
         return self._current
 
-    def rebuild(self) -> list[TypeDelta]:
+    def rebuild(self, changes: Sequence[StoreChange] | None = None) -> list[TypeDelta]:
+        if changes is not None and self._update is not None and self._built:
+            patch = self._update(changes)
+            if patch is not None:
+                return self._patch(patch)
         built = self._build()
+        self._built = True
         candidate = Snapshot(self._current.version, {t: dict(r) for t, r in built.items()})
         deltas = snapshot_delta(self._current, candidate)
         if deltas:
             self._current = Snapshot(self._current.version + 1, candidate.resources)
+        return deltas
+
+    def _patch(self, patch: Patch) -> list[TypeDelta]:
+        resources = dict(self._current.resources)
+        deltas = []
+        for type_url in push_order([*patch.changed, *patch.removed]):
+            old = self._current.of(type_url)
+            changed = {
+                n: e
+                for n, e in patch.changed.get(type_url, {}).items()
+                if n not in old or old[n][0] != e[0]
+            }
+            removed = frozenset(n for n in patch.removed.get(type_url, ()) if n in old)
+            if not changed and not removed:
+                continue
+            new = dict(old)
+            new.update(changed)
+            for name in removed:
+                del new[name]
+            resources[type_url] = new
+            deltas.append(TypeDelta(type_url, {n: changed[n] for n in sorted(changed)}, removed))
+        if deltas:
+            self._current = Snapshot(self._current.version + 1, resources)
         return deltas
 
 
@@ -291,12 +341,19 @@ class Pusher:
         self._debouncer = debouncer or Debouncer()
         self._clock = clock
         self._wake = asyncio.Event()
+        self._changes: list[StoreChange] = []
+        self._full = False  # the next rebuild must be a full one
         self.pushes = 0
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
-    def changed(self, _change: StoreChange | None = None) -> None:
+    def changed(self, change: StoreChange | None = None) -> None:
+        """A store change (None, or a resync: the next rebuild is a full one)."""
+        if change is None or change.resync:
+            self._full = True
+        else:
+            self._changes.append(change)
         self._debouncer.event(self._now())
         self._wake.set()
 
@@ -319,11 +376,16 @@ class Pusher:
                 await self.push_now(f"{push.events} change(s), {push.reason}")
 
     async def push_now(self, why: str = "initial") -> list[TypeDelta]:
-        """Rebuild now (in a worker thread: translation reads the store) and notify."""
+        """Rebuild now (in a worker thread: translation reads the store) and notify: from
+        the store changes seen since the last rebuild, or in full for the first one, after
+        a resync or after a failed rebuild."""
+        changes = None if self._full or not self._changes else self._changes
+        self._changes, self._full = [], False
         try:
-            deltas = await asyncio.to_thread(self.holder.rebuild)
+            deltas = await asyncio.to_thread(self.holder.rebuild, changes)
         except Exception:  # the task's one boundary: a translation bug must not stop pushes
             log.exception("rebuilding the snapshot failed (%s); keeping the previous one", why)
+            self._full = True  # the failed changes are not lost: rebuild all next time
             return []
         self.pushes += 1
         if deltas:
@@ -354,6 +416,7 @@ class Caller:
     node: str
     method: str  # "certificate" or "token"
     serial: int | None = None  # of the node certificate, to re-check it later
+    token: str | None = None  # `tokens.token_id` of the bearer token, to re-check it later
 
 
 def authenticate(
@@ -388,7 +451,7 @@ def authenticate(
         raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
     if validate_token is None:
         raise Unauthenticated("token authentication is not enabled on this listener")
-    return Caller(validate_token(token.strip()), "token")
+    return Caller(validate_token(token.strip()), "token", token=token_id(token.strip()))
 
 
 # --- I/O: the delta ADS servicer ----------------------------------------------------------
@@ -472,14 +535,20 @@ class _Stream:
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.room = asyncio.Semaphore(inbox)
         self.pending: set[str] = set()
+        #: per type, the names pushes changed since this stream's last answer of the type
+        self.changed: dict[str, set[str]] = {}
         self.push_queued = False
         self.subscribed: set[str] = set()  # type URLs the client has asked for
         self.held = False  # Address answer held back until Authorization is subscribed
         self.node_id = ""
         self.metadata: dict[str, str] = {}
 
-    def push(self, type_urls: Iterable[str]) -> None:
-        self.pending.update(type_urls)
+    def push(self, deltas: Iterable[TypeDelta]) -> None:
+        for d in deltas:
+            self.pending.add(d.type_url)
+            names = self.changed.setdefault(d.type_url, set())
+            names.update(d.changed)
+            names.update(d.removed)
         if not self.push_queued:
             self.push_queued = True
             self.inbox.put_nowait(_PUSH)
@@ -508,15 +577,18 @@ class PushServer:
         trust_domain: str,
         cert_is_current: CertIsCurrent,
         validate_token: TokenValidator | None = None,
+        token_is_current: Callable[[str], bool] | None = None,
         limits: Limits | None = None,
         session_factory: Callable[[Sequence[str]], ServerStream] = ServerStream,
         served_types: Sequence[str] = PUSH_ORDER,
         allow_debug: Callable[[Caller], bool] = lambda _caller: True,
+        ready: bool = True,
     ) -> None:
         self._snapshot = snapshot
         self._trust_domain = trust_domain
         self._cert_is_current = cert_is_current
         self._validate_token = validate_token
+        self._token_is_current = token_is_current
         self.limits = limits or Limits()
         self._session_factory = session_factory
         self._served = tuple(served_types)
@@ -524,14 +596,21 @@ class PushServer:
         self._streams: dict[int, _Stream] = {}
         self._next_id = 0
         self._syncz_nonce = 0
+        self._ready = asyncio.Event()
+        if ready:
+            self._ready.set()
+
+    def set_ready(self) -> None:
+        """The first snapshot is built: serve the streams (those opened before it wait, so
+        that no node is answered from an empty snapshot and told to drop what it holds)."""
+        self._ready.set()
 
     # --- the registry ---
 
     def notify(self, deltas: Sequence[TypeDelta]) -> None:
-        """The snapshot changed (Pusher's `on_push`): wake every stream."""
-        types = [d.type_url for d in deltas]
+        """The snapshot changed (Pusher's `on_push`): wake every stream, with the names."""
         for stream in self._streams.values():
-            stream.push(types)
+            stream.push(deltas)
 
     def clients(self) -> list[ClientStatus]:
         return [
@@ -561,28 +640,32 @@ class PushServer:
         return len(victims)
 
     async def revalidate(self) -> list[str]:
-        """Re-check the certificate of every certificate-authenticated stream and end those
-        whose certificate is no longer current (`ketch node revoke` or a re-join, done by
-        another process: the token store is the shared record). The check reads the token
-        store, so it runs in a worker thread. Returns the nodes disconnected."""
-        held = {
-            (s.caller.node, s.caller.serial)
-            for s in self._streams.values()
-            if s.caller.serial is not None
-        }
+        """Re-check the credential of every stream and end those whose certificate is no
+        longer current (`ketch node revoke` or a re-join, done by another process: the token
+        store is the shared record) or whose bearer token was revoked or expired
+        (`token_is_current`). The checks read the token store, so they run in a worker
+        thread. Returns the nodes disconnected."""
+        held = {(s.caller.node, s.caller.serial, s.caller.token) for s in self._streams.values()}
+        check_token = self._token_is_current
 
-        def stale() -> set[tuple[str, int]]:
-            return {(n, serial) for n, serial in held if not self._cert_is_current(n, serial)}
+        def stale() -> set[tuple[str, int | None, str | None]]:
+            def bad(node: str, serial: int | None, token: str | None) -> bool:
+                if serial is not None:
+                    return not self._cert_is_current(node, serial)
+                return token is not None and (check_token is None or not check_token(token))
+
+            return {h for h in held if bad(*h)}
 
         gone = await asyncio.to_thread(stale)
         for stream in list(self._streams.values()):
-            if (stream.caller.node, stream.caller.serial) in gone:
+            c = stream.caller
+            if (c.node, c.serial, c.token) in gone:
+                what = "node certificate" if c.serial is not None else "xDS token"
                 stream.close(
                     grpc.StatusCode.UNAUTHENTICATED,
-                    f"node certificate of {stream.caller.node} was revoked or replaced by a "
-                    "newer join",
+                    f"{what} of {c.node} was revoked, expired or replaced by a newer join",
                 )
-        return sorted({n for n, _ in gone})
+        return sorted({n for n, _, _ in gone})
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The ADS service: DeltaAggregatedResources for node proxies, and
@@ -668,6 +751,7 @@ class PushServer:
     ) -> None:
         peer = context.peer()
         caller = await self._authenticate(context)
+        await self._ready.wait()
         refusal = self._admission(caller)
         if refusal:
             log.warning("refused xDS stream from node %s (%s): %s", caller.node, peer, refusal)
@@ -749,6 +833,7 @@ class PushServer:
             while not stream.inbox.empty():
                 items.append(stream.inbox.get_nowait())
             answer: set[str] = set()
+            full: set[str] = set()  # answered over the whole snapshot (requests)
             for item in items:
                 if item is _EOF:
                     return "client closed the stream"
@@ -771,7 +856,9 @@ class PushServer:
                         await self._write(stream, context, self._syncz(stream))
                     continue
                 stream.subscribed.add(request.type_url)
-                answer.update(stream.session.on_request(request))
+                asked = stream.session.on_request(request)
+                answer.update(asked)
+                full.update(asked)
             # Authorization before Address for the first answers too: hold Address until
             # the client subscribed to Authorization (and gets it first, by push order), or
             # `policy_grace` after the stream opened (a client that never asks for policies).
@@ -785,12 +872,20 @@ class PushServer:
                 stream.held = True
             elif stream.held and not hold:
                 answer.add(ADDRESS_TYPE)
+                full.add(ADDRESS_TYPE)
                 stream.held = False
-            snapshot = self._snapshot()
             for type_url in push_order(answer):
-                response = stream.session.respond(
-                    type_url, snapshot.of(type_url), version=str(snapshot.version)
-                )
+                # The snapshot and the changed names are taken together, with no await
+                # between: a push during a write below is answered by the next round.
+                snapshot = self._snapshot()
+                changed = stream.changed.pop(type_url, set())
+                resources, version = snapshot.of(type_url), str(snapshot.version)
+                if type_url in full:
+                    response = stream.session.respond(type_url, resources, version=version)
+                else:  # a push: only the names it changed (the session falls back if needed)
+                    response = stream.session.respond_changes(
+                        type_url, resources, changed, version=version
+                    )
                 if response is not None:
                     await self._write(stream, context, response)
 
@@ -919,81 +1014,44 @@ def _peer_cert(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
 # --- the listeners ------------------------------------------------------------------------
 
 
-@dataclass
-class RunningPush:
-    """A started push server. Addresses are the bound ones (port 0 resolved)."""
-
-    server: grpc.aio.Server
-    address: str | None = None  # mTLS (node certificate)
-    unix_path: Path | None = None  # mTLS (node certificate)
-    token_address: str | None = None  # server-auth TLS + bearer token
-    token_unix_path: Path | None = None
-    _stopped: bool = field(default=False, repr=False)
-
-    async def stop(self, grace: float | None = 1.0) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        await self.server.stop(grace)
-        for path in (self.unix_path, self.token_unix_path):
-            if path is not None:
-                path.unlink(missing_ok=True)
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),  # find dead peers of idle streams
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_connection_idle_ms", 300_000),  # connections with no stream at all
+)
+"""gRPC server options for long-lived xDS streams."""
 
 
 async def serve_push(
     push: PushServer,
-    server_cert: IssuedCert,
-    trust_bundle_pem: bytes,
+    ca: CertificateAuthority,
+    directory: NodeDirectory,
+    tokens: TokenStore,
     *,
     address: str | None = None,
     unix_path: Path | None = None,
-    token_address: str | None = None,
-    token_unix_path: Path | None = None,
-) -> RunningPush:
-    """Serve `push` over gRPC: mTLS listeners (`address`, `unix_path`) where nodes present
-    their node certificate, and optional server-auth TLS listeners for bearer tokens
-    (grpcio cannot ask for a client certificate without requiring it, as in serve_ca)."""
-    pair = [(server_cert.key_pem, server_cert.chain_bytes)]
-    mtls = grpc.ssl_server_credentials(
-        pair, root_certificates=trust_bundle_pem, require_client_auth=True
-    )
-    tls = grpc.ssl_server_credentials(pair)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", push.limits.max_receive_bytes),
-            ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_time_ms", 30_000),  # find dead peers of idle streams
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.max_connection_idle_ms", 300_000),  # connections with no stream at all
-        ],
+    join_address: str | None = None,
+    join_unix_path: Path | None = None,
+) -> RunningCa:
+    """The control plane's gRPC server with delta ADS: the certificate service and node join
+    (`identity.server.serve_ca`) plus `push`'s ADS on the same listeners, as istiod serves
+    certificates and xDS on 15012. On the mTLS listeners (`address`, `unix_path`) callers
+    present their node certificate; on the server-auth TLS ones (`join_*`: grpcio cannot ask
+    for a client certificate without requiring it) a bearer xDS token. The limits cover both
+    services: ADS's larger messages and stream counts, the keepalive of long-lived streams."""
+    limits = push.limits
+    return await serve_ca(
+        ca,
+        directory,
+        tokens,
+        address=address,
+        unix_path=unix_path,
+        join_address=join_address,
+        join_unix_path=join_unix_path,
+        extra_handlers=[push.handler()],
+        max_receive_bytes=max(limits.max_receive_bytes, MAX_MESSAGE_BYTES),
         # gRPC's own cap is the backstop; ours (with a message that says why) comes first,
         # with room for streams still being authenticated or refused.
-        maximum_concurrent_rpcs=push.limits.max_streams + 64,
+        max_concurrent_rpcs=MAX_CONCURRENT_RPCS + limits.max_streams + 64,
+        extra_options=SERVER_OPTIONS,
     )
-    server.add_generic_rpc_handlers((push.handler(),))
-    running = RunningPush(server=server)
-    for attr, where, creds in (
-        ("address", address, mtls),
-        ("token_address", token_address, tls),
-    ):
-        if where is not None:
-            port = server.add_secure_port(where, creds)
-            if port == 0:
-                raise OSError(f"xDS server cannot listen on {where} (in use?)")
-            setattr(running, attr, f"{where.rsplit(':', 1)[0]}:{port}")
-    for attr, path, creds in (
-        ("unix_path", unix_path, mtls),
-        ("token_unix_path", token_unix_path, tls),
-    ):
-        if path is not None:
-            path = Path(path)
-            path.unlink(missing_ok=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if server.add_secure_port(f"unix:{path}", creds) == 0:
-                raise OSError(f"xDS server cannot listen on unix:{path}")
-            setattr(running, attr, path)
-    await server.start()
-    for path in (running.unix_path, running.token_unix_path):
-        if path is not None:
-            os.chmod(path, 0o666)  # nodes authenticate with TLS, not file modes
-    return running

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -227,8 +228,15 @@ async def serve_ca(
     join_address: str | None = None,
     join_unix_path: Path | None = None,
     node_cert_ttl: timedelta = DEFAULT_NODE_CERT_TTL,
+    extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+    max_receive_bytes: int = MAX_MESSAGE_BYTES,
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+    extra_options: Sequence[tuple[str, int]] = (),
 ) -> RunningCa:
-    """Start the certificate service. `address` like "127.0.0.1:15012" (port 0 = any)."""
+    """Start the certificate service. `address` like "127.0.0.1:15012" (port 0 = any).
+
+    `extra_handlers` are served on the same listeners (the control plane's delta ADS, as
+    istiod serves certificates and xDS on 15012); the limits and options then cover both."""
     if address is None and unix_path is None:
         raise ValueError("serve_ca needs an address or a unix_path for the mTLS listener")
     server_cert = ca.issue_server(ttl=SERVER_CERT_TTL)
@@ -239,12 +247,15 @@ async def serve_ca(
     tls = grpc.ssl_server_credentials(pair)
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", 1024 * 1024),
+            ("grpc.max_receive_message_length", max_receive_bytes),
+            *([] if extra_handlers else [("grpc.max_send_message_length", 1024 * 1024)]),
             ("grpc.so_reuseport", 0),
+            *extra_options,
         ],
-        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
+    if extra_handlers:
+        server.add_generic_rpc_handlers(tuple(extra_handlers))
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
         CertificateService(ca, directory, tokens, node_cert_ttl), server
     )

@@ -40,7 +40,17 @@ log = logging.getLogger("ketch.identity.tokens")
 TOKEN_PREFIX = "ketch-node-"
 DEFAULT_TOKEN_TTL = timedelta(hours=1)
 MAX_TOKEN_TTL = timedelta(days=7)
+#: xDS tokens: a node proxy without a node certificate (a stock ztunnel) sends one as
+#: `authorization: Bearer <token>`; it opens xDS streams only, as often as needed.
+XDS_TOKEN_PREFIX = "ketch-xds-"
+DEFAULT_XDS_TOKEN_TTL = timedelta(days=30)
+MAX_XDS_TOKEN_TTL = timedelta(days=365)
 MAX_SERIALS_PER_NODE = 4  # current + a few in-flight renewals
+
+
+def token_id(token: str) -> str:
+    """What is stored of a token (its SHA-256): names it without revealing it."""
+    return _hash(token)
 
 
 def _hash(token: str) -> str:
@@ -68,6 +78,7 @@ class TokenStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens: dict[str, dict[str, Any]] = {}
+        self._xds_tokens: dict[str, dict[str, Any]] = {}  # hash -> {node, expires}
         self._nodes: dict[str, list[str]] = {}
         self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) last read
         with self._locked():
@@ -86,6 +97,7 @@ class TokenStore:
         try:
             data = json.loads(self._path.read_text())
             self._tokens = dict(data.get("tokens", {}))
+            self._xds_tokens = dict(data.get("xds_tokens", {}))
             self._nodes = {k: list(v) for k, v in data.get("nodes", {}).items()}
         except (ValueError, AttributeError, TypeError) as exc:
             raise CaConfigError(f"{self._path}: unreadable token/node state: {exc}") from exc
@@ -115,14 +127,20 @@ class TokenStore:
     def _save(self) -> None:
         if self._path is None:
             return
-        data = {"version": 1, "tokens": self._tokens, "nodes": self._nodes}
+        data = {
+            "version": 1,
+            "tokens": self._tokens,
+            "xds_tokens": self._xds_tokens,
+            "nodes": self._nodes,
+        }
         write_private_file(self._path, json.dumps(data, indent=1, sort_keys=True).encode())
         st = os.stat(self._path)
         self._seen = (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _expire(self, now: float) -> None:
-        for h in [h for h, t in self._tokens.items() if t["expires"] <= now]:
-            del self._tokens[h]
+        for tokens in (self._tokens, self._xds_tokens):
+            for h in [h for h, t in tokens.items() if t["expires"] <= now]:
+                del tokens[h]
 
     def create(self, node_name: str, ttl: timedelta = DEFAULT_TOKEN_TTL) -> str:
         """A new one-time token for `node_name`, valid for `ttl`. Shown once; stored hashed."""
@@ -181,13 +199,76 @@ class TokenStore:
             return format(serial, "x") in self._nodes.get(node_name, ())
 
     def revoke(self, node_name: str) -> bool:
-        """Stop accepting every certificate of `node_name` now. True if it was enrolled."""
+        """Stop accepting every certificate and every xDS token of `node_name` now. True if
+        it was enrolled or had an xDS token."""
         with self._locked():
             existed = self._nodes.pop(node_name, None) is not None
+            xds = [h for h, t in self._xds_tokens.items() if t["node"] == node_name]
+            for h in xds:
+                del self._xds_tokens[h]
             self._save()
-        if existed:
-            log.warning("revoked node %s: its certificate service access ends now", node_name)
-        return existed
+        if existed or xds:
+            log.warning(
+                "revoked node %s: its certificate service and xDS access end now", node_name
+            )
+        return existed or bool(xds)
+
+    def create_xds_token(self, node_name: str, ttl: timedelta = DEFAULT_XDS_TOKEN_TTL) -> str:
+        """A reusable bearer token with which `node_name`'s node proxy may open xDS streams
+        (and nothing else: no certificates) until `ttl` passes or `revoke(node_name)`.
+        Shown once; stored hashed."""
+        check_node_name(node_name)
+        if not timedelta(seconds=1) <= ttl <= MAX_XDS_TOKEN_TTL:
+            raise BadRequest(f"xDS token TTL {ttl} outside 1s..{MAX_XDS_TOKEN_TTL}")
+        token = XDS_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._locked():
+            now = self._clock()
+            self._expire(now)
+            self._xds_tokens[_hash(token)] = {
+                "node": node_name,
+                "expires": now + ttl.total_seconds(),
+            }
+            self._save()
+        log.info("created an xDS token for node %s (expires in %s)", node_name, ttl)
+        return token
+
+    def xds_token_node(self, token: str) -> str:
+        """The node an xDS token was created for, or TokenError (unknown, expired or revoked;
+        a bootstrap token is not an xDS token and is not consumed by being tried here)."""
+        if not token.startswith(XDS_TOKEN_PREFIX):
+            raise TokenError(
+                "not a Ketch xDS token: create one with `ketch node token create <node> --xds`"
+                + (
+                    " (a bootstrap token only joins a node)"
+                    if token.startswith(TOKEN_PREFIX)
+                    else ""
+                )
+            )
+        with self._locked():
+            entry = self._xds_tokens.get(_hash(token))
+            now = self._clock()
+        if entry is None:
+            raise TokenError(
+                "xDS token unknown or revoked; create a new one with "
+                "`ketch node token create <node> --xds`"
+            )
+        if entry["expires"] <= now:
+            raise TokenError(
+                "xDS token expired; create a new one with `ketch node token create <node> --xds`"
+            )
+        return str(entry["node"])
+
+    def xds_token_is_current(self, token_hash: str) -> bool:
+        """Is the xDS token with this hash (`token_id`) still valid (not revoked/expired)?"""
+        with self._locked():
+            entry = self._xds_tokens.get(token_hash)
+            return entry is not None and entry["expires"] > self._clock()
+
+    def xds_token_nodes(self) -> list[tuple[str, float]]:
+        """(node name, expiry epoch seconds) of valid xDS tokens."""
+        with self._locked():
+            self._expire(self._clock())
+            return sorted((t["node"], t["expires"]) for t in self._xds_tokens.values())
 
     def nodes(self) -> list[NodeRecord]:
         with self._locked():

@@ -12,7 +12,7 @@ the config file and the in-process CA:
   certificate at half-life (a new key, signed over the same mTLS channel), writes it to the
   node directory and moves the certificate client and the xDS credentials to it;
 - the proxy state from the control plane's xDS (`ketch.ztunnel.xds_client.XdsClient`, on
-  `xds.sock` next to a unix `ca.sock` by default), with readiness held (`state manager`)
+  the certificate service's address by default), with readiness held (`state manager`)
   until a response of every type is ACKed.
 
 The xDS session and conversion are `ketch.xds` (`ClientStream`, `convert.decode_all`).
@@ -112,11 +112,11 @@ def default_join_target(control_plane: str) -> str | None:
 
 
 def default_xds_target(control_plane: str) -> str:
-    """The control plane's delta ADS: `xds.sock` next to a unix `ca.sock` (the control
-    plane's `--xds` layout); over TCP, the same address unless `--xds-address` says
+    """The control plane's delta ADS: the certificate service's own address (the control
+    plane serves both on each listener, as istiod on 15012), unless `--xds-address` says
     otherwise."""
     if is_unix(control_plane):
-        return f"unix:{unix_path(control_plane).with_name('xds.sock')}"
+        return f"unix:{unix_path(control_plane)}"
     return control_plane
 
 

@@ -112,7 +112,7 @@ class StandaloneOptions:
     token: str | None = None  # bootstrap token for the first join
     join_address: str | None = None  # default: join.sock next to a unix control_plane
     trust_bundle: Path | None = None  # for the join; default: next to a unix control_plane
-    xds_address: str | None = None  # default: xds.sock next to a unix control_plane
+    xds_address: str | None = None  # default: the control plane (certificates + xDS)
     node_ip: str = ""  # the node's IP for the xDS Node id (ztunnel's INSTANCE_IP)
     pods: Path | None = None  # the pods to serve (stand-in for ZDS; ketch.standalone.pods)
     zds_socket: Path | None = None  # ... or from the node agent over ZDS (ketch.ztunnel.zds_client)

@@ -257,3 +257,85 @@ spec:
         "by a waypoint: at L4 this ALLOW rule never matches",
     ]
     assert "authorizationpolicy/odd-key created" in res.stdout
+
+
+def test_apply_warns_about_peer_authentications_istiod_converts_to_less_mtls(
+    ketch: Ketch, tmp_path: Path
+) -> None:
+    """The two istiod quirks that weaken mTLS are kept on the wire; `ketch apply` says what
+    happens and how to write it so it does not, also when the policy that triggers it is
+    already stored (the mesh-wide one here), and not again once the advice is followed."""
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+    )
+    assert "Warning" not in ketch("apply", "-f", str(mesh)).stderr
+    workloads = tmp_path / "workloads.yaml"
+    workloads.write_text(
+        """apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: web}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls: {5432: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: web}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: front, namespace: web}
+spec:
+  selector: {matchLabels: {app: front}}
+  portLevelMtls: {9090: {mode: PERMISSIVE}}
+"""
+    )
+    res = ketch("apply", "-f", str(workloads))
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("Warning:")]
+    assert warnings == [
+        "Warning: PeerAuthentication shop/db: spec.portLevelMtls: port(s) 5432 set to STRICT "
+        "under mode PERMISSIVE are not enforced: with the mesh-wide STRICT policy "
+        "istio-system/default and no namespace-wide mode, istiod's conversion (kept by Ketch "
+        "for ztunnel compatibility) skips them, so they accept plaintext; to enforce them, add "
+        "a PeerAuthentication without selector in namespace shop with `mode: STRICT` (the "
+        "namespace's effective mode already, from istio-system/default)",
+        "Warning: PeerAuthentication web/front: spec.portLevelMtls: mTLS is enforced on no "
+        "port of the selected workloads, not only the PERMISSIVE ones: with the namespace-wide "
+        "policy web/default of mode UNSET under the mesh-wide STRICT policy "
+        "istio-system/default, istiod's conversion (kept by Ketch for ztunnel compatibility) "
+        "sends no policy for this one; to keep the other ports STRICT, set `mode: STRICT` on "
+        "the namespace-wide PeerAuthentication web/default (the namespace's effective mode "
+        "already, from istio-system/default)",
+    ]
+    fixes = tmp_path / "fixes.yaml"
+    fixes.write_text(
+        """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: web}
+spec: {mtls: {mode: STRICT}}
+"""
+    )
+    res = ketch("apply", "-f", str(fixes))
+    assert res.returncode == 0, res.stderr
+    assert "Warning" not in res.stderr

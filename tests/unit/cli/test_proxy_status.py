@@ -57,7 +57,7 @@ async def test_proxy_status_shows_a_synced_node_proxy() -> None:
 
             as_json = await asyncio.to_thread(
                 ketch, config, "proxy-status", "--state-dir", state, "-o", "json",
-                "--xds-address", str(config.xds_socket),
+                "--xds-address", str(config.ca_socket),
             )  # fmt: skip
             assert as_json.returncode == 0, as_json.stderr
             [client] = json.loads(as_json.stdout)
@@ -82,7 +82,7 @@ async def test_a_node_certificate_may_not_read_syncz() -> None:
         plane.token_store(config.state_dir).replace_certs("node-a", serial)
         creds = Credentials(ca.trust_bundle_pem, node.chain_bytes, node.key_pem)
         with pytest.raises(CliError, match="PERMISSION_DENIED"):
-            await fetch_syncz(f"unix:{config.xds_socket}", creds)
+            await fetch_syncz(f"unix:{config.ca_socket}", creds)
 
 
 async def test_admin_credential_is_private_and_reissued_at_every_start() -> None:
@@ -91,11 +91,11 @@ async def test_admin_credential_is_private_and_reissued_at_every_start() -> None
         assert stat.S_IMODE(config.admin_dir.stat().st_mode) == 0o700
         assert stat.S_IMODE((config.admin_dir / "key.pem").stat().st_mode) == 0o600
         old = load_credentials(state)
-        assert await fetch_syncz(f"unix:{config.xds_socket}", old) == []
+        assert await fetch_syncz(f"unix:{config.ca_socket}", old) == []
     async with running_plane(state) as config:
         with pytest.raises(CliError, match="UNAUTHENTICATED"):
-            await fetch_syncz(f"unix:{config.xds_socket}", old)
-        assert await fetch_syncz(f"unix:{config.xds_socket}", load_credentials(state)) == []
+            await fetch_syncz(f"unix:{config.ca_socket}", old)
+        assert await fetch_syncz(f"unix:{config.ca_socket}", load_credentials(state)) == []
     shutil.rmtree(state.parent)
 
 
@@ -122,7 +122,7 @@ async def test_a_stopped_plane_or_wrong_address_is_a_clear_error() -> None:
     # the plane stopped: its socket is gone
     proc = await asyncio.to_thread(ketch, config, "proxy-status", "--state-dir", state)
     assert proc.returncode == 1
-    assert "not running, or runs without --xds" in proc.stderr
+    assert "the control plane is not running here" in proc.stderr
 
 
 def test_render_is_a_table_with_a_column_per_type() -> None:
@@ -153,7 +153,7 @@ async def test_sotw_syncz_as_istioctl_asks_it() -> None:
         proxy = Proxy(config, "node-a")
         creds = load_credentials(config.state_dir)
         channel = grpc.aio.secure_channel(
-            f"unix:{config.xds_socket}",
+            f"unix:{config.ca_socket}",
             grpc.ssl_channel_credentials(creds.trust_bundle, creds.key, creds.cert_chain),
             options=[("grpc.ssl_target_name_override", "ketch-control-plane")],
         )
@@ -187,7 +187,7 @@ async def test_sotw_syncz_as_istioctl_asks_it() -> None:
 
             node_creds = grpc.ssl_channel_credentials(creds.trust_bundle, *proxy.credentials)
             node_channel = grpc.aio.secure_channel(
-                f"unix:{config.xds_socket}",
+                f"unix:{config.ca_socket}",
                 node_creds,
                 options=[("grpc.ssl_target_name_override", "ketch-control-plane")],
             )
@@ -200,3 +200,42 @@ async def test_sotw_syncz_as_istioctl_asks_it() -> None:
         finally:
             await proxy.close()
             await channel.close(None)
+
+
+def test_node_token_create_xds_and_revoke() -> None:
+    """`ketch node token create --xds` prints a reusable xDS token for the node (valid for
+    the plane's token store), `ketch node revoke` ends it; TTL bounds are errors."""
+    from ketch.identity.errors import TokenError
+
+    state = Path(tempfile.mkdtemp(prefix="kps-"))
+    try:
+        config = plane.ControlPlaneConfig(state_dir=state)
+        proc = ketch(
+            config, "node", "token", "create", "node-x", "--xds", "--state-dir", str(state)
+        )
+        assert proc.returncode == 0, proc.stderr
+        token = proc.stdout.strip()
+        assert token.startswith("ketch-xds-")
+        tokens = plane.token_store(state)
+        assert tokens.xds_token_node(token) == "node-x"
+        assert tokens.xds_token_node(token) == "node-x"  # reusable
+        too_long = ketch(
+            config,
+            "node",
+            "token",
+            "create",
+            "n",
+            "--xds",
+            "--ttl",
+            "400d",
+            "--state-dir",
+            str(state),
+        )
+        assert too_long.returncode == 1
+        assert "outside 1s..365 days" in too_long.stderr
+        proc = ketch(config, "node", "revoke", "node-x", "--state-dir", str(state))
+        assert proc.returncode == 0, proc.stderr
+        with pytest.raises(TokenError, match="unknown or revoked"):
+            tokens.xds_token_node(token)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

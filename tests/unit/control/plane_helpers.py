@@ -33,7 +33,7 @@ async def running_plane(state_dir: Path | None = None) -> AsyncIterator[plane.Co
     task = spawn(plane.run(cfg, stop), "test-plane")
     try:
         async with asyncio.timeout(10):
-            while not cfg.xds_socket.exists():  # noqa: ASYNC110 - another task's file
+            while not cfg.ca_socket.exists():  # noqa: ASYNC110 - another task's file
                 await asyncio.sleep(0.02)
         yield cfg
     finally:
@@ -60,7 +60,7 @@ class Proxy:
         serial = x509.load_pem_x509_certificate(cert.cert_pem).serial_number
         plane.token_store(config.state_dir).replace_certs(node, serial)  # as a join does
         self.channel = grpc.aio.secure_channel(
-            f"unix:{config.xds_socket}",
+            f"unix:{config.ca_socket}",
             grpc.ssl_channel_credentials(ca.trust_bundle_pem, cert.key_pem, cert.chain_bytes),
             options=[("grpc.ssl_target_name_override", "ketch-control-plane")],
         )

@@ -10,6 +10,7 @@ from ketch.control.push import Caller, authenticate
 from ketch.identity.ca import CertificateAuthority
 from ketch.identity.errors import TokenError, Unauthenticated
 from ketch.identity.spiffe import SpiffeId
+from ketch.identity.tokens import token_id
 
 TD = "cluster.local"
 CA = CertificateAuthority.create(TD)
@@ -48,9 +49,15 @@ def test_certificate_wins_over_a_token() -> None:
 @pytest.mark.parametrize(
     ("metadata", "caller"),
     [
-        ((("authorization", "Bearer t0k3n"),), Caller("node-b", "token")),
-        ((("Authorization", "bearer  t0k3n "),), Caller("node-b", "token")),
-        ((("x-other", "1"), ("authorization", b"Bearer t0k3n")), Caller("node-b", "token")),
+        ((("authorization", "Bearer t0k3n"),), Caller("node-b", "token", token=token_id("t0k3n"))),
+        (
+            (("Authorization", "bearer  t0k3n "),),
+            Caller("node-b", "token", token=token_id("t0k3n")),
+        ),
+        (
+            (("x-other", "1"), ("authorization", b"Bearer t0k3n")),
+            Caller("node-b", "token", token=token_id("t0k3n")),
+        ),
     ],
 )
 def test_bearer_token(metadata: tuple[tuple[str, str | bytes], ...], caller: Caller) -> None:

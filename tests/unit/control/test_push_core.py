@@ -12,6 +12,7 @@ import pytest
 from ketch.control.push import (
     Debouncer,
     Diff,
+    Patch,
     Pusher,
     PushNow,
     Resources,
@@ -195,6 +196,91 @@ def test_snapshot_holder_is_not_changed_by_later_mutation_of_the_build_result() 
     holder.rebuild()
     build.resources[ADDRESS_TYPE]["w1"] = ("v9", "X")
     assert holder.current.of(ADDRESS_TYPE) == {"w1": ("v1", "A1")}
+
+
+def test_snapshot_holder_applies_patches_and_falls_back_to_a_full_build() -> None:
+    build = FakeBuild()
+    build.resources = {
+        ADDRESS_TYPE: {"w1": ("v1", "A1"), "w2": ("v1", "A2")},
+        AUTHORIZATION_TYPE: {"ns/p": ("v1", "P")},
+    }
+    patches: list[Patch | None] = []
+    seen: list[list[StoreChange]] = []
+
+    def update(changes: Any) -> Patch | None:
+        seen.append(list(changes))
+        return patches.pop(0)
+
+    holder = SnapshotHolder(build, update)
+    change = [StoreChange(5)]
+    holder.rebuild(change)  # nothing built yet: a full build, `update` not asked
+    assert (build.calls, seen) == (1, [])
+    assert holder.current.version == 1
+
+    # a patch: an unchanged version is not a change, w1 updated, w3 added, w2 removed,
+    # a removal of an unknown name ignored; push order kept
+    patches.append(
+        Patch(
+            changed={
+                ADDRESS_TYPE: {"w1": ("v2", "A1'"), "w3": ("v1", "A3")},
+                AUTHORIZATION_TYPE: {"ns/p": ("v1", "P")},
+            },
+            removed={ADDRESS_TYPE: frozenset({"w2", "nope"})},
+        )
+    )
+    (delta,) = holder.rebuild(change)
+    assert seen == [change]
+    assert build.calls == 1
+    assert (delta.type_url, dict(delta.changed), delta.removed) == (
+        ADDRESS_TYPE,
+        {"w1": ("v2", "A1'"), "w3": ("v1", "A3")},
+        {"w2"},
+    )
+    assert holder.current.version == 2
+    assert holder.current.versions(ADDRESS_TYPE) == {"w1": "v2", "w3": "v1"}
+    assert holder.current.versions(AUTHORIZATION_TYPE) == {"ns/p": "v1"}
+
+    patches.append(Patch())  # nothing changed: no delta, no new version
+    assert holder.rebuild(change) == []
+    assert holder.current.version == 2
+
+    patches.append(None)  # the update cannot tell: full build, diffed as before
+    build.resources[ADDRESS_TYPE] = {"w1": ("v2", "A1'")}
+    (delta,) = holder.rebuild(change)
+    assert build.calls == 2
+    assert delta.removed == {"w3"}
+    assert holder.rebuild(None) == []  # no changes given: a full build
+    assert build.calls == 3
+
+
+async def test_pusher_hands_changes_to_the_rebuild_and_goes_full_after_resync_or_failure() -> None:
+    calls: list[list[StoreChange] | None] = []
+    failures: list[Exception] = []
+
+    class Holder(SnapshotHolder):
+        def rebuild(self, changes: Any = None) -> list[TypeDelta]:
+            calls.append(None if changes is None else list(changes))
+            if failures:
+                raise failures.pop()
+            return []
+
+    pusher = Pusher(Holder(FakeBuild()), lambda _d: None)
+    a, b = StoreChange(1), StoreChange(2)
+    await pusher.push_now()
+    pusher.changed(a)
+    pusher.changed(b)
+    await pusher.push_now()
+    pusher.changed(StoreChange(3, resync=True))
+    pusher.changed(StoreChange(4))
+    await pusher.push_now()
+    failures.append(RuntimeError("bug"))
+    pusher.changed(StoreChange(5))
+    await pusher.push_now()
+    pusher.changed(StoreChange(6))
+    await pusher.push_now()  # the failed change is not lost: a full rebuild
+    pusher.changed(StoreChange(7))
+    await pusher.push_now()
+    assert calls == [None, [a, b], None, [StoreChange(5)], None, [StoreChange(7)]]
 
 
 # --- the store watch loop -------------------------------------------------------------------

@@ -32,14 +32,16 @@ from ketch.control.push import (
     Pusher,
     PushServer,
     Resources,
-    RunningPush,
     SnapshotHolder,
     serve_push,
     watch_store,
 )
 from ketch.identity.ca import CertificateAuthority, IssuedCert
+from ketch.identity.directory import StoreNodeDirectory
 from ketch.identity.errors import Unauthenticated
+from ketch.identity.server import RunningCa
 from ketch.identity.spiffe import SpiffeId
+from ketch.identity.tokens import TokenStore
 from ketch.store.memory import MemoryStore
 from ketch.util.tasks import spawn
 from ketch.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, SYNCZ_TYPE
@@ -76,7 +78,7 @@ class Env:
     build: FakeBuild
     holder: SnapshotHolder
     push: PushServer
-    running: RunningPush
+    running: RunningCa
     revoked: set[str]
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
@@ -86,7 +88,7 @@ class Env:
 
     @property
     def token_target(self) -> str:
-        return f"unix:{self.running.token_unix_path}"
+        return f"unix:{self.running.join_unix_path}"
 
     def channel(self, cert: IssuedCert | None, *, target: str | None = None) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(
@@ -148,12 +150,14 @@ async def _env(tmp: Path, limits: Limits, **kw: Any) -> Env:
         limits=limits,
         **kw,
     )
+    # the control plane's server: certificate service + ADS on the same listeners
     running = await serve_push(
         push,
-        ca.issue_server(),
-        ca.trust_bundle_pem,
-        unix_path=tmp / "xds.sock",
-        token_unix_path=tmp / "xds-token.sock",
+        ca,
+        StoreNodeDirectory(MemoryStore()),
+        TokenStore(),
+        unix_path=tmp / "ca.sock",
+        join_unix_path=tmp / "join.sock",
     )
     return Env(ca, build, holder, push, running, revoked)
 

@@ -16,6 +16,7 @@ from ketch.control.translate.peer_authentication import (
     STATIC_STRICT_POLICY_NAME,
     convert_peer_authentication,
     converted_policies,
+    mtls_weakening_quirks,
     static_strict_policy,
     workload_policy_names,
 )
@@ -321,3 +322,38 @@ def test_documented_example_rejects_plaintext_except_on_9090() -> None:
     assert _decide(conv, w, 9090, None)
     assert _decide(conv, w, 80, PEER)
     assert _decide(conv, w, 9090, PEER)
+
+
+# --- the mTLS-weakening quirks are warned about (ketch apply)
+
+
+@pytest.mark.parametrize(
+    "config", _configs(), ids=lambda c: "-".join(x.name if x else "none" for x in c)
+)
+def test_weakening_quirks_are_flagged_exactly_and_the_advice_fixes_them(
+    config: tuple[MtlsMode | None, MtlsMode | None, MtlsMode | None, MtlsMode | None],
+) -> None:
+    """Flagged exactly where istiod's conversion accepts plaintext that the policies refuse
+    (quirks 2 and 3; quirk 1 is stricter, not flagged), and the advice (an explicit
+    namespace-wide STRICT) makes the converted policies decide as the native evaluation,
+    with the same decisions as before for every port."""
+    pas = _pas(*config)
+    native, native_w, conv, conv_w = _states(pas)
+    weaker = [
+        port
+        for port in (80, 9090)
+        if _decide(conv, conv_w, port, None) and not _decide(native, native_w, port, None)
+    ]
+    flagged = mtls_weakening_quirks(pas, root_namespace=ROOT)
+    assert bool(flagged) == bool(weaker)
+    if not flagged:
+        return
+    m, _, w, p = config
+    fixed = _pas(m, M.STRICT, w, p)
+    fixed_native, fixed_nw, fixed_conv, fixed_cw = _states(fixed)
+    assert mtls_weakening_quirks(fixed, root_namespace=ROOT) == []
+    for port in (80, 9090):
+        for ident in (None, PEER):
+            want = _decide(native, native_w, port, ident)
+            assert _decide(fixed_native, fixed_nw, port, ident) == want
+            assert _decide(fixed_conv, fixed_cw, port, ident) == want

@@ -84,7 +84,6 @@ class ControlPlane:
             pair, root_certificates=self.ca.trust_bundle_pem, require_client_auth=True
         )
         server.add_secure_port(self.target, mtls)
-        server.add_secure_port(f"unix:{self.dir / 'xds.sock'}", mtls)
         server.add_secure_port(f"unix:{self.dir / 'join.sock'}", grpc.ssl_server_credentials(pair))
         (self.dir / "trust-bundle.pem").write_bytes(self.ca.trust_bundle_pem)
         await server.start()
@@ -248,11 +247,10 @@ def test_default_join_address_and_trust_bundle_sit_next_to_ca_sock() -> None:
         "/var/lib/ketch/trust-bundle.pem"
     )
     assert connected.default_join_target("10.0.0.1:15012") is None
-    assert connected.default_xds_target("/var/lib/ketch/ca.sock") == (
-        "unix:/var/lib/ketch/xds.sock"
-    )
+    # certificates and xDS share the control plane's listeners (istiod's 15012)
+    assert connected.default_xds_target("/var/lib/ketch/ca.sock") == ("unix:/var/lib/ketch/ca.sock")
+    assert connected.default_xds_target("unix:///run/k/ca.sock") == "unix:/run/k/ca.sock"
     assert connected.default_xds_target("10.0.0.1:15012") == "10.0.0.1:15012"
-    assert connected.default_xds_target("unix:///run/k/ca.sock") == "unix:/run/k/xds.sock"
 
 
 @pytest.mark.parametrize(

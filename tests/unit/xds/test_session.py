@@ -312,3 +312,80 @@ def test_on_demand_client_resubscribes_after_reconnect() -> None:
     resp = s.respond(A, snap(**{"uid-a": "1", "uid-b": "1"}), aliases={"uid-a": ["/10.0.0.5"]})
     assert resp is not None
     assert (names(resp), list(resp.removed_resources)) == ([], [])
+
+
+# -- respond_changes: a push looks at the changed names only, and answers as a full respond
+
+
+def _shape(resp: DeltaDiscoveryResponse | None) -> object:
+    if resp is None:
+        return None
+    return (
+        resp.nonce,
+        [(r.name, r.version) for r in resp.resources],
+        sorted(resp.removed_resources),
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_respond_changes_answers_as_a_full_respond(seed: int) -> None:
+    """Two streams see the same client (ACKs, NACKs, unanswered responses, reconnect-style
+    initial versions, subscription changes) and the same snapshots; one is answered with
+    `respond` over the whole snapshot, the other with `respond_changes` over the names
+    changed since its last answer: every response is the same."""
+    import random
+
+    rng = random.Random(seed)
+    full, fast = counter_nonces(), counter_nonces()
+    current = {f"w{i}": "1" for i in range(8)}
+    initial = {f"w{i}": "1" for i in range(0, 8, 2)} | {"gone": "1"}
+    for s in (full, fast):
+        s.on_request(req(initial_resource_versions=initial))
+    changed: set[str] = set()
+    for _ in range(40):
+        # the snapshot changes at a few names
+        for _ in range(rng.choice([0, 1, 3])):
+            name = f"w{rng.randrange(12)}"
+            if name in current and rng.random() < 0.3:
+                del current[name]
+            else:
+                current[name] = str(rng.randrange(5))
+            changed.add(name)
+        resources = snap(**current)
+        a = full.respond(A, resources, version="v")
+        b = fast.respond_changes(A, resources, changed, version="v")
+        changed = set()
+        assert _shape(a) == _shape(b)
+        if a is None:
+            continue
+        # the client's answer, the same to both
+        roll = rng.random()
+        if roll < 0.6:
+            answer = req(response_nonce=a.nonce)
+        elif roll < 0.75:
+            answer = req(response_nonce=a.nonce, error_detail=status_pb2.Status(message="bad"))
+        elif roll < 0.85:
+            continue  # not answered (yet)
+        elif roll < 0.93:
+            answer = req(response_nonce=a.nonce, resource_names_unsubscribe=["w1"])
+        else:
+            answer = req(response_nonce=a.nonce, resource_names_subscribe=["*"])
+        assert full.on_request(answer) == fast.on_request(answer)
+        assert full.held(A) == fast.held(A)
+
+
+def test_respond_changes_falls_back_after_a_nack() -> None:
+    s = counter_nonces()
+    s.on_request(req())
+    first = s.respond(A, snap(a="1", b="1"))
+    assert first is not None
+    s.on_request(req(response_nonce=first.nonce, error_detail=status_pb2.Status(message="x")))
+    # nothing changed, but the NACKed resources are resent (istiod: the next push retries)
+    again = s.respond_changes(A, snap(a="1", b="1"), ())
+    assert again is not None
+    assert names(again) == ["a", "b"]
+    s.on_request(req(response_nonce=again.nonce))
+    assert s.respond_changes(A, snap(a="1", b="1"), ()) is None
+    pushed = s.respond_changes(A, snap(a="2"), ["a", "b"])
+    assert pushed is not None
+    assert (names(pushed), list(pushed.removed_resources)) == (["a"], ["b"])

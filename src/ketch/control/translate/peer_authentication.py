@@ -280,3 +280,60 @@ def workload_policy_names(
     if port_key:
         names.add(port_key)
     return tuple(sorted(names))
+
+
+def mtls_weakening_quirks(
+    pas: Sequence[PeerAuthentication], *, root_namespace: str = DEFAULT_ROOT_NAMESPACE
+) -> list[tuple[PeerAuthentication, str, str]]:
+    """The selecting PeerAuthentications among `pas` that hit one of the two istiod quirks
+    (module docstring) which enforce *less* mTLS than the policies say, as (policy, field
+    path, message saying what happens and how to write it so it does not). Ketch keeps
+    istiod's behaviour on the wire (a stock ztunnel must read the same policies); `ketch
+    apply` prints these. Both need a mesh-wide STRICT policy; both are fixed by an explicit
+    namespace-wide `mode: STRICT`, which is the namespace's effective mode already."""
+    root = _namespace_wide(pas, root_namespace)
+    if root is None or root.mode is not MtlsMode.STRICT:
+        return []
+    out = []
+    for pa in pas:
+        if pa.namespace == root_namespace or not pa.selector or not pa.port_modes:
+            continue
+        ns_policy = _namespace_wide(pas, pa.namespace)
+        ns_mode = ns_policy.mode if ns_policy is not None else None
+        fix = (
+            f"set `mode: STRICT` on the namespace-wide PeerAuthentication {ns_policy.key}"
+            if ns_policy is not None
+            else f"add a PeerAuthentication without selector in namespace {pa.namespace} with "
+            "`mode: STRICT`"
+        ) + f" (the namespace's effective mode already, from {root.key})"
+        strict_ports = sorted(p for p, m in pa.port_modes.items() if m is MtlsMode.STRICT)
+        if _is(pa.mode, *_NOT_STRICT) and strict_ports and ns_mode in (None, MtlsMode.UNSET):
+            ports = ", ".join(str(p) for p in strict_ports)
+            out.append(
+                (
+                    pa,
+                    "spec.portLevelMtls",
+                    f"port(s) {ports} set to STRICT under mode {pa.mode.value} are not enforced: "
+                    f"with the mesh-wide STRICT policy {root.key} and no namespace-wide mode, "
+                    "istiod's conversion (kept by Ketch for ztunnel compatibility) skips them, "
+                    f"so they accept plaintext; to enforce them, {fix}",
+                )
+            )
+        elif (
+            pa.mode is MtlsMode.UNSET
+            and ns_mode is MtlsMode.UNSET
+            and MtlsMode.PERMISSIVE in pa.port_modes.values()
+        ):
+            assert ns_policy is not None
+            out.append(
+                (
+                    pa,
+                    "spec.portLevelMtls",
+                    "mTLS is enforced on no port of the selected workloads, not only the "
+                    f"PERMISSIVE ones: with the namespace-wide policy {ns_policy.key} of mode "
+                    f"UNSET under the mesh-wide STRICT policy {root.key}, istiod's conversion "
+                    "(kept by Ketch for ztunnel compatibility) sends no policy for this one; "
+                    f"to keep the other ports STRICT, {fix}",
+                )
+            )
+    return out

@@ -27,7 +27,7 @@ the same messages as `ketch apply`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import ip_network
@@ -455,3 +455,44 @@ def translate_policies(
     if errors:
         raise PolicyError(errors)
     return TranslatedPolicies(tuple(authz), tuple(pas), tuple(warnings), tuple(excluded))
+
+
+def peer_authentication_warnings(
+    applied: Iterable[Mapping[str, Any]],
+    stored: Callable[[], Iterable[Mapping[str, Any]]],
+    *,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+) -> list[str]:
+    """For `ketch apply`: the mTLS-weakening istiod quirks (`peer_authentication.
+    mtls_weakening_quirks`) that PeerAuthentications hit once the `applied` manifests (any
+    kinds, namespaces filled in) replace their stored versions among `stored()` (the store's
+    PeerAuthentication manifests, read only when a PeerAuthentication is applied), one line each: `PeerAuthentication ns/name: path:
+    message`. Only policies the apply can affect are reported: those in a namespace it writes
+    a PeerAuthentication to (every namespace when it writes one to the root namespace)."""
+    from ketch.control.translate.peer_authentication import mtls_weakening_quirks
+
+    def typed(manifests: Iterable[Mapping[str, Any]]) -> list[PeerAuthentication]:
+        out = []
+        for m in manifests:
+            if m.get("kind") != "PeerAuthentication":
+                continue
+            try:
+                pa = from_manifest(m, source="apply")
+            except ResourceError:
+                continue  # refused by the apply itself, with its own message
+            if isinstance(pa, PeerAuthentication):
+                out.append(pa)
+        return out
+
+    new = typed(applied)
+    if not new:
+        return []
+    by_key = {(p.metadata.namespace or "default", p.metadata.name): p for p in typed(stored())}
+    by_key.update({(p.metadata.namespace or "default", p.metadata.name): p for p in new})
+    touched = {p.metadata.namespace or "default" for p in new}
+    mesh = [translate_peer_authentication(p) for _, p in sorted(by_key.items())]
+    return [
+        f"PeerAuthentication {q.key}: {path}: {message}"
+        for q, path, message in mtls_weakening_quirks(mesh, root_namespace=root_namespace)
+        if root_namespace in touched or q.namespace in touched
+    ]

@@ -106,11 +106,6 @@ def _resources(
     return out
 
 
-#: Workloads of an earlier `translate_all`, by pod: the inputs they were made from (the
-#: typed objects by identity, the rest by value) and the result.
-WorkloadCache = dict[str, tuple[tuple[object, ...], tuple[object, ...], Workload]]
-
-
 def translate_all(
     objects: Iterable[Resource | Mapping[str, Any]],
     *,
@@ -118,16 +113,12 @@ def translate_all(
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX,
-    workload_cache: WorkloadCache | None = None,
 ) -> MeshSnapshot:
     """The mesh snapshot of `objects`: typed `ketch.api` resources or manifests, any kinds
     (those that do not matter are ignored).
 
-    `workload_cache` (updated in place to hold this call's workloads) lets a caller that
-    passes the *same* typed objects again (`MeshBuild` reuses the model of an unchanged
-    manifest) skip `workload_for_pod` for a pod whose Pod, Namespace and selecting Services
-    are the same objects as last time and whose policy names, locality, waypoints and
-    settings are equal. The typed objects must not be mutated between calls."""
+    The reference translation: the control plane keeps it up to date object by object with
+    `incremental.IncrementalMesh`, which is tested to give the same snapshot."""
     warnings: list[str] = []
     namespaces: dict[str, Namespace] = {}
     nodes: dict[str, Node] = {}
@@ -195,37 +186,14 @@ def translate_all(
     # per pod, only the Services of its namespace sharing a label with it are matched
     by_namespace = service_index(services)
     workloads: dict[str, Workload] = {}
-    settings = (cluster_id, trust_domain, root_namespace, domain_suffix)
-    waypoint_items = tuple(waypoints.items())
-    cached: WorkloadCache = {}
     for pod in sorted(pods, key=_ref):
         node = nodes.get(pod.spec.node_name or "")
         candidates = by_namespace.get(_ns(pod))
-        selecting = candidates.matching(pod.labels) if candidates is not None else []
-        ref = _ref(pod)
-        if workload_cache is not None:
-            same: tuple[object, ...] = (pod, namespaces.get(_ns(pod)), *selecting)
-            equal: tuple[object, ...] = (
-                index.names_for(_ns(pod), pod.labels, root_namespace=root_namespace),
-                locality_for_node(node),
-                waypoint_items,
-                settings,
-            )
-            hit = workload_cache.get(ref)
-            if (
-                hit is not None
-                and len(hit[0]) == len(same)
-                and all(a is b for a, b in zip(hit[0], same, strict=True))
-                and hit[1] == equal
-            ):
-                cached[ref] = hit
-                workloads[hit[2].uid] = hit[2]
-                continue
         try:
             w = workload_for_pod(
                 pod,
                 namespace=namespaces.get(_ns(pod)),
-                services=selecting,
+                services=candidates.matching(pod.labels) if candidates is not None else [],
                 policies_index=index,
                 cluster_id=cluster_id,
                 trust_domain=trust_domain,
@@ -239,11 +207,6 @@ def translate_all(
             continue
         if w is not None:
             workloads[w.uid] = w
-            if workload_cache is not None:
-                cached[ref] = (same, equal, w)
-    if workload_cache is not None:
-        workload_cache.clear()
-        workload_cache.update(cached)
 
     return MeshSnapshot(
         workloads=workloads,
