@@ -37,11 +37,16 @@ def tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+BUILTIN = {"default", "istio-system", "ketch-system"}  # the plane creates them at start
+
+
 def namespaces_as_addresses(store: Store) -> Resources:
-    """A stand-in translation: one Address resource per Namespace."""
+    """A stand-in translation: one Address resource per Namespace the user made."""
     out = {}
     for m in store.list("Namespace").items:
         name, version = m["metadata"]["name"], m["metadata"]["resourceVersion"]
+        if name in BUILTIN:
+            continue
         out[name] = (version, any_pb2.Any(type_url=ADDRESS_TYPE, value=name.encode()))
     return {ADDRESS_TYPE: out, AUTHORIZATION_TYPE: {}}
 
