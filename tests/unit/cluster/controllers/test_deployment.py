@@ -71,7 +71,8 @@ def test_template_hash_is_stable_and_name_safe() -> None:
     assert h == template_hash(d2.spec.template)
     assert h != template_hash(d3.spec.template)
     assert h != template_hash(d1.spec.template, collisions=1)
-    assert set(h) <= set(SAFE_ALPHABET) and 1 <= len(h) <= 10
+    assert set(h) <= set(SAFE_ALPHABET)
+    assert 1 <= len(h) <= 10
 
 
 def test_first_step_creates_the_replicaset() -> None:
@@ -125,13 +126,15 @@ def test_scale_up_and_down_and_status() -> None:
     sim.create(deployment_manifest(replicas=3))
     sim.settle()
     pods = sim.pods()
-    assert len(pods) == 3 and all(is_ready(p) for p in pods)
+    assert len(pods) == 3
+    assert all(is_ready(p) for p in pods)
     nodes = sorted(p["spec"]["nodeName"] for p in pods)
     assert nodes == ["node1", "node1", "node2"]  # spread over both nodes
     d = sim.store.get("Deployment", "default", "web")
     status = d["status"]
     assert (status["replicas"], status["readyReplicas"], status["availableReplicas"]) == (3, 3, 3)
-    assert status["updatedReplicas"] == 3 and status["unavailableReplicas"] == 0
+    assert status["updatedReplicas"] == 3
+    assert status["unavailableReplicas"] == 0
     assert status["observedGeneration"] == d["metadata"]["generation"]
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["Available"]["status"] == "True"
@@ -139,9 +142,11 @@ def test_scale_up_and_down_and_status() -> None:
 
     sim.edit("Deployment", "web", lambda m: m["spec"].update(replicas=5))
     sim.settle()
-    assert len(sim.pods()) == 5 and all(is_ready(p) for p in sim.pods())
+    assert len(sim.pods()) == 5
+    assert all(is_ready(p) for p in sim.pods())
     (rs,) = sim.kinds("ReplicaSet")
-    assert rs["spec"]["replicas"] == 5 and rs["status"]["readyReplicas"] == 5
+    assert rs["spec"]["replicas"] == 5
+    assert rs["status"]["readyReplicas"] == 5
 
     sim.edit("Deployment", "web", lambda m: m["spec"].update(replicas=1))
     sim.settle()
@@ -173,7 +178,8 @@ def test_rolling_update_surge_1_unavailable_0_never_exceeds_or_drops() -> None:
     )
     sim.settle()
     pods = sim.pods()
-    assert len(pods) == 3 and all(is_ready(p) for p in pods)
+    assert len(pods) == 3
+    assert all(is_ready(p) for p in pods)
     assert {version_of(p) for p in pods} == {"v2"}
     assert (4, 3) in seen  # it did surge
     rses = {rs["metadata"]["name"]: rs for rs in sim.kinds("ReplicaSet")}
@@ -207,7 +213,8 @@ def test_rolling_update_with_defaults_keeps_availability_floor() -> None:
     )
     sim.settle()
     pods = sim.pods()
-    assert len(pods) == 8 and all(p["metadata"]["labels"].get("tier") == "front" for p in pods)
+    assert len(pods) == 8
+    assert all(p["metadata"]["labels"].get("tier") == "front" for p in pods)
 
 
 def test_recreate_never_runs_old_and_new_together() -> None:
@@ -280,4 +287,5 @@ def test_deleting_the_deployment_collects_replicasets_and_pods() -> None:
     sim.settle()
     sim.store.delete("Deployment", "default", "web")
     sim.settle()
-    assert sim.kinds("ReplicaSet") == [] and sim.pods() == []
+    assert sim.kinds("ReplicaSet") == []
+    assert sim.pods() == []

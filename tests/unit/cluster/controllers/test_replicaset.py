@@ -53,7 +53,8 @@ def test_only_counts_pods_it_controls() -> None:
     foreign = pod("web-xyz-22222", labels=LABELS, owner=other, node_name="n1", ready=True)
     orphan = pod("bare", labels=LABELS, node_name="n1", ready=True)
     plan = reconcile_replicaset(rs, [mine, foreign, orphan], NOW)
-    assert plan.create == [] and plan.delete == []
+    assert plan.create == []
+    assert plan.delete == []
     assert plan.status["replicas"] == 1
 
 
@@ -137,7 +138,8 @@ def test_scale_to_zero() -> None:
     rs = replicaset(replicas=0)
     pods = [pod(f"web-abc-{i}", labels=LABELS, owner=rs, node_name="n1") for i in range(3)]
     plan = reconcile_replicaset(rs, pods, NOW)
-    assert len(plan.delete) == 3 and plan.status["replicas"] == 0
+    assert len(plan.delete) == 3
+    assert plan.status["replicas"] == 0
 
 
 def test_terminal_pods_are_replaced_and_removed() -> None:
@@ -149,7 +151,8 @@ def test_terminal_pods_are_replaced_and_removed() -> None:
     plan = reconcile_replicaset(rs, pods, NOW)
     assert [p.name for p in plan.delete] == ["web-abc-dead"]
     assert len(plan.create) == 1
-    assert plan.status["replicas"] == 2 and plan.status["readyReplicas"] == 1
+    assert plan.status["replicas"] == 2
+    assert plan.status["readyReplicas"] == 1
 
 
 def test_min_ready_seconds_counts_available_and_requeues() -> None:

@@ -50,7 +50,8 @@ def test_node_readiness_needs_a_fresh_heartbeat(nodes: list, ready: bool) -> Non
 
 def test_node_without_heartbeat_is_not_ready() -> None:
     n = node("a")
-    assert n.status is not None and n.status.conditions is not None
+    assert n.status is not None
+    assert n.status.conditions is not None
     n.status.conditions[0].last_heartbeat_time = None
     assert not node_is_ready(n, NOW)
 
@@ -118,4 +119,5 @@ def test_pod_naming_a_missing_node_gets_node_not_found() -> None:
     decision = schedule(pod("p", node_name="ghost"), [node("a"), node("b")], {}, NOW)
     assert isinstance(decision, Unschedulable)
     assert decision.reason == "NodeNotFound"
-    assert "'ghost'" in decision.message and "a, b" in decision.message
+    assert "'ghost'" in decision.message
+    assert "a, b" in decision.message
