@@ -30,6 +30,7 @@ from ketch.api import (
 from ketch.cli import output
 from ketch.cli.common import CliError, err, fail, open_store, out, state
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
+from ketch.cli.scale_cmd import scale
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
 from ketch.control import admission
 from ketch.control.translate.policy import policy_warnings
@@ -73,6 +74,7 @@ app.add_typer(cp_app, name="control-plane")
 app.add_typer(ztunnel_app, name="ztunnel")
 app.command("ztunnel-config")(ztunnel_config)
 app.command("proxy-status")(proxy_status)
+app.command()(scale)
 
 # ---------------------------------------------------------------------------- helpers
 
