@@ -13,7 +13,10 @@ stops heartbeating, and no new pod goes there.
 A pod that names its node (`spec.nodeName`, written by the user) skips scheduling, as in
 Kubernetes. If that node does not exist, Kubernetes leaves the pod Pending silently (and its
 pod GC later deletes it); Ketch keeps the pod and says why: `PodScheduled=False`, reason
-`NodeNotFound`, naming the nodes that exist.
+`NodeNotFound`, naming the nodes that exist. A pod that a controller made (it has a
+controller reference) and whose node has been gone for 40 s is deleted instead, so its
+ReplicaSet replaces it on a node that exists (Kubernetes' pod GC does the same for pods
+bound to deleted nodes, after the same quarantine).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ketch.api.core import Node, Pod
-from ketch.cluster.controllers.meta import find_condition, parse_time
+from ketch.cluster.controllers.meta import controller_of, find_condition, parse_time
 
 HEARTBEAT_GRACE = dt.timedelta(seconds=40)
+ORPHAN_QUARANTINE = dt.timedelta(seconds=40)
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 # kube-scheduler's wording, so messages read the same as on a real cluster.
@@ -121,3 +125,16 @@ def schedule(
         )
     best = min(fits, key=lambda n: (pods_by_node.get(n.name, 0), n.name))
     return Bind(best.name)
+
+
+def should_delete_orphan(pod: Pod, decision: Decision, now: dt.datetime) -> bool:
+    """A controller-made pod bound to a node that has been missing for ORPHAN_QUARANTINE."""
+    if not (isinstance(decision, Unschedulable) and decision.reason == "NodeNotFound"):
+        return False
+    if controller_of(pod) is None:
+        return False  # the user named the node: keep the pod and say why
+    cond = find_condition(pod.status.conditions if pod.status else None, "PodScheduled")
+    if cond is None or cond.reason != "NodeNotFound":
+        return False
+    since = parse_time(cond.last_transition_time)
+    return since is not None and now - since >= ORPHAN_QUARANTINE

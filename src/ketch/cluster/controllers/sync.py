@@ -112,6 +112,16 @@ def sync_scheduler(store: Store, now: dt.datetime) -> bool:
             if isinstance(decision, scheduler.Bind):
                 if _bind(store, pod, decision.node, now):
                     counts[decision.node] += 1
+            elif scheduler.should_delete_orphan(pod, decision, now):
+                store.delete("Pod", pod.namespace, pod.name, resource_version=_rv(pod))
+                log.info(
+                    "deleted pod %s/%s: its node %s has been gone for %ds; its controller "
+                    "replaces it",
+                    pod.namespace,
+                    pod.name,
+                    pod.spec.node_name,
+                    scheduler.ORPHAN_QUARANTINE.total_seconds(),
+                )
             elif isinstance(decision, scheduler.Keep):
                 _set_scheduled(store, pod, "True", None, None, now)
             else:

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from ketch.cluster.controllers.scheduler import Bind, Keep, Unschedulable, node_is_ready, schedule
-from tests.unit.cluster.controllers.factory import NOW, node, pod
+from ketch.api.base import Condition
+from ketch.api.core import Pod
+from ketch.cluster.controllers.scheduler import (
+    Bind,
+    Keep,
+    Unschedulable,
+    node_is_ready,
+    schedule,
+    should_delete_orphan,
+)
+from tests.unit.cluster.controllers.factory import NOW, ago, node, pod, replicaset
 
 
 @pytest.mark.parametrize(
@@ -121,3 +130,32 @@ def test_pod_naming_a_missing_node_gets_node_not_found() -> None:
     assert decision.reason == "NodeNotFound"
     assert "'ghost'" in decision.message
     assert "a, b" in decision.message
+
+
+def _node_not_found_for(p: Pod, seconds: float) -> None:
+    assert p.status is not None
+    p.status.conditions = [
+        Condition(
+            type="PodScheduled",
+            status="False",
+            reason="NodeNotFound",
+            last_transition_time=ago(seconds),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("owned", "gone_for", "expected"),
+    [
+        (True, 41, True),
+        (True, 10, False),  # quarantine: the node may be coming back
+        (False, 3600, False),  # the user's own pod: keep it and say why
+    ],
+)
+def test_controller_pods_on_vanished_nodes_are_deleted_after_quarantine(
+    owned: bool, gone_for: float, expected: bool
+) -> None:
+    p = pod("p", node_name="gone", owner=replicaset() if owned else None)
+    _node_not_found_for(p, gone_for)
+    decision = schedule(p, [node("a")], {}, NOW)
+    assert should_delete_orphan(p, decision, NOW) is expected
