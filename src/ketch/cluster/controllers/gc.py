@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ketch.api.registry import KINDS
+from ketch.cluster.controllers.meta import field, items
 from ketch.store import Manifest, ObjectKey
 
 # (kind, namespace, name, uid) of every object that exists.
@@ -26,7 +27,7 @@ Identity = tuple[str, str, str, str]
 def identities(objects: Iterable[Manifest]) -> set[Identity]:
     out: set[Identity] = set()
     for m in objects:
-        meta = m.get("metadata") or {}
+        meta = field(m, "metadata")
         out.add(
             (
                 str(m.get("kind")),
@@ -51,8 +52,8 @@ def orphans(objects: Sequence[Manifest], existing: set[Identity]) -> list[Manife
     the namespaces and cluster scope the owners may live in)."""
     out: list[Manifest] = []
     for m in objects:
-        meta = m.get("metadata") or {}
-        refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict)]
+        meta = field(m, "metadata")
+        refs = items(meta, "ownerReferences")
         if not refs:
             continue
         namespace = str(meta.get("namespace") or "")

@@ -20,7 +20,7 @@ from ketch.api.base import Condition, OwnerReference, Resource
 SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+TERMINAL_PHASES = ("Succeeded", "Failed")  # a tuple: `in` must not hash garbage
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
@@ -75,10 +75,23 @@ def controller_of(obj: Resource) -> OwnerReference | None:
     return None
 
 
+def field(obj: Any, name: str) -> dict[str, Any]:
+    """`obj[name]` if both are mappings, else {}: raw manifests in the store were validated
+    by whoever wrote them, which a controller must not count on."""
+    value = obj.get(name) if isinstance(obj, Mapping) else None
+    return value if isinstance(value, dict) else {}
+
+
+def items(obj: Any, name: str) -> list[dict[str, Any]]:
+    """The mappings in the list `obj[name]`; anything else is ignored."""
+    value = obj.get(name) if isinstance(obj, Mapping) else None
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def controller_ref_of(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The same on a raw manifest (the watch dispatcher reads events without parsing)."""
-    for ref in (manifest.get("metadata") or {}).get("ownerReferences") or []:
-        if isinstance(ref, Mapping) and ref.get("controller"):
+    for ref in items(field(manifest, "metadata"), "ownerReferences"):
+        if ref.get("controller"):
             return ref
     return None
 

@@ -9,6 +9,7 @@ ownerReference with `controller: true` and the ReplicaSet's uid) and returns a
   unscheduled before scheduled; Pending before Unknown before Running; not ready before
   ready; pods on nodes crowded with this ReplicaSet's pods first; ready for a shorter time
   first; more restarts first; newer first;
+- at most BURST (500) creations or deletions per pass, as Kubernetes' burstReplicas;
 - pods in a terminal phase (Succeeded/Failed) are not counted and are deleted (Kubernetes
   leaves them to its pod GC; a local cluster has no use for them and the replacement is
   created in the same pass);
@@ -39,6 +40,10 @@ from ketch.cluster.controllers.meta import (
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+BURST = 500
+"""At most this many pods created or deleted per pass (Kubernetes' burstReplicas): a typo
+like `replicas: 50000` fills the store gradually, the controllers stay responsive, and the
+next pass (the status write queues one) continues."""
 _PHASE_RANK = {"Pending": 0, None: 0, "Unknown": 1, "Running": 2}
 
 
@@ -131,14 +136,14 @@ def reconcile_replicaset(
     delete: list[Pod] = list(terminal)
     if len(active) < want:
         taken = {p.name for p in pods}
-        while len(active) + len(create) < want:
+        while len(active) + len(create) < want and len(create) < BURST:
             name = f"{rs.name}-{suffix()}"
             if name in taken:
                 continue
             taken.add(name)
             create.append(new_pod(rs, name))
     elif len(active) > want:
-        victims = deletion_order(active)[: len(active) - want]
+        victims = deletion_order(active)[: min(len(active) - want, BURST)]
         delete += victims
         gone = {p.name for p in victims}
         active = [p for p in active if p.name not in gone]

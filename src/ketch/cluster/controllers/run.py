@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from ketch.cluster.controllers import sync
-from ketch.cluster.controllers.meta import controller_ref_of
+from ketch.cluster.controllers.meta import controller_ref_of, field
 from ketch.store import (
     AlreadyExistsError,
     ConflictError,
@@ -84,18 +84,18 @@ class _Controller:
 
 
 def _ns(ev: WatchEvent) -> str:
-    return str((ev.object.get("metadata") or {}).get("namespace") or "")
+    return str(field(ev.object, "metadata").get("namespace") or "")
 
 
 def _name(ev: WatchEvent) -> str:
-    return str((ev.object.get("metadata") or {}).get("name") or "")
+    return str(field(ev.object, "metadata").get("name") or "")
 
 
 def _scheduler_keys(ev: WatchEvent) -> Iterable[Key]:
     kind = ev.object.get("kind")
     if kind == "Node":
         return [_SCHEDULER_KEY]
-    unbound = not (ev.object.get("spec") or {}).get("nodeName")
+    unbound = not field(ev.object, "spec").get("nodeName")
     if kind == "Pod" and (ev.type == EventType.ADDED or (ev.type != EventType.DELETED and unbound)):
         return [_SCHEDULER_KEY]
     return []
@@ -242,8 +242,16 @@ class ControllerManager:
         failures: dict[Key, int] = {}
         while True:
             key = await queue.get()
+            job = asyncio.get_running_loop().run_in_executor(
+                None, ctl.sync, self.store, key, self.clock()
+            )
             try:
-                after = await asyncio.to_thread(ctl.sync, self.store, key, self.clock())
+                after = await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # Stopping: let a sync that is already writing finish (its thread cannot be
+                # interrupted), so nothing touches the store after run() returns.
+                await asyncio.wait([job])
+                raise
             except (ConflictError, AlreadyExistsError) as e:
                 # Someone wrote in between: decide again from fresh state, right away.
                 log.debug("%s %s: %s; requeued", ctl.name, key, e)

@@ -32,7 +32,9 @@ from ketch.cluster.controllers import scheduler
 from ketch.cluster.controllers.meta import (
     TERMINAL_PHASES,
     condition_dict,
+    field,
     find_condition,
+    items,
     set_condition,
 )
 from ketch.store import ConflictError, Manifest, NotFoundError, Store
@@ -89,13 +91,17 @@ def sync_scheduler(store: Store, now: dt.datetime) -> bool:
     todo: list[Pod] = []
     node_names = {n.name for n in nodes}
     for m in store.list("Pod").items:
-        spec, status = m.get("spec") or {}, m.get("status") or {}
+        spec, status = field(m, "spec"), field(m, "status")
         if status.get("phase") in TERMINAL_PHASES:
             continue
         bound = spec.get("nodeName")
+        if not isinstance(bound, str):
+            bound = None  # garbage: the pod will not parse, and is skipped below
         if bound:
-            counts[str(bound)] += 1
-        scheduled = find_condition_raw(status, "PodScheduled")
+            counts[bound] += 1
+        scheduled = next(
+            (c for c in items(status, "conditions") if c.get("type") == "PodScheduled"), None
+        )
         if (
             not bound
             or bound not in node_names
@@ -131,13 +137,6 @@ def sync_scheduler(store: Store, now: dt.datetime) -> bool:
         except NotFoundError:
             pass  # deleted meanwhile
     return conflicted
-
-
-def find_condition_raw(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in status.get("conditions") or []:
-        if isinstance(cond, dict) and cond.get("type") == type_:
-            return cond
-    return None
 
 
 def _with_condition(manifest: Manifest, cond: Condition, now: dt.datetime) -> Manifest:

@@ -9,7 +9,7 @@ import pytest
 
 from ketch.api.core import Pod
 from ketch.cluster.controllers.meta import SAFE_ALPHABET
-from ketch.cluster.controllers.replicaset import deletion_order, reconcile_replicaset
+from ketch.cluster.controllers.replicaset import BURST, deletion_order, reconcile_replicaset
 from tests.unit.cluster.controllers.factory import NOW, pod, replicaset
 
 LABELS = {"app": "web", "pod-template-hash": "abc"}
@@ -176,3 +176,12 @@ def test_fully_labeled_counts_template_labels() -> None:
     ]
     plan = reconcile_replicaset(rs, pods, NOW)
     assert plan.status["fullyLabeledReplicas"] == 1
+
+
+def test_creations_and_deletions_come_in_bursts() -> None:
+    big = replicaset(replicas=BURST * 3)
+    plan = reconcile_replicaset(big, [], NOW)
+    assert len(plan.create) == BURST
+    small = replicaset(replicas=0)
+    pods = [pod(f"web-abc-{i}", labels=LABELS, owner=small) for i in range(BURST + 7)]
+    assert len(reconcile_replicaset(small, pods, NOW).delete) == BURST
