@@ -15,7 +15,7 @@ import pytest
 
 from ketch.cluster.controllers import run_controllers
 from ketch.cluster.controllers.meta import fmt_time
-from ketch.store import ConflictError, Manifest, SqliteStore
+from ketch.store import ConflictError, ListResult, Manifest, MemoryStore, SqliteStore
 from ketch.util.tasks import spawn
 from tests.unit.cluster.controllers.sim import deployment_manifest, node_manifest
 
@@ -203,3 +203,41 @@ async def test_bad_objects_do_not_stop_the_controllers(
         "the good deployment's pod",
     )
     assert store.list("ReplicaSet", "default", "app=broken").items == []
+
+
+class GatedStore(MemoryStore):
+    """A MemoryStore whose Pod listing blocks until the test opens the gate, and which
+    records whether it was used after the controllers returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.closed = False
+        self.used_after_close = False
+
+    def list(
+        self, kind: str | None = None, namespace: str | None = None, selector: str | None = None
+    ) -> ListResult:
+        if self.closed:
+            self.used_after_close = True
+        if kind == "Pod" and not self.gate.is_set():
+            self.entered.set()
+            self.gate.wait(10)
+        return super().list(kind, namespace, selector)
+
+
+async def test_stop_waits_for_a_sync_in_flight() -> None:
+    store = GatedStore()
+    store.apply([node_manifest("node1"), deployment_manifest(replicas=1)])
+    stop = asyncio.Event()
+    task = spawn(run_controllers(store, stop), "test-controllers")
+    await eventually(store.entered.is_set, "a sync to be in flight")
+    stop.set()
+    await asyncio.sleep(0.3)
+    assert not task.done()  # still waiting for the blocked sync
+    store.gate.set()
+    await asyncio.wait_for(task, 10)
+    store.closed = True
+    await asyncio.sleep(0.3)
+    assert not store.used_after_close
