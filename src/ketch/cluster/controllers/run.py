@@ -7,8 +7,9 @@ takes keys in order and runs that controller's `sync_*` (in a thread: the store 
 synchronous) against the store as it is now. So:
 - level-triggered: a sync never looks at the event, only at current state, and bursts of
   events for one key collapse into one sync;
-- a write that loses a compare-and-swap (ConflictError) requeues its key at once; any other
-  failure is logged in one line and retried with back-off (1 s doubling to 30 s);
+- a write that loses a compare-and-swap (ConflictError) requeues its key at once (20 ms,
+  doubling to 5 s if it keeps losing); any other failure is logged in one line and retried
+  with back-off (1 s doubling to 30 s);
 - every `resync_period` seconds every key is queued again, which heals lost events and
   notices what only time changes (a node whose heartbeat went stale, minReadySeconds);
 - the endpoint controller has its own queue and worker, so a pod's Ready change reaches its
@@ -43,6 +44,9 @@ log = logging.getLogger("ketch.cluster.controllers")
 Key = Hashable
 Clock = Callable[[], dt.datetime]
 _MAX_BACKOFF = 30.0
+_RACE_RETRY = 0.02
+_MAX_RACE_BACKOFF = 5.0
+_RACE_WARN = 8  # this many conflicts in a row on one key is worth a log line
 _SCHEDULER_KEY = "pending-pods"
 
 
@@ -240,6 +244,7 @@ class ControllerManager:
     async def _work(self, ctl: _Controller) -> None:
         queue = self.queues[ctl.name]
         failures: dict[Key, int] = {}
+        races: dict[Key, int] = {}
         while True:
             key = await queue.get()
             job = asyncio.get_running_loop().run_in_executor(
@@ -253,9 +258,15 @@ class ControllerManager:
                 await asyncio.wait([job])
                 raise
             except (ConflictError, AlreadyExistsError) as e:
-                # Someone wrote in between: decide again from fresh state, right away.
-                log.debug("%s %s: %s; requeued", ctl.name, key, e)
-                queue.add_after(key, 0.02)
+                # Someone wrote in between: decide again from fresh state, right away; if it
+                # keeps happening (a name held by an object we do not own), back off.
+                n = races.get(key, 0) + 1
+                races[key] = n
+                delay = min(_RACE_RETRY * 2.0 ** (n - 1), _MAX_RACE_BACKOFF)
+                (log.warning if n == _RACE_WARN else log.debug)(
+                    "%s %s: %s; retrying in %.2fs", ctl.name, key, e, delay
+                )
+                queue.add_after(key, delay)
                 continue
             except Exception as e:
                 # The one boundary of this worker: a bad object or a bug must not stop the
@@ -274,6 +285,7 @@ class ControllerManager:
                 queue.add_after(key, delay)
                 continue
             failures.pop(key, None)
+            races.pop(key, None)
             if after is not None:
                 queue.add_after(key, after)
 

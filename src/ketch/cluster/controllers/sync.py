@@ -56,14 +56,16 @@ def parse(model: type[M], manifest: Manifest) -> M | None:
             str(meta.get("name")),
             str(meta.get("resourceVersion")),
         )
-        if key not in _reported:
-            _reported.add(key)
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            log.warning(
-                "skipping invalid %s %s/%s: %s: %s", key[0], key[1], key[2], where, first["msg"]
-            )
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        _warn_once(key, f"skipping invalid {key[0]} {key[1]}/{key[2]}: {where}: {first['msg']}")
         return None
+
+
+def _warn_once(key: tuple[str, str, str, str], message: str) -> None:
+    if key not in _reported:
+        _reported.add(key)
+        log.warning("%s", message)
 
 
 def parse_all(model: type[M], manifests: Iterable[Manifest]) -> list[M]:
@@ -275,8 +277,17 @@ def sync_endpoints(store: Store, namespace: str) -> None:
         diffs.append(ep_core.diff_slices(desired, by_service.pop(svc.name, [])))
     for leftovers in by_service.values():  # slices of Services that are gone
         diffs.append(ep_core.diff_slices([], leftovers))
+    existing_names = {s.name for s in slices}
     for diff in diffs:
         for m in diff.create:
+            name = m["metadata"]["name"]
+            if name in existing_names:  # held by a slice of another Service: never overwrite
+                _warn_once(
+                    ("EndpointSlice", namespace, name, "held"),
+                    f"EndpointSlice {namespace}/{name} belongs to another Service; the "
+                    f"endpoint controller cannot write {name} until it is deleted",
+                )
+                continue
             store.apply([checked(m)], create_only=True)
         for m in diff.update:
             store.apply([checked(m)])

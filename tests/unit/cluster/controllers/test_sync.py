@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from ketch.api.core import Service
 from ketch.cluster.controllers import sync
+from ketch.cluster.controllers.endpoints import desired_slices
 from ketch.store import ConflictError, Manifest, MemoryStore
 from tests.unit.cluster.controllers.sim import node_manifest
 
@@ -219,3 +221,29 @@ def test_status_write_conflict_propagates() -> None:
     )
     with pytest.raises(ConflictError):
         sync._write_status(store, stale, {"replicas": 0})
+
+
+def test_slice_name_held_by_another_services_slice_is_not_overwritten(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    (svc,) = store.apply([service_manifest({"app": "web"})])
+    (wanted,) = desired_slices(Service.model_validate(svc), [])
+    squatter = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": wanted["metadata"]["name"],
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "other"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [],
+    }
+    store.apply([squatter])
+    with caplog.at_level(logging.WARNING, "ketch.cluster.controllers"):
+        sync.sync_endpoints(store, "default")  # no AlreadyExistsError, no overwrite
+        sync.sync_endpoints(store, "default")
+    (only,) = store.list("EndpointSlice", "default").items
+    assert only["metadata"]["labels"] == {"kubernetes.io/service-name": "other"}
+    assert sum("belongs to another Service" in r.getMessage() for r in caplog.records) == 1
