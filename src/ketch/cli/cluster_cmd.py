@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import shutil
@@ -785,17 +784,10 @@ def controllers_cmd(
     log = logging.getLogger("ketch.cluster")
     layout = _layout(state_dir, name)
 
+    from ketch.cluster.controllers import run_controllers
+
     async def main(stop: asyncio.Event) -> None:
         with _store(layout, create=True) as store:
-            try:  # written beside this module (issue 10); imported by name until merged
-                run_controllers = importlib.import_module(
-                    "ketch.cluster.controllers"
-                ).run_controllers
-            except ModuleNotFoundError as e:
-                log.warning("controllers are not in this build (%s): idle until stopped", e)
-                sv.mark_ready(layout, sv.CONTROLLERS)
-                await stop.wait()
-                return
             sv.mark_ready(layout, sv.CONTROLLERS)
             log.info("controllers running (cluster %s, store %s)", layout.name, layout.store_path)
             await run_controllers(store, stop)

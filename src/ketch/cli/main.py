@@ -32,6 +32,7 @@ from ketch.cli.manifests import (
     load_manifests,
 )
 from ketch.cli.node_cmd import cp_app, node_app, proxy_status
+from ketch.cli.scale_cmd import scale
 from ketch.cli.ztunnel_cmd import ztunnel_app, ztunnel_config
 from ketch.control import admission
 from ketch.control.translate.policy import peer_authentication_warnings
@@ -249,6 +250,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(cp_app, name="control-plane")
 app.add_typer(ztunnel_app, name="ztunnel")
 app.add_typer(agent_app, name="agent")
+app.command()(scale)
 cluster_cmd.register(app)
 app.command("ztunnel-config")(ztunnel_config)
 app.command("proxy-status")(proxy_status)

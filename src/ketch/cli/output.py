@@ -133,6 +133,18 @@ def _selector(m: Manifest) -> str:
     return _join([f"{k}={v}" for k, v in sorted(sel.items())])
 
 
+def _slice_ports(m: Manifest) -> str:
+    ports = [p.get("port") for p in m.get("ports") or [] if p.get("port")]
+    return _join(ports) if ports else "<unset>"
+
+
+def _slice_endpoints(m: Manifest) -> str:
+    """kubectl's ENDPOINTS: the first three addresses, then "+ N more..."."""
+    addrs = [a for ep in m.get("endpoints") or [] for a in ep.get("addresses") or []]
+    shown = ",".join(addrs[:3]) or "<none>"
+    return f"{shown} + {len(addrs) - 3} more..." if len(addrs) > 3 else shown
+
+
 _AGE: Column = ("AGE", age)
 COLUMNS: dict[str, tuple[list[Column], list[Column]]] = {
     # kind: (default columns after NAME, extra columns for -o wide)
@@ -159,6 +171,24 @@ COLUMNS: dict[str, tuple[list[Column], list[Column]]] = {
             _AGE,
         ],
         [("SELECTOR", _selector)],
+    ),
+    "ReplicaSet": (
+        [
+            ("DESIRED", lambda m: str(_spec(m).get("replicas", 1))),
+            ("CURRENT", lambda m: str(_status(m).get("replicas", 0))),
+            ("READY", lambda m: str(_status(m).get("readyReplicas", 0))),
+            _AGE,
+        ],
+        [("SELECTOR", _selector)],
+    ),
+    "EndpointSlice": (
+        [
+            ("ADDRESSTYPE", lambda m: str(m.get("addressType", ""))),
+            ("PORTS", _slice_ports),
+            ("ENDPOINTS", _slice_endpoints),
+            _AGE,
+        ],
+        [],
     ),
     "Service": (
         [
