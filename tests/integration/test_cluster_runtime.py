@@ -128,8 +128,8 @@ def _tcp_between(layout: ClusterLayout, src: str, dst: str, dst_ip: str) -> byte
 
 def test_up_status_down_up(cluster: Cluster) -> None:
     layout = cluster.layout
-    up = cluster.ketch("up", "--nodes", "2", *cluster.opts)
-    assert "is up: 2 nodes" in up.stdout
+    up = cluster.ketch("up", "--nodes", "2", "--no-sample", *cluster.opts)
+    assert "is up: 2 nodes, with the ambient mesh" in up.stdout
     assert "ketch down" in up.stdout  # what to try next
 
     # namespaces: the underlay and one per node, nothing else
@@ -140,12 +140,25 @@ def test_up_status_down_up(cluster: Cluster) -> None:
     ]
     # processes alive, each the process its PID file names
     recs = _records(layout)
-    assert set(recs) == {"control-plane", "controllers", "node-node1", "node-node2"}
+    assert set(recs) == {
+        "control-plane",
+        "controllers",
+        "node-node1",
+        "node-node2",
+        "agent-node1",
+        "agent-node2",
+        "ztunnel-node1",
+        "ztunnel-node2",
+    }
+    # the mesh roles run in their node's netns too
+    zt_ns = os.stat(f"/proc/{recs['ztunnel-node1'].pid}/ns/net")
+    agent_ns = os.stat(f"/proc/{recs['agent-node1'].pid}/ns/net")
     assert all(sv.check(r) is sv.ProcState.RUNNING for r in recs.values())
     # node processes run inside their node's netns
     node_ns = os.stat(f"/run/netns/{layout.node_netns('node1')}")
     proc_ns = os.stat(f"/proc/{recs['node-node1'].pid}/ns/net")
-    assert (proc_ns.st_dev, proc_ns.st_ino) == (node_ns.st_dev, node_ns.st_ino)
+    for ns in (proc_ns, zt_ns, agent_ns):
+        assert (ns.st_dev, ns.st_ino) == (node_ns.st_dev, node_ns.st_ino)
 
     # Node objects: addresses, pod CIDR, Ready, and a heartbeat that keeps coming
     for i, name in ((1, "node1"), (2, "node2")):
@@ -187,7 +200,7 @@ def test_up_status_down_up(cluster: Cluster) -> None:
     assert broken.returncode == 1
     assert "node-node2" in broken.stderr
     assert "exited" in broken.stderr
-    again = cluster.ketch("up", *cluster.opts)  # repairs: restarts node2 only
+    again = cluster.ketch("up", "--no-sample", *cluster.opts)  # repairs: restarts node2 only
     assert "node-node2 started" in again.stderr
     assert "control-plane already running" in again.stderr
     recs2 = _records(layout)
@@ -223,7 +236,7 @@ def test_up_status_down_up(cluster: Cluster) -> None:
     assert "is not up" in nothing.stderr
 
     # up again: the same nodes, the same indices, Ready again
-    cluster.ketch("up", *cluster.opts)
+    cluster.ketch("up", "--no-sample", *cluster.opts)
     assert nodes.is_ready(cluster.node("node2"))
     assert cluster.node("node2")["spec"]["podCIDR"] == "10.244.2.0/24"  # type: ignore[index]
     assert len(fabric.existing_netns(layout)) == 3
