@@ -19,8 +19,8 @@ import yaml
 from ketch.api import wellknown
 from ketch.api.discovery import SERVICE_NAME_LABEL
 from ketch.cli import output
-from ketch.cli.common import fail, open_store, out, usage
-from ketch.cli.get_cmd import NsOpt, context, kind_of, namespace_for, targets
+from ketch.cli.common import fail, open_store, out
+from ketch.cli.get_cmd import NsOpt, context, kind_of, namespace_for, one_target
 from ketch.control import acceptance
 from ketch.labels import from_match_labels
 from ketch.store import Manifest, NotFoundError, RevisionTooOldError, Store
@@ -184,14 +184,7 @@ def describe(
     namespace: NsOpt = None,
 ) -> None:
     """Show one object in detail: fields, related objects, conditions, events."""
-    parsed = targets(kind, [name] if name else [])
-    if isinstance(parsed, list):
-        if len(parsed) != 1:
-            usage("describe takes one object")
-        kind, name = parsed[0]
-    elif not name:
-        usage(f"describe {kind}: name the object, e.g. ketch describe {kind} NAME")
-    assert name is not None
+    kind, name = one_target(kind, name, "describe")
     info = kind_of(kind)
     with open_store() as store:
         try:

@@ -26,7 +26,7 @@ import yaml
 from ketch.api import ResourceError, from_manifest, to_manifest
 from ketch.cli import output
 from ketch.cli.common import CliError, err, fail, open_store, out, state, usage
-from ketch.cli.get_cmd import NsOpt, kind_of, namespace_for, targets
+from ketch.cli.get_cmd import NsOpt, kind_of, namespace_for, one_target
 from ketch.cli.manifests import FileOpt, RecursiveOpt, load_manifests
 from ketch.control import admission
 from ketch.store import ConflictError, Manifest, NotFoundError, ObjectKey, StoreError
@@ -114,14 +114,7 @@ def edit(
     namespace: NsOpt = None,
 ) -> None:
     """Edit a stored object in $EDITOR; it is validated and saved only if unchanged meanwhile."""
-    parsed = targets(kind, [name] if name else [])
-    if isinstance(parsed, list):
-        if len(parsed) != 1:
-            usage("edit takes one object")
-        kind, name = parsed[0]
-    elif not name:
-        usage(f"edit {kind}: name the object, e.g. ketch edit {kind} NAME")
-    assert name is not None
+    kind, name = one_target(kind, name, "edit")
     info = kind_of(kind)
     key = ObjectKey(info.kind, namespace_for(info, namespace), name)
     with open_store() as store:

@@ -74,6 +74,18 @@ def targets(
     return (kind or "", list(names))
 
 
+def one_target(kind: str, name: str | None, verb: str) -> tuple[str, str]:
+    """(kind, name) of the one object a verb acts on: `KIND NAME` or `TYPE/NAME`."""
+    parsed = targets(kind, [name] if name else [])
+    if isinstance(parsed, list):
+        if len(parsed) != 1:
+            usage(f"{verb} takes one object")
+        return parsed[0]
+    if not name:
+        usage(f"{verb} {kind}: name the object, e.g. ketch {verb} {kind} NAME")
+    return kind, name
+
+
 # --- output formats --------------------------------------------------------------------------
 
 
