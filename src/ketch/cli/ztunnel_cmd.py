@@ -113,6 +113,13 @@ def run(
             help="With --control-plane: take pods from the node agent over ZDS at this SEQPACKET socket (`ketch agent run --zds-socket`), instead of --pods.",
         ),
     ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ready-file",
+            help="Write this process's PID to this file once it is ready (how `ketch restart` knows the new node proxy is ready while the old one still holds 15021).",
+        ),
+    ] = None,
     node: Annotated[
         str | None,
         typer.Option("--node", help="This node's name (default: the config's `node`)."),
@@ -204,6 +211,7 @@ def run(
             node_ip=node_ip,
             pods=pods,
             zds_socket=zds_socket,
+            ready_file=ready_file,
         )
     except (StandaloneError, ValueError) as e:
         fail(str(e))
