@@ -38,9 +38,7 @@ def _spec(layout: ClusterLayout, role: str) -> sv.ProcessSpec:
 
 
 def restart(
-    role: Annotated[
-        str, typer.Argument(help="The role `ketch status` shows, e.g. ztunnel-node1.")
-    ],
+    role: Annotated[str, typer.Argument(help="The role `ketch status` shows, e.g. ztunnel-node1.")],
     name: cluster_cmd.NameOpt = DEFAULT_NAME,
     state_dir: cluster_cmd.StateDirOpt = None,
 ) -> None:
