@@ -58,11 +58,14 @@ SAMPLE_PODS = 8  # frontend x2, catalog x2, reviews-v1, reviews-v2, ratings, loa
 ENROLLED = "ambient.istio.io/redirection"
 # Requests the load generator may lose while the label is removed and added back. It has
 # at most one request chain in flight (loadgen -> frontend -> catalog/reviews -> ratings:
-# one connection each, opened one after the other), so a switch can only break the chain
-# in flight when a pod on its path changes state: a connection opened just before one of
-# its endpoints' capture changed (e.g. a node proxy's HBONE connection to a pod that has just
-# been taken out, before the control plane's update reaches the caller's node proxy).
-# Each of the two switches touches 8 pods; in practice 0-2 requests fail per run.
+# one new connection each, one after the other), so a switch can only break the chain in
+# flight when a pod on its path changes state under it: its node proxy closes the pod's
+# connections when the agent takes the pod out (ZDS del), a connection accepted in plaintext
+# just before the pod's rules are installed is not the proxy's, and a connection opened in
+# the short window between a pod's node proxy letting go of it and the control plane's
+# update (annotation removed) reaching the caller's node proxy is refused (istio-cni takes
+# the same order: ztunnel del, then the annotation). Seen: 0, 1 and 2 failed requests
+# (ConnectionResetError) of 63-77 over both switches in three runs.
 SWITCH_FAILURE_BOUND = 4
 
 
@@ -398,7 +401,10 @@ def test_label_off_and_on_without_restart(mesh: Mesh) -> None:
     assert mesh.restarts() == restarts
     lost = end["failed"] - start["failed"]
     mesh.notes["label_switch_failed"] = (off["failed"] - start["failed"], lost)
-    print(f"label off/on: {lost} failed of {end['ok'] - start['ok'] + lost} requests")
+    print(
+        f"label off/on: {lost} failed of {end['ok'] - start['ok'] + lost} requests "
+        f"({off['failed'] - start['failed']} at the removal; last error {end['last_error']!r})"
+    )
     assert lost <= SWITCH_FAILURE_BOUND, f"{lost} requests failed across the switches: {end}"
 
 
@@ -473,6 +479,7 @@ def test_node_proxy_killed_fails_closed_then_recovers(mesh: Mesh) -> None:
     old = mesh.proxy("node2")
     client = mesh.pod("frontend", "node2")
     target = mesh.pod("catalog", "node1")
+    before = mesh.stats()
     os.kill(old.pid, signal.SIGKILL)
     _wait(lambda: sv.check(old) is not sv.ProcState.RUNNING, 10, "the node proxy to die")
     try:
@@ -488,7 +495,10 @@ def test_node_proxy_killed_fails_closed_then_recovers(mesh: Mesh) -> None:
                     f"an enrolled pod's connection worked without its node proxy: {r.stdout}"
                 )
             time.sleep(2)
+        during = mesh.stats()
         assert not cap.to_port(APP_PORT), f"plaintext left the node: {cap.to_port(APP_PORT)[:5]}"
+        # requests through node2 fail (refused in the pod), they do not bypass the mesh
+        assert during["failed"] > before["failed"], (before, during)
         assert not cap.not_hbone(), f"non-HBONE TCP between nodes: {cap.not_hbone()[:5]}"
     finally:
         mesh.ketch("up", *mesh.opts, timeout=300)  # repairs: starts the node proxy again
@@ -528,6 +538,21 @@ def test_node_proxy_handover_refuses_nothing(mesh: Mesh) -> None:
     r = mesh.ketch("status", *mesh.opts)
     row = next(ln.split() for ln in r.stdout.splitlines() if ln.startswith("ztunnel-node1 "))
     assert row[1:3] == [str(mesh.proxy("node1").pid), "running"], r.stdout
+
+
+def test_node_agent_restart_keeps_every_pod_enrolled(mesh: Mesh) -> None:
+    pids = mesh.app_pids()
+    old = sv.read_pid_file(mesh.layout, sv.agent_role("node1"))
+    assert old is not None
+    start = _settled(mesh)
+    mesh.ketch("restart", sv.agent_role("node1"), *mesh.opts, timeout=120)
+    new = sv.read_pid_file(mesh.layout, sv.agent_role("node1"))
+    assert new is not None
+    assert new.pid != old.pid
+    assert _all(mesh, "enabled"), "a pod lost its enrollment when the node agent restarted"
+    end = _flowing(mesh, 4.0)
+    assert end["failed"] == start["failed"], (start, end)
+    assert mesh.app_pids() == pids
 
 
 def test_down_leaves_nothing(mesh: Mesh) -> None:
