@@ -305,7 +305,9 @@ def _cleanup(layout: ClusterLayout) -> None:
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[Mesh]:
     state = Path(tempfile.mkdtemp(prefix="k", dir="/tmp"))
-    name = "m" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))
+    name = ""
+    while not name or fabric.existing_netns(ClusterLayout(state, name)):
+        name = "m" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))
     m = Mesh(ClusterLayout(state, name), state / "scratch")
     m.scratch.mkdir()
     try:
