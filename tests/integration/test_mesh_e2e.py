@@ -59,13 +59,16 @@ ENROLLED = "ambient.istio.io/redirection"
 # Requests the load generator may lose while the label is removed and added back. It has
 # at most one request chain in flight (loadgen -> frontend -> catalog/reviews -> ratings:
 # one new connection each, one after the other), so a switch can only break the chain in
-# flight when a pod on its path changes state under it: its node proxy closes the pod's
-# connections when the agent takes the pod out (ZDS del), a connection accepted in plaintext
-# just before the pod's rules are installed is not the proxy's, and a connection opened in
-# the short window between a pod's node proxy letting go of it and the control plane's
-# update (annotation removed) reaching the caller's node proxy is refused (istio-cni takes
-# the same order: ztunnel del, then the annotation). Seen: 0, 1 and 2 failed requests
-# (ConnectionResetError) of 63-77 over both switches in three runs.
+# flight when a pod on its path changes state under it:
+# - removal: the node proxy closes the pod's proxied connections on ZDS del; and a
+#   connection opened between that del and the control plane's update (annotation removed)
+#   reaching the caller's node proxy still goes to the pod's 15008 and is refused;
+# - addition: a plaintext connection accepted just before the pod's rules are installed is
+#   cut by them; and the pod's own new connection in the moment between its rules and its
+#   node proxy's listeners (rules first, so nothing escapes) is refused.
+# istio-cni takes the same order both ways. Each pod changes state once per switch, 8 pods.
+# Seen: 0, 1, 2 and 2 failed requests (ConnectionResetError) of 63-77 over both switches
+# in four runs, never more than 1 per switch.
 SWITCH_FAILURE_BOUND = 4
 
 
