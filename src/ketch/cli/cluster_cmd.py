@@ -311,7 +311,7 @@ def up(
         ]
     if mesh:
         lines += [
-            f"ketch ztunnel-config workloads --netns {layout.node_netns(names[0])}"
+            f"ketch ztunnel-config workloads --node {names[0]}{cluster_opts}"
             "   # pods the node proxy serves (HBONE)",
             "ketch proxy-status                            # node proxies and their xDS sync",
             f"ketch exec{cluster_opts} -n shop POD -- curl -s http://172.18.0.1:15020/metrics",

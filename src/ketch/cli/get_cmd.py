@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -20,6 +20,7 @@ import typer
 from ketch.api import KINDS, KindInfo, ResourceError, resolve_kind
 from ketch.cli import jsonpath, output
 from ketch.cli.common import err, fail, open_store, out, usage
+from ketch.cli.mesh_status import mesh_status, namespace_labels
 from ketch.control import acceptance
 from ketch.labels import SelectorError, parse_selector
 from ketch.store import Manifest, NotFoundError, Store, WatchEvent
@@ -283,6 +284,11 @@ def get(
                 items.sort(key=order)
             groups.append((info, items))
         ctx = context(store) if fmt.kind in ("table", "wide") else None
+        ns_labels = (
+            namespace_labels(store.list("Namespace").items)
+            if fmt.kind == "wide" and any(info.kind == "Pod" for info, _ in groups)
+            else {}
+        )
     everything = [m for _, items in groups for m in items]
     single = named and len(everything) == 1 and len(groups) == 1
     if fmt.kind in ("yaml", "json", "jsonpath"):
@@ -295,7 +301,7 @@ def get(
         if everything:
             out.file.write(custom_columns(fmt, everything, no_headers))
     else:
-        _tables(groups, fmt, ctx, all_namespaces, show_labels, no_headers)
+        _tables(groups, fmt, ctx, all_namespaces, show_labels, no_headers, ns_labels)
     if not everything and not watch and fmt.kind not in ("yaml", "json", "jsonpath"):
         err.print(_nothing_found(groups, all_namespaces, namespace))
     if watch:
@@ -323,6 +329,7 @@ def _tables(
     all_namespaces: bool,
     show_labels: bool,
     no_headers: bool,
+    ns_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     shown = False
     for info, items in groups:
@@ -346,8 +353,19 @@ def _tables(
             plural=info.singular,
             extra=extra,
             no_headers=no_headers,
+            wide_extra=_mesh_column(ns_labels or {}) if info.kind == "Pod" else (),
         )
         shown = True
+
+
+def _mesh_column(ns_labels: Mapping[str, Mapping[str, str]]) -> list[output.Column]:
+    """MESH: ambient / pending / none (ketch.cli.mesh_status)."""
+
+    def status(m: Manifest) -> str:
+        ns = str(m.get("metadata", {}).get("namespace", "default"))
+        return mesh_status(m, ns_labels.get(ns, {}))
+
+    return [("MESH", status)]
 
 
 def _watch(

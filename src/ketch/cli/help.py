@@ -11,7 +11,7 @@ ORDER = (
     "apply", "get", "describe", "delete", "diff", "edit", "label", "scale",
     "explain", "api-resources",
     # a local cluster
-    "up", "down", "status", "exec", "logs", "cluster",
+    "up", "down", "status", "restart", "exec", "logs", "cluster",
     # the mesh's own processes
     "control-plane", "node", "agent", "ztunnel", "proxy-status", "ztunnel-config",
     "version",

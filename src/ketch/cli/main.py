@@ -16,7 +16,7 @@ import typer
 
 from ketch import __version__
 from ketch.api import ResourceError, from_manifest, resolve_kind, to_manifest
-from ketch.cli import cluster_cmd
+from ketch.cli import cluster_cmd, restart_cmd
 from ketch.cli.agent_cmd import agent_app
 from ketch.cli.common import err, fail, open_store, out, run_app, state, usage
 from ketch.cli.describe_cmd import describe
@@ -252,6 +252,7 @@ app.add_typer(ztunnel_app, name="ztunnel")
 app.add_typer(agent_app, name="agent")
 app.command()(scale)
 cluster_cmd.register(app)
+app.command()(restart_cmd.restart)
 app.command("ztunnel-config")(ztunnel_config)
 app.command("proxy-status")(proxy_status)
 

@@ -261,6 +261,7 @@ def table_columns(
     show_labels: bool = False,
     prefix: str = "",
     extra: Sequence[Column] = (),
+    wide_extra: Sequence[Column] = (),
 ) -> list[Column]:
     """The columns `ketch get` shows for `kind`: [NAMESPACE,] NAME, the kind's own,
     `extra` (e.g. ACCEPTED, computed by the caller), the wide ones, [LABELS]."""
@@ -274,7 +275,7 @@ def table_columns(
         columns += base[:age_at] + list(extra) + base[age_at:]
     else:
         columns += base
-    columns += wide_cols if wide else []
+    columns += [*wide_cols, *wide_extra] if wide else []
     if show_labels:
         columns.append(
             ("LABELS", lambda m: _join([f"{k}={v}" for k, v in sorted(_labels(m).items())]))
@@ -294,6 +295,7 @@ def render_table(
     plural: str = "",
     extra: Sequence[Column] = (),
     no_headers: bool = False,
+    wide_extra: Sequence[Column] = (),
 ) -> None:
     columns = table_columns(
         kind,
@@ -302,6 +304,7 @@ def render_table(
         show_labels=show_labels,
         prefix=f"{plural}/" if with_kind_prefix else "",
         extra=extra,
+        wide_extra=wide_extra,
     )
     text = format_table(
         [title for title, _ in columns],

@@ -113,6 +113,13 @@ def run(
             help="With --control-plane: take pods from the node agent over ZDS at this SEQPACKET socket (`ketch agent run --zds-socket`), instead of --pods.",
         ),
     ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ready-file",
+            help="Write this process's PID to this file once it is ready (how `ketch restart` knows the new node proxy is ready while the old one still holds 15021).",
+        ),
+    ] = None,
     node: Annotated[
         str | None,
         typer.Option("--node", help="This node's name (default: the config's `node`)."),
@@ -204,6 +211,7 @@ def run(
             node_ip=node_ip,
             pods=pods,
             zds_socket=zds_socket,
+            ready_file=ready_file,
         )
     except (StandaloneError, ValueError) as e:
         fail(str(e))
@@ -251,6 +259,19 @@ def ztunnel_config(
         typer.Option("--netns", help="Reach the admin endpoint from inside this netns (a node's)."),
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table, json or yaml.")] = "table",
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            help="A node of the local cluster (`ketch up`): its netns is found from --name and --state-dir.",
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option("--name", help="With --node: the cluster's name.")
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="With --node: the cluster's state dir.")
+    ] = None,
 ) -> None:
     """Show what a running node proxy holds (from its /config_dump)."""
     import json
@@ -270,6 +291,8 @@ def ztunnel_config(
         fail(str(e))
     if addr is None:
         fail("--admin: an address is needed")
+    if node is not None:
+        netns = _node_netns(node, netns, cluster, state_dir)
     dump = fetch_dump(addr[0], addr[1], netns)
     keys = list(SECTIONS) if key == "all" else [key]
     if output != "table":
@@ -294,6 +317,27 @@ def ztunnel_config(
                 markup=False,
                 highlight=False,
             )
+
+
+def _node_netns(node: str, netns: str | None, cluster: str | None, state_dir: Path | None) -> str:
+    """The netns of `node` in the local cluster's layout (ketch.cluster.layout)."""
+    import os
+
+    from ketch.cluster.layout import DEFAULT_NAME, ClusterLayout, default_state_dir
+
+    if netns is not None:
+        fail("give --node or --netns, not both")
+    try:
+        layout = ClusterLayout(state_dir or default_state_dir(), cluster or DEFAULT_NAME)
+    except ValueError as e:
+        fail(f"--name: {e}")
+    name = layout.node_netns(node)
+    if not os.path.exists(f"/run/netns/{name}"):
+        fail(
+            f"node {node} of cluster {layout.name} has no netns {name}: is the cluster up "
+            "and is that one of its nodes? (ketch status --name ... --state-dir ...)"
+        )
+    return name
 
 
 def run_main() -> None:

@@ -136,6 +136,8 @@ def process_specs(
                         str(layout.proxy_identity_dir(n)),
                         "--zds-socket",
                         str(layout.zds_socket(n)),
+                        "--ready-file",
+                        str(ready_file(layout, ztunnel_role(n))),
                     ),
                     netns,
                 )
@@ -250,6 +252,10 @@ def read_pid_file(layout: ClusterLayout, role: str) -> PidRecord | None:
         return PidRecord.from_json(layout.pid_file(role).read_text())
     except (OSError, ValueError):
         return None
+
+
+def write_pid_file(layout: ClusterLayout, rec: PidRecord) -> None:
+    _write_atomic(layout.pid_file(rec.role), rec.to_json())
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -116,6 +116,7 @@ class StandaloneOptions:
     node_ip: str = ""  # the node's IP for the xDS Node id (ztunnel's INSTANCE_IP)
     pods: Path | None = None  # the pods to serve (stand-in for ZDS; ketch.standalone.pods)
     zds_socket: Path | None = None  # ... or from the node agent over ZDS (ketch.ztunnel.zds_client)
+    ready_file: Path | None = None  # written with our PID once ready (an upgrade's handover)
 
 
 def split_pem(blob: bytes) -> list[bytes]:
@@ -156,6 +157,7 @@ class StandaloneProxy:
         self._failed: dict[str, str] = {}  # uid -> why enrollment failed (retried)
         self._synced = False  # the first config has been applied (pods enrolled or failed)
         self._tasks: list[asyncio.Task[None]] = []
+        self._marked_ready = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -408,6 +410,7 @@ class StandaloneProxy:
         """Serve until a stop is requested; then drain and close. Returns the number of
         connections force-closed at the end of the drain."""
         while not self.stop_requested.is_set():
+            self._mark_ready()
             waiters = [
                 spawn(self.stop_requested.wait(), name="standalone-stop"),
                 spawn(self.reload_requested.wait(), name="standalone-reload"),
@@ -425,6 +428,23 @@ class StandaloneProxy:
             self.reload_requested.clear()
             await self.reload(force=forced)
         return await self.shutdown()
+
+    def _mark_ready(self) -> None:
+        """Write our PID to `ready_file` the first time we are ready. During an upgrade the
+        node ports (15021 too) still belong to the old process, so this file is how whoever
+        started us (`ketch restart`) learns that *this* process is ready."""
+        path = self.opts.ready_file
+        if path is None or self._marked_ready or not self.is_ready():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(f"{os.getpid()}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot write the ready file %s: %s", path, e.strerror)
+            return
+        self._marked_ready = True
+        log.info("ready: wrote %s", path)
 
     async def shutdown(self) -> int:
         zt = self.zt

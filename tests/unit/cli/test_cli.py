@@ -339,3 +339,42 @@ spec: {mtls: {mode: STRICT}}
     res = ketch("apply", "-f", str(fixes))
     assert res.returncode == 0, res.stderr
     assert "Warning" not in res.stderr
+
+
+PODS_FOR_MESH = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: shop, annotations: {ambient.istio.io/redirection: enabled}}
+spec: {containers: [{name: c, command: [sleep, "1"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: shop}
+spec: {containers: [{name: c, command: [sleep, "1"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: plain}
+spec: {containers: [{name: c, command: [sleep, "1"]}]}
+"""
+
+
+def test_get_pods_wide_shows_mesh_status_and_the_label_is_all_it_takes(ketch: Ketch) -> None:
+    ketch("apply", "-f", "-", stdin=NS_AND_SVC)
+    ketch("apply", "-f", "-", stdin=PODS_FOR_MESH)
+
+    def mesh() -> dict[str, str]:
+        lines = ketch("get", "pods", "-A", "-o", "wide").stdout.splitlines()
+        assert lines[0].split()[-1] == "MESH"
+        return {ln.split()[1]: ln.split()[-1] for ln in lines[1:]}
+
+    assert mesh() == {"a": "ambient", "b": "pending", "c": "none"}
+    assert "MESH" not in ketch("get", "pods", "-A").stdout  # wide only
+    ketch("label", "ns", "shop", "istio.io/dataplane-mode-")
+    assert mesh() == {"a": "ambient", "b": "none", "c": "none"}  # a: until the agent acts
+    ketch("label", "ns", "plain", "istio.io/dataplane-mode=ambient")
+    assert mesh() == {"a": "ambient", "b": "none", "c": "pending"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+
 import pytest
 
 from ketch.cli.common import CliError
@@ -144,3 +147,14 @@ def test_aliases(name: str, key: str) -> None:
 def test_unknown_section_lists_the_known_ones() -> None:
     with pytest.raises(CliError, match="use one of: " + ", ".join(SECTIONS)):
         resolve_section("bogus")
+
+
+def test_node_resolves_the_cluster_netns(tmp_path: Path) -> None:
+    from ketch.cli.ztunnel_cmd import _node_netns
+
+    with pytest.raises(CliError, match="not both"):
+        _node_netns("node1", "x-n-node1", "x", tmp_path)
+    with pytest.raises(CliError, match=r"has no netns zz\w*-n-node1: is the cluster up"):
+        _node_netns("node1", None, "zz" + secrets.token_hex(3), tmp_path)
+    with pytest.raises(CliError, match="--name"):
+        _node_netns("node1", None, "Bad Name", tmp_path)

@@ -128,6 +128,8 @@ def test_process_specs_with_the_mesh_start_the_agent_before_the_node() -> None:
     assert agent.argv[agent.argv.index("--netns-template") + 1] == "/run/netns/t-p-{uidhash}"
     assert zt.argv[zt.argv.index("--control-plane") + 1] == "/var/lib/k/ca.sock"
     assert not zt.env  # the join token is added by `ketch up` only when needed
+    # the node proxy says when it is ready in the file `ketch restart` waits on
+    assert zt.argv[zt.argv.index("--ready-file") + 1] == str(sv.ready_file(LAYOUT, "ztunnel-node1"))
     assert sv.role_node("ztunnel-node1") == "node1"
     assert sv.role_node("controllers") is None
 
