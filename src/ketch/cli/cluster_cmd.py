@@ -593,11 +593,48 @@ def status(name: NameOpt = DEFAULT_NAME, state_dir: StateDirOpt = None) -> None:
 # ---------------------------------------------------------------------------- exec / logs
 
 
-def _pod(store: Store, namespace: str, pod: str) -> Manifest:
+def _pod(store: Store, namespace: str, ref: str) -> Manifest:
+    """The pod `ref` names: `NAME`, `pod/NAME`, or `deploy/NAME` (its best pod, as kubectl
+    picks one; "Found N pods, using pod/X" on stderr when there is a choice)."""
+    from ketch.api.base import LabelSelector
+    from ketch.cluster import podref
+
     try:
-        return store.get("Pod", namespace, pod)
+        target = podref.parse(ref)
+    except podref.PodRefError as e:
+        fail(str(e))
+    if target.kind == "Pod":
+        try:
+            return store.get("Pod", namespace, target.name)
+        except NotFoundError:
+            fail(
+                f'pod "{target.name}" not found in namespace {namespace} '
+                f"(ketch get pods -n {namespace})"
+            )
+    what = f"{target.kind.lower()}/{target.name}"
+    try:
+        owner = store.get(target.kind, namespace, target.name)
     except NotFoundError:
-        fail(f'pod "{pod}" not found in namespace {namespace} (ketch get pods -n {namespace})')
+        fail(
+            f"{what} not found in namespace {namespace} (ketch get {target.kind.lower()}s -n {namespace})"
+        )
+    try:
+        selector = LabelSelector.model_validate((owner.get("spec") or {}).get("selector") or {})
+    except ValueError as e:
+        fail(f"{what} has an unusable spec.selector: {e}")
+    if selector.is_empty():
+        fail(f"{what} has an empty spec.selector: it names no pods")
+    pods = [
+        p
+        for p in store.list("Pod", namespace).items
+        if selector.matches((p.get("metadata") or {}).get("labels") or {})
+    ]
+    best = podref.best_pod(pods)
+    if best is None:
+        fail(f"{what} has no pods yet (ketch get pods -n {namespace} -o wide)")
+    if len(pods) > 1:
+        err.print(f"Found {len(pods)} pods, using pod/{best['metadata']['name']}", markup=False)
+    return dict(best)
 
 
 def _container(m: Manifest, container: str | None, pod: str) -> dict[str, Any]:
@@ -617,7 +654,9 @@ def _container(m: Manifest, container: str | None, pod: str) -> dict[str, Any]:
 
 
 def exec_(
-    pod: Annotated[str, typer.Argument(help="Pod name.")],
+    pod: Annotated[
+        str, typer.Argument(help="Pod name, pod/NAME, or deploy/NAME (one of its pods).")
+    ],
     command: Annotated[list[str], typer.Argument(help="The command, after `--`.")],
     namespace: NsOpt = "default",
     container: Annotated[
@@ -639,6 +678,7 @@ def exec_(
     layout = _layout(state_dir, name)
     with _store(layout) as store:
         m = _pod(store, namespace, pod)
+    pod = str(m["metadata"]["name"])
     spec_c = _container(m, container, pod)
     phase = (m.get("status") or {}).get("phase", "Pending")
     if phase != "Running":
@@ -665,7 +705,10 @@ def exec_(
         command = command[1:]
     if not command:
         fail("ketch exec needs a command after `--`, e.g. ketch exec POD -- sh")
-    argv = ["ip", "netns", "exec", netns, *command]
+    from ketch.cluster.process import pod_argv
+
+    uts = layout.pod_uts(netns)  # the pod's hostname (the kubelet's sandbox made it)
+    argv = pod_argv(netns, uts if uts.exists() else None, command)
     wd = spec_c.get("workingDir")
     if wd and os.path.isdir(wd):
         os.chdir(wd)
@@ -676,13 +719,15 @@ def exec_(
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvpe("ip", argv, env)  # the command's exit code becomes ours
+        os.execvpe(argv[0], argv, env)  # the command's exit code becomes ours
     except OSError as e:
-        fail(f"cannot run ip netns exec: {e}")
+        fail(f"cannot run {argv[0]}: {e}")
 
 
 def logs(
-    pod: Annotated[str, typer.Argument(help="Pod name.")],
+    pod: Annotated[
+        str, typer.Argument(help="Pod name, pod/NAME, or deploy/NAME (one of its pods).")
+    ],
     namespace: NsOpt = "default",
     container: Annotated[str | None, typer.Option("--container", "-c", help="Container.")] = None,
     follow: Annotated[
@@ -700,6 +745,7 @@ def logs(
     layout = _layout(state_dir, name)
     with _store(layout) as store:
         m = _pod(store, namespace, pod)
+    pod = str(m["metadata"]["name"])
     spec_c = _container(m, container, pod)
     uid = str(m["metadata"].get("uid", ""))
     cdir = layout.pod_dir(namespace, pod, uid) / str(spec_c["name"])
