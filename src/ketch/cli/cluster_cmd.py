@@ -487,6 +487,8 @@ def down(
         err.print(f"  [green]✓[/] removed {len(report.netns)} namespaces: {' '.join(report.netns)}")
     if report.etc_dirs:
         err.print(f"  [green]✓[/] removed {' '.join(report.etc_dirs)}")
+    if report.uts:
+        err.print(f"  [green]✓[/] removed {len(report.uts)} pod UTS namespaces (hostnames)")
     if not keep_state:
         shutil.rmtree(layout.cluster_dir, ignore_errors=True)
         err.print(f"  [green]✓[/] removed {layout.cluster_dir}")
@@ -697,7 +699,10 @@ def exec_(
         )
     if tty and not stdin:
         err.print("Warning: -t without -i: stdin is not passed to the command")
+    from ketch.cluster.podnet import pod_hostname
+
     env = {k: v for k in ("PATH", "TERM", "LANG") if (v := os.environ.get(k))}
+    env["HOSTNAME"] = pod_hostname(pod, spec.get("hostname"))  # as in its containers
     for e in spec_c.get("env") or []:
         if isinstance(e, dict) and e.get("value") is not None:
             env[str(e["name"])] = str(e["value"])
