@@ -249,9 +249,13 @@ def remove_uts(path: Path) -> str | None:
     global _libc
     if not os.path.lexists(path):
         return None
+    try:  # a namespace bind-mounted there lives on another device (nsfs)
+        mounted = os.lstat(path).st_dev != os.lstat(path.parent).st_dev
+    except OSError:
+        mounted = True
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
+    if mounted and _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
         code = ctypes.get_errno()
         if code not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point
             return f"cannot unmount {path}: {os.strerror(code)}"

@@ -72,3 +72,54 @@ def test_service_and_hpa_fields_not_honoured() -> None:
         "sessionAffinity: None, internalTrafficPolicy: Cluster, ipFamilyPolicy: SingleStack}\n"
     )
     assert unenforced(from_manifest(quiet)) == []
+
+
+def _ports_pod(containers: str) -> str:
+    return (
+        f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec: {{containers: [{containers}]}}\n"
+    )
+
+
+def test_duplicate_container_ports_warn_as_kubernetes_does() -> None:
+    # Kubernetes accepts them (refusing would break existing manifests) and warns
+    text = _ports_pod(
+        "{name: a, command: [x], ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]},"
+        "{name: b, command: [y], ports: [{containerPort: 81}, {containerPort: 80}]}"
+    )
+    [(path, message)] = warnings_for(from_manifest(yaml.safe_load(text)))
+    assert path == "spec.containers[1].ports[1]"
+    assert message.startswith(
+        "duplicate port definition with spec.containers[0].ports[0] (containerPort 80/TCP)"
+    )
+
+
+def test_duplicate_ports_in_one_container_and_in_a_template() -> None:
+    manifest = yaml.safe_load(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
+        "spec: {selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}}, "
+        "spec: {containers: [{name: c, command: [x], ports: [{containerPort: 8080}, "
+        "{containerPort: 8080}, {containerPort: 8080}]}]}}}\n"
+    )
+    assert [p for p, _ in warnings_for(from_manifest(manifest))] == [
+        "spec.template.spec.containers[0].ports[1]",
+        "spec.template.spec.containers[0].ports[2]",
+    ]
+
+
+def test_distinct_ports_do_not_warn() -> None:
+    text = _ports_pod(
+        "{name: a, command: [x], ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]},"
+        "{name: b, command: [y], ports: [{containerPort: 81}]}"
+    )
+    assert warnings_for(from_manifest(yaml.safe_load(text))) == []
+
+
+def test_hostname_is_applied_subdomain_is_not() -> None:
+    def kinds(spec: str) -> list[Unenforced]:
+        text = f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec: {spec}\n"
+        return unenforced(from_manifest(yaml.safe_load(text)))
+
+    assert kinds("{hostname: front, containers: [{name: a, command: [x]}]}") == []
+    assert kinds("{subdomain: s, containers: [{name: a, command: [x]}]}") == [
+        Unenforced("dns", "spec.subdomain")
+    ]
