@@ -32,6 +32,8 @@ from tests.prereq import needs_tool
 
 pytestmark = [needs_tool("nft"), needs_tool("nsenter"), pytest.mark.slow]
 
+PLAIN = ("--no-mesh", "--no-sample")  # the runtime alone (the mesh: test_mesh_e2e.py)
+
 
 @dataclass
 class Cluster:
@@ -128,7 +130,7 @@ def _tcp_between(layout: ClusterLayout, src: str, dst: str, dst_ip: str) -> byte
 
 def test_up_status_down_up(cluster: Cluster) -> None:
     layout = cluster.layout
-    up = cluster.ketch("up", "--nodes", "2", *cluster.opts)
+    up = cluster.ketch("up", "--nodes", "2", *PLAIN, *cluster.opts)
     assert "is up: 2 nodes" in up.stdout
     assert "ketch down" in up.stdout  # what to try next
 
@@ -187,7 +189,7 @@ def test_up_status_down_up(cluster: Cluster) -> None:
     assert broken.returncode == 1
     assert "node-node2" in broken.stderr
     assert "exited" in broken.stderr
-    again = cluster.ketch("up", *cluster.opts)  # repairs: restarts node2 only
+    again = cluster.ketch("up", *PLAIN, *cluster.opts)  # repairs: restarts node2 only
     assert "node-node2 started" in again.stderr
     assert "control-plane already running" in again.stderr
     recs2 = _records(layout)
@@ -223,7 +225,7 @@ def test_up_status_down_up(cluster: Cluster) -> None:
     assert "is not up" in nothing.stderr
 
     # up again: the same nodes, the same indices, Ready again
-    cluster.ketch("up", *cluster.opts)
+    cluster.ketch("up", *PLAIN, *cluster.opts)
     assert nodes.is_ready(cluster.node("node2"))
     assert cluster.node("node2")["spec"]["podCIDR"] == "10.244.2.0/24"  # type: ignore[index]
     assert len(fabric.existing_netns(layout)) == 3
