@@ -301,20 +301,20 @@ def up(
         lines = [
             f"ketch {store_hint}get pods -n shop -o wide        # the sample app, on both nodes",
             f"ketch logs{cluster_opts} -n shop deploy/loadgen -f  # its load generator's counters",
-            f"ketch exec{cluster_opts} -n shop POD -- curl -s http://frontend:8080/",
+            f"ketch exec{cluster_opts} -n shop deploy/loadgen -- curl -s http://frontend:8080/",
         ]
     else:
         lines = [
             f"ketch {store_hint}apply -f examples/cluster-demo.yaml",
             f"ketch {store_hint}get pods -A -o wide",
-            f"ketch exec{cluster_opts} -n demo POD -- curl -s http://web.demo.svc.cluster.local/",
+            f"ketch exec{cluster_opts} -n demo deploy/client -- curl -s http://web.demo.svc.cluster.local/",
         ]
     if mesh:
         lines += [
             f"ketch ztunnel-config workloads --netns {layout.node_netns(names[0])}"
             "   # pods the node proxy serves (HBONE)",
             "ketch proxy-status                            # node proxies and their xDS sync",
-            f"ketch exec{cluster_opts} -n shop POD -- curl -s http://172.18.0.1:15020/metrics",
+            f"ketch exec{cluster_opts} -n shop deploy/loadgen -- curl -s http://172.18.0.1:15020/metrics",
             f"ketch {store_hint}apply -f POLICY.yaml       # an AuthorizationPolicy, e.g. "
             "docs/ztunnel-policy.md",
         ]
