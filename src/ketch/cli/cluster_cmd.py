@@ -205,6 +205,7 @@ def up(
             "ip": "iproute2: namespaces, links, routes",
             "nft": "nftables: Service VIPs",
             "nsenter": "util-linux: processes in node namespaces",
+            "unshare": "util-linux: each pod's hostname (UTS namespace)",
         }
     )
     layout = _layout(state_dir, name)
