@@ -512,7 +512,7 @@ def _pod_processes(c: Cluster) -> list[tuple[int, int | None]]:
 def test_down_leaves_nothing_and_up_brings_the_same_pods_back(cluster: Cluster) -> None:
     layout = cluster.layout
     before = {n for n, p in cluster.pods().items() if running_ready(p)}
-    assert len(before) == 3  # web (scaled to 1) and two clients
+    assert len(before) >= 3  # web (3, or 1 after the scale test) and two clients
     procs = _pod_processes(cluster)
     daemons = [pf.record for pf in sv.read_pid_files(layout) if pf.record is not None]
     veths = [layout.pod_veth(p["metadata"]["uid"]) for p in cluster.pods().values()]
