@@ -3,6 +3,7 @@ tested with the translation, tests/unit/control/test_translate_policy.py)."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from ketch.api import from_manifest, warnings_for
@@ -123,3 +124,27 @@ def test_hostname_is_applied_subdomain_is_not() -> None:
     assert kinds("{subdomain: s, containers: [{name: a, command: [x]}]}") == [
         Unenforced("dns", "spec.subdomain")
     ]
+
+
+def test_duplicate_host_ports_are_refused_as_kubernetes_does() -> None:
+    from ketch.api.errors import ResourceError
+    from ketch.api.loader import load_text
+
+    text = _ports_pod(
+        "{name: a, command: [x], ports: [{containerPort: 80, hostPort: 8080}]},"
+        "{name: b, command: [y], ports: [{containerPort: 81, hostPort: 8080}]}"
+    )
+    with pytest.raises(ResourceError) as info:
+        load_text(text, "p.yaml")
+    assert "spec.containers[1].ports[0].hostPort: duplicate hostPort 8080/TCP" in str(info.value)
+    assert "spec.containers[0].ports[0] has it already" in str(info.value)
+    # another protocol or another host IP is another port
+    for other in (
+        "{containerPort: 81, hostPort: 8080, protocol: UDP}",
+        "{containerPort: 81, hostPort: 8080, hostIP: 10.0.0.1}",
+    ):
+        ok = _ports_pod(
+            "{name: a, command: [x], ports: [{containerPort: 80, hostPort: 8080}]},"
+            f"{{name: b, command: [y], ports: [{other}]}}"
+        )
+        assert load_text(ok, "p.yaml").objects
