@@ -725,7 +725,7 @@ def test_help_lists_what_users_do_first_and_keeps_summaries_whole(ketch: Ketch) 
         for line in commands.splitlines()
         if line.startswith("  ") and not line.startswith("    ")
     ]
-    assert names[:9] == [
+    assert names[:10] == [
         "apply",
         "get",
         "describe",
@@ -733,6 +733,7 @@ def test_help_lists_what_users_do_first_and_keeps_summaries_whole(ketch: Ketch) 
         "diff",
         "edit",
         "label",
+        "scale",
         "explain",
         "api-resources",
     ]
