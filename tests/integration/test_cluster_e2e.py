@@ -262,9 +262,10 @@ apiVersion: v1
 kind: Pod
 metadata: {name: crasher, namespace: demo}
 spec:
+  hostname: crashy
   containers:
     - name: app
-      command: [sh, -c, "echo run $(date +%s.%N); exit 3"]
+      command: [sh, -c, "echo run $(hostname) $HOSTNAME; exit 3"]
 """
 
 
@@ -290,7 +291,7 @@ def test_an_exiting_process_is_restarted_with_back_off(cluster: Cluster, tmp_pat
     assert cs["lastState"]["terminated"]["exitCode"] == 3
     assert cs["lastState"]["terminated"]["reason"] == "Error"
     prev = cluster.ketch("logs", *cluster.opts, "-n", NS, "crasher", "--previous").stdout
-    assert prev.startswith("run "), prev
+    assert prev == "run crashy crashy\n"  # spec.hostname is the pod's hostname
     cluster.kubectl("delete", "pod", "crasher", "-n", NS)
 
 
