@@ -483,6 +483,33 @@ def test_bad_input_gets_located_errors_and_never_takes_a_node_down(
         cluster.kubectl("delete", "pod", name, "-n", NS)
 
 
+def test_a_rolling_update_replaces_every_pod_behind_the_vip(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    old = app_pods(cluster, "web")
+    text = DEMO.read_text()
+    marker = "          ports:\n            - {name: http, containerPort: 8080}"
+    assert text.count(marker) == 1
+    v2 = text.replace(marker, '          env: [{name: VERSION, value: "2"}]\n' + marker)
+    (tmp_path / "demo-v2.yaml").write_text(v2)
+    cluster.kubectl("apply", "-f", str(tmp_path / "demo-v2.yaml"))
+
+    def rolled() -> list[str] | None:
+        web = app_pods(cluster, "web")
+        pods = cluster.pods()
+        done = len(web) == 3 and not set(web) & set(old)
+        return web if done and all(running_ready(pods[n]) for n in web) else None
+
+    new = wait_for(rolled, 60, "3 new web pods ready, the old ones gone", every=0.3)
+    for name in new:
+        env = (cluster.pod(name) or {})["spec"]["containers"][0].get("env")
+        assert env == [{"name": "VERSION", "value": "2"}]
+    client = app_pods(cluster, "client")[0]
+    wait_until(lambda: hits(cluster, client, 30), lambda h: sorted(h) == new, 10, "new pods")
+    out = cluster.kubectl("get", "deploy", "web", "-n", NS).stdout.splitlines()[1].split()
+    assert out[1:4] == ["3/3", "3", "3"], out  # READY, UP-TO-DATE, AVAILABLE
+
+
 def test_scale_down_endpoints_and_vip_follow(cluster: Cluster) -> None:
     client = app_pods(cluster, "client")[0]
     t0 = time.monotonic()
@@ -519,6 +546,10 @@ def test_down_leaves_nothing_and_up_brings_the_same_pods_back(cluster: Cluster) 
     veths = [layout.pod_veth(p["metadata"]["uid"]) for p in cluster.pods().values()]
     assert procs
     assert daemons
+
+    # everything above (crashes, bad input, probes, deletes) left no traceback in any log
+    for log in (layout.cluster_dir / "logs").glob("*.log"):
+        assert "Traceback" not in log.read_text(errors="replace"), log
 
     cluster.ketch("down", *cluster.opts)
     assert fabric.existing_netns(layout) == []
