@@ -529,6 +529,25 @@ class PodSpec(KetchModel):
             if c.name in seen:
                 raise fail(f"duplicate container name {c.name!r}", f"containers[{i}].name")
             seen.add(c.name)
+        host_ports: dict[tuple[str, str, int], str] = {}  # Kubernetes refuses these
+        for group, containers in (
+            ("containers", self.containers),
+            ("initContainers", self.init_containers or []),
+        ):
+            for i, c in enumerate(containers):
+                for j, p in enumerate(c.ports or []):
+                    if not p.host_port:
+                        continue
+                    at = f"{group}[{i}].ports[{j}]"
+                    key = (p.protocol, str(p.host_ip or ""), p.host_port)
+                    if key in host_ports:
+                        raise fail(
+                            f"duplicate hostPort {p.host_port}/{p.protocol}"
+                            f"{f' on {p.host_ip}' if p.host_ip else ''}: {host_ports[key]} "
+                            "has it already; give each a different hostPort",
+                            f"{at}.hostPort",
+                        )
+                    host_ports[key] = f"spec.{at}"
         volumes = [v.name for v in self.volumes or []]
         for i, name in enumerate(volumes):
             if name in volumes[:i]:

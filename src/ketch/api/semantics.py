@@ -48,7 +48,34 @@ def warnings_for(resource: Resource) -> list[Warning_]:
     return out + _semantic(resource)
 
 
+def duplicate_ports(spec: PodSpec, path: str) -> list[Warning_]:
+    """Two `ports` entries of a pod's containers with the same containerPort and protocol.
+    Kubernetes accepts them (rejecting would break existing manifests) and warns; the
+    containers share one network namespace, so the second to bind that port fails."""
+    seen: dict[tuple[int, str], str] = {}
+    out: list[Warning_] = []
+    for i, c in enumerate(spec.containers):
+        for j, p in enumerate(c.ports or []):
+            at = f"{path}.containers[{i}].ports[{j}]"
+            key = (p.container_port, p.protocol)
+            first = seen.setdefault(key, at)
+            if first != at:
+                out.append(
+                    (
+                        at,
+                        f"duplicate port definition with {first} (containerPort "
+                        f"{p.container_port}/{p.protocol}): the containers of a pod share "
+                        "one network namespace, so only one of them can listen on it",
+                    )
+                )
+    return out
+
+
 def _semantic(resource: Resource) -> list[Warning_]:
+    if isinstance(resource, Pod):
+        return duplicate_ports(resource.spec, "spec")
+    if isinstance(resource, Deployment | ReplicaSet):
+        return duplicate_ports(resource.spec.template.spec, "spec.template.spec")
     if isinstance(resource, RequestAuthentication):
         ra = resource.spec
         if not ra.target_refs and ra.target_ref is None and ra.jwt_rules:
@@ -82,8 +109,8 @@ UNENFORCED: dict[str, str] = {
     "variables are not set)",
     "scheduling": "scheduling constraints (tolerations, affinity, topologySpreadConstraints, "
     "priority) are stored but not used: Ketch places pods by nodeName and nodeSelector only",
-    "dns": f"dnsPolicy, dnsConfig, hostname, subdomain and hostAliases are stored but not applied "
-    f"by {RUNTIME}",
+    "dns": f"dnsPolicy, dnsConfig, subdomain, setHostnameAsFQDN and hostAliases are stored but "
+    f"not applied by {RUNTIME} (hostname is: it is the pod's hostname)",
     "hostNamespaces": f"hostPID, hostIPC and shareProcessNamespace are stored but not applied by "
     f"{RUNTIME}",
     "sessionAffinity": "Service sessionAffinity: ClientIP is stored but not applied: the node "
@@ -179,8 +206,8 @@ def _pod_fields(spec: PodSpec, path: str, found: dict[str, str]) -> None:
             note("scheduling", _alias(spec, name))
     if spec.dns_policy not in (None, "ClusterFirst") or spec.dns_config or spec.host_aliases:
         note("dns", "dnsPolicy" if spec.dns_policy else "dnsConfig")
-    if spec.hostname or spec.subdomain:
-        note("dns", "hostname" if spec.hostname else "subdomain")
+    if spec.subdomain or spec.set_hostname_as_fqdn:
+        note("dns", "subdomain" if spec.subdomain else "setHostnameAsFQDN")
     if spec.host_pid or spec.host_ipc or spec.share_process_namespace:
         note("hostNamespaces", "hostPID")
 

@@ -205,6 +205,7 @@ def up(
             "ip": "iproute2: namespaces, links, routes",
             "nft": "nftables: Service VIPs",
             "nsenter": "util-linux: processes in node namespaces",
+            "unshare": "util-linux: each pod's hostname (UTS namespace)",
         }
     )
     layout = _layout(state_dir, name)
@@ -301,20 +302,20 @@ def up(
         lines = [
             f"ketch {store_hint}get pods -n shop -o wide        # the sample app, on both nodes",
             f"ketch logs{cluster_opts} -n shop deploy/loadgen -f  # its load generator's counters",
-            f"ketch exec{cluster_opts} -n shop POD -- curl -s http://frontend:8080/",
+            f"ketch exec{cluster_opts} -n shop deploy/loadgen -- curl -s http://frontend:8080/",
         ]
     else:
         lines = [
             f"ketch {store_hint}apply -f examples/cluster-demo.yaml",
             f"ketch {store_hint}get pods -A -o wide",
-            f"ketch exec{cluster_opts} -n demo POD -- curl -s http://web.demo.svc.cluster.local/",
+            f"ketch exec{cluster_opts} -n demo deploy/client -- curl -s http://web.demo.svc.cluster.local/",
         ]
     if mesh:
         lines += [
             f"ketch ztunnel-config workloads --node {names[0]}{cluster_opts}"
             "   # pods the node proxy serves (HBONE)",
             "ketch proxy-status                            # node proxies and their xDS sync",
-            f"ketch exec{cluster_opts} -n shop POD -- curl -s http://172.18.0.1:15020/metrics",
+            f"ketch exec{cluster_opts} -n shop deploy/loadgen -- curl -s http://172.18.0.1:15020/metrics",
             f"ketch {store_hint}apply -f POLICY.yaml       # an AuthorizationPolicy, e.g. "
             "docs/ztunnel-policy.md",
         ]
@@ -487,6 +488,8 @@ def down(
         err.print(f"  [green]✓[/] removed {len(report.netns)} namespaces: {' '.join(report.netns)}")
     if report.etc_dirs:
         err.print(f"  [green]✓[/] removed {' '.join(report.etc_dirs)}")
+    if report.uts:
+        err.print(f"  [green]✓[/] removed {len(report.uts)} pod UTS namespaces (hostnames)")
     if not keep_state:
         shutil.rmtree(layout.cluster_dir, ignore_errors=True)
         err.print(f"  [green]✓[/] removed {layout.cluster_dir}")
@@ -593,11 +596,48 @@ def status(name: NameOpt = DEFAULT_NAME, state_dir: StateDirOpt = None) -> None:
 # ---------------------------------------------------------------------------- exec / logs
 
 
-def _pod(store: Store, namespace: str, pod: str) -> Manifest:
+def _pod(store: Store, namespace: str, ref: str) -> Manifest:
+    """The pod `ref` names: `NAME`, `pod/NAME`, or `deploy/NAME` (its best pod, as kubectl
+    picks one; "Found N pods, using pod/X" on stderr when there is a choice)."""
+    from ketch.api.base import LabelSelector
+    from ketch.cluster import podref
+
     try:
-        return store.get("Pod", namespace, pod)
+        target = podref.parse(ref)
+    except podref.PodRefError as e:
+        fail(str(e))
+    if target.kind == "Pod":
+        try:
+            return store.get("Pod", namespace, target.name)
+        except NotFoundError:
+            fail(
+                f'pod "{target.name}" not found in namespace {namespace} '
+                f"(ketch get pods -n {namespace})"
+            )
+    what = f"{target.kind.lower()}/{target.name}"
+    try:
+        owner = store.get(target.kind, namespace, target.name)
     except NotFoundError:
-        fail(f'pod "{pod}" not found in namespace {namespace} (ketch get pods -n {namespace})')
+        fail(
+            f"{what} not found in namespace {namespace} (ketch get {target.kind.lower()}s -n {namespace})"
+        )
+    try:
+        selector = LabelSelector.model_validate((owner.get("spec") or {}).get("selector") or {})
+    except ValueError as e:
+        fail(f"{what} has an unusable spec.selector: {e}")
+    if selector.is_empty():
+        fail(f"{what} has an empty spec.selector: it names no pods")
+    pods = [
+        p
+        for p in store.list("Pod", namespace).items
+        if selector.matches((p.get("metadata") or {}).get("labels") or {})
+    ]
+    best = podref.best_pod(pods)
+    if best is None:
+        fail(f"{what} has no pods yet (ketch get pods -n {namespace} -o wide)")
+    if len(pods) > 1:
+        err.print(f"Found {len(pods)} pods, using pod/{best['metadata']['name']}", markup=False)
+    return dict(best)
 
 
 def _container(m: Manifest, container: str | None, pod: str) -> dict[str, Any]:
@@ -617,7 +657,9 @@ def _container(m: Manifest, container: str | None, pod: str) -> dict[str, Any]:
 
 
 def exec_(
-    pod: Annotated[str, typer.Argument(help="Pod name.")],
+    pod: Annotated[
+        str, typer.Argument(help="Pod name, pod/NAME, or deploy/NAME (one of its pods).")
+    ],
     command: Annotated[list[str], typer.Argument(help="The command, after `--`.")],
     namespace: NsOpt = "default",
     container: Annotated[
@@ -639,6 +681,7 @@ def exec_(
     layout = _layout(state_dir, name)
     with _store(layout) as store:
         m = _pod(store, namespace, pod)
+    pod = str(m["metadata"]["name"])
     spec_c = _container(m, container, pod)
     phase = (m.get("status") or {}).get("phase", "Pending")
     if phase != "Running":
@@ -657,7 +700,10 @@ def exec_(
         )
     if tty and not stdin:
         err.print("Warning: -t without -i: stdin is not passed to the command")
+    from ketch.cluster.podnet import pod_hostname
+
     env = {k: v for k in ("PATH", "TERM", "LANG") if (v := os.environ.get(k))}
+    env["HOSTNAME"] = pod_hostname(pod, spec.get("hostname"))  # as in its containers
     for e in spec_c.get("env") or []:
         if isinstance(e, dict) and e.get("value") is not None:
             env[str(e["name"])] = str(e["value"])
@@ -665,7 +711,10 @@ def exec_(
         command = command[1:]
     if not command:
         fail("ketch exec needs a command after `--`, e.g. ketch exec POD -- sh")
-    argv = ["ip", "netns", "exec", netns, *command]
+    from ketch.cluster.process import pod_argv
+
+    uts = layout.pod_uts(netns)  # the pod's hostname (the kubelet's sandbox made it)
+    argv = pod_argv(netns, uts if uts.exists() else None, command)
     wd = spec_c.get("workingDir")
     if wd and os.path.isdir(wd):
         os.chdir(wd)
@@ -676,13 +725,15 @@ def exec_(
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvpe("ip", argv, env)  # the command's exit code becomes ours
+        os.execvpe(argv[0], argv, env)  # the command's exit code becomes ours
     except OSError as e:
-        fail(f"cannot run ip netns exec: {e}")
+        fail(f"cannot run {argv[0]}: {e}")
 
 
 def logs(
-    pod: Annotated[str, typer.Argument(help="Pod name.")],
+    pod: Annotated[
+        str, typer.Argument(help="Pod name, pod/NAME, or deploy/NAME (one of its pods).")
+    ],
     namespace: NsOpt = "default",
     container: Annotated[str | None, typer.Option("--container", "-c", help="Container.")] = None,
     follow: Annotated[
@@ -700,6 +751,7 @@ def logs(
     layout = _layout(state_dir, name)
     with _store(layout) as store:
         m = _pod(store, namespace, pod)
+    pod = str(m["metadata"]["name"])
     spec_c = _container(m, container, pod)
     uid = str(m["metadata"].get("uid", ""))
     cdir = layout.pod_dir(namespace, pod, uid) / str(spec_c["name"])

@@ -71,6 +71,36 @@ def _pod_restarts(m: Manifest) -> str:
     )
 
 
+def pod_status_text(m: Manifest) -> str:
+    """kubectl's STATUS of a pod: the phase (or `status.reason`), overridden by a
+    container's waiting or terminated reason (CrashLoopBackOff, ContainerCreating, Error,
+    ...), `Terminating` while being deleted."""
+    status = _status(m)
+    reason = str(status.get("reason") or status.get("phase") or "Pending")
+    running = False
+    for cs in reversed(status.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        waiting, terminated = state.get("waiting"), state.get("terminated")
+        if isinstance(waiting, dict) and waiting.get("reason"):
+            reason = str(waiting["reason"])
+        elif isinstance(terminated, dict) and terminated.get("reason"):
+            reason = str(terminated["reason"])
+        elif isinstance(terminated, dict):
+            sig = terminated.get("signal")
+            reason = f"Signal:{sig}" if sig else f"ExitCode:{terminated.get('exitCode', 0)}"
+        elif "running" in state and cs.get("ready"):
+            running = True
+    if reason == "Completed" and running:
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        reason = "Running" if ready else "NotReady"
+    if (m.get("metadata") or {}).get("deletionTimestamp"):
+        reason = "Terminating"
+    return reason
+
+
 def _deploy_ready(m: Manifest) -> str:
     return f"{_status(m).get('readyReplicas', 0)}/{_spec(m).get('replicas', 1)}"
 
@@ -157,7 +187,7 @@ COLUMNS: dict[str, tuple[list[Column], list[Column]]] = {
     "Pod": (
         [
             ("READY", _pod_ready),
-            ("STATUS", lambda m: _status(m).get("phase", "Pending")),
+            ("STATUS", pod_status_text),
             ("RESTARTS", _pod_restarts),
             _AGE,
         ],

@@ -31,7 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ketch.cluster.layout import DNS_IP, UNDERLAY_CIDR, ClusterLayout
+from ketch.cluster.layout import DNS_IP, UNDERLAY_CIDR, UTS_RUN_DIR, ClusterLayout
+from ketch.cluster.podnet import remove_uts
 from ketch.netns.enter import NETNS_RUN_DIR
 from ketch.netns.errors import FabricError
 from ketch.netns.fabric import ip_batch, netns_add, netns_del, sysctl
@@ -82,6 +83,7 @@ class DestroyReport:
     killed: list[int] = field(default_factory=list)
     netns: list[str] = field(default_factory=list)
     etc_dirs: list[str] = field(default_factory=list)
+    uts: list[str] = field(default_factory=list)  # pods' UTS namespace files
     errors: list[str] = field(default_factory=list)
 
 
@@ -261,9 +263,14 @@ def _etc_dirs(layout: ClusterLayout, etc_root: Path) -> list[Path]:
 
 
 def destroy(
-    layout: ClusterLayout, *, etc_root: Path = Path("/etc/netns"), kill_grace: float = 5.0
+    layout: ClusterLayout,
+    *,
+    etc_root: Path = Path("/etc/netns"),
+    uts_root: Path = UTS_RUN_DIR,
+    kill_grace: float = 5.0,
 ) -> DestroyReport:
-    """Remove every namespace of the cluster and their /etc/netns directories. Processes
+    """Remove every namespace of the cluster, their /etc/netns directories and the pods'
+    UTS namespace files (`layout.pod_uts`: unmounted, deleted). Processes
     still inside them (a container a killed kubelet left behind) get SIGTERM, then SIGKILL:
     a netns with a process in it outlives its name."""
     report = DestroyReport()
@@ -294,6 +301,15 @@ def destroy(
             report.etc_dirs.append(str(path))
         except OSError as exc:
             report.errors.append(f"{path}: {exc}")
+    try:
+        uts_names = os.listdir(uts_root)
+    except FileNotFoundError:
+        uts_names = []
+    for name in owned_netns(layout, uts_names):
+        if problem := remove_uts(uts_root / name):
+            report.errors.append(problem)
+        else:
+            report.uts.append(name)
     return report
 
 

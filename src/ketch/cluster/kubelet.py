@@ -460,7 +460,9 @@ class ContainerRunner:
     async def _run_once(self) -> tuple[Terminated, float] | None:
         """Start the container and wait for it to end; None when the pod is leaving."""
         pod = self.pod
-        env = process.container_env(pod.spec.name, [(e.name, e.value) for e in self.spec.env or []])
+        env = process.container_env(
+            pod.sandbox.host_name, [(e.name, e.value) for e in self.spec.env or []]
+        )
         argv = process.container_argv(self.spec.command or [], self.spec.args or [], env)
         cwd = self.spec.working_dir
         started = _now()
@@ -479,11 +481,7 @@ class ContainerRunner:
             return Terminated(process.CANNOT_RUN, "StartError", started, _now(), None, msg), 0.0
         try:
             proc = await asyncio.create_subprocess_exec(
-                "ip",
-                "netns",
-                "exec",
-                pod.sandbox.netns,
-                *argv,
+                *process.pod_argv(pod.sandbox.netns, pod.sandbox.uts_path, argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -664,6 +662,7 @@ class PodWorker:
             etc_dir=layout.etc_dir(netns),
             namespace=self.spec.namespace,
             pod_name=self.spec.name,
+            hostname=podnet.pod_hostname(self.spec.name, self.spec.spec.hostname),
         )
 
     @property

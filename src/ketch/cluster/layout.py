@@ -27,6 +27,8 @@ POD_CIDR_TEMPLATE = "10.244.{n}.0/24"
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/16")
 DNS_IP = ipaddress.IPv4Address("10.96.0.10")
 CLUSTER_DOMAIN = "cluster.local"
+#: each pod's UTS namespace (its hostname) is bind-mounted here, named like its netns
+UTS_RUN_DIR = Path("/run/ketch/uts")
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
 
@@ -123,6 +125,12 @@ class ClusterLayout:
     def netns_prefix(self) -> str:
         """Every netns of this cluster starts with this (what `ketch down` removes)."""
         return f"{self.name}-"
+
+    @staticmethod
+    def pod_uts(netns: str) -> Path:
+        """The pod's UTS namespace (hostname = the pod's), bind-mounted like a netns; named
+        after the pod's netns so `ketch down` finds it by the same patterns."""
+        return UTS_RUN_DIR / netns
 
     def etc_dir(self, netns: str) -> Path:
         """`ip netns exec` bind-mounts files from here over /etc (resolv.conf, hosts)."""

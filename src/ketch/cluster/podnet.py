@@ -11,6 +11,12 @@ packet of a pod crosses the node netns, where service rules and the node proxy s
 /etc in the private mount namespace it gives each container process: cluster DNS with the
 pod's search path, and the pod's own name.
 
+The pod's hostname: Kubernetes gives every pod its own UTS namespace whose hostname is the
+pod's name (`spec.hostname` if set). `setup` creates one per pod and bind-mounts it at
+`layout.pod_uts(netns)` (/run/ketch/uts/<pod netns>), as `ip netns` keeps a netns; every
+container and `ketch exec` enter it (`process.pod_argv`), so `hostname` and
+`socket.gethostname()` print the pod's name.
+
 `setup` is idempotent and survives a crashed run: whatever an earlier attempt left (netns,
 node-side veth, /etc/netns files) is removed first. `teardown` never raises; it returns what
 it could not remove. Both are blocking (they run `ip`): call them in a thread from asyncio.
@@ -18,15 +24,18 @@ it could not remove. Both are blocking (they run `ip`): call them in a thread fr
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import ipaddress
 import os
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ketch.cluster.layout import CLUSTER_DOMAIN, DNS_IP
+from ketch.cluster.layout import CLUSTER_DOMAIN, DNS_IP, ClusterLayout
 from ketch.netns.enter import NETNS_RUN_DIR
 from ketch.netns.errors import NetnsError
 from ketch.netns.fabric import ip_batch, netns_add, netns_del
@@ -48,10 +57,30 @@ class Sandbox:
     etc_dir: Path  # /etc/netns/<netns>
     namespace: str
     pod_name: str
+    hostname: str = ""  # the pod's hostname; "" = derived from pod_name
 
     @property
     def netns_path(self) -> str:
         return f"{NETNS_RUN_DIR}/{self.netns}"
+
+    @property
+    def uts_path(self) -> Path:
+        return ClusterLayout.pod_uts(self.netns)
+
+    @property
+    def host_name(self) -> str:
+        return self.hostname or pod_hostname(self.pod_name, None)
+
+
+HOSTNAME_MAX = 63
+
+
+def pod_hostname(pod_name: str, spec_hostname: str | None) -> str:
+    """The pod's hostname as the kubelet picks it: `spec.hostname` if set, else the pod's
+    name cut to 63 characters (a DNS label) with trailing '-' and '.' removed."""
+    if spec_hostname:
+        return spec_hostname
+    return pod_name[:HOSTNAME_MAX].rstrip("-.")
 
 
 def resolv_conf(namespace: str) -> str:
@@ -60,7 +89,7 @@ def resolv_conf(namespace: str) -> str:
     return f"search {search}\nnameserver {DNS_IP}\noptions ndots:5\n"
 
 
-def hosts_file(pod_name: str, ip: ipaddress.IPv4Address) -> str:
+def hosts_file(hostname: str, ip: ipaddress.IPv4Address) -> str:
     """The pod's /etc/hosts as the kubelet writes it (kubelet's managed hosts file)."""
     return (
         "# Kubernetes-managed hosts file (written by the Ketch kubelet).\n"
@@ -70,7 +99,7 @@ def hosts_file(pod_name: str, ip: ipaddress.IPv4Address) -> str:
         "fe00::0\tip6-mcastprefix\n"
         "fe00::1\tip6-allnodes\n"
         "fe00::2\tip6-allrouters\n"
-        f"{ip}\t{pod_name}\n"
+        f"{ip}\t{hostname}\n"
     )
 
 
@@ -133,6 +162,8 @@ def _teardown(sb: Sandbox) -> list[str]:
     err = netns_del(sb.netns)
     if err:
         errors.append(err)
+    if problem := remove_uts(sb.uts_path):
+        errors.append(problem)
     if sb.etc_dir.exists():
         try:
             shutil.rmtree(sb.etc_dir)
@@ -176,9 +207,65 @@ def setup(sb: Sandbox) -> None:
     try:
         sb.etc_dir.mkdir(parents=True, exist_ok=True)
         _write(sb.etc_dir / "resolv.conf", resolv_conf(sb.namespace))
-        _write(sb.etc_dir / "hosts", hosts_file(sb.pod_name, sb.ip))
+        _write(sb.etc_dir / "hosts", hosts_file(sb.host_name, sb.ip))
     except OSError as exc:
         raise SandboxError(f"cannot write the pod's /etc files in {sb.etc_dir}: {exc}") from exc
+    make_uts(sb.uts_path, sb.host_name)
+
+
+_SET_HOSTNAME = "import socket, sys; socket.sethostname(sys.argv[1])"
+
+
+def make_uts(path: Path, hostname: str) -> None:
+    """A new UTS namespace with `hostname`, kept alive by a bind mount at `path`
+    (`unshare --uts=<file>`, util-linux)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        proc = subprocess.run(
+            ["unshare", f"--uts={path}", sys.executable, "-S", "-c", _SET_HOSTNAME, hostname],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxError(f"cannot create the pod's UTS namespace at {path}: {exc}") from exc
+    if proc.returncode != 0:
+        remove_uts(path)
+        why = proc.stderr.strip() or f"exit code {proc.returncode}"
+        raise SandboxError(
+            f"cannot create the pod's UTS namespace (hostname {hostname!r}) at {path}: {why}"
+        )
+
+
+_MNT_DETACH = 2
+_libc: ctypes.CDLL | None = None
+
+
+def remove_uts(path: Path) -> str | None:
+    """Unmount and delete a pod's UTS namespace file; a problem as text, or None (also when
+    there is nothing to remove)."""
+    global _libc
+    if not os.path.lexists(path):
+        return None
+    try:  # a namespace bind-mounted there lives on another device (nsfs)
+        mounted = os.lstat(path).st_dev != os.lstat(path.parent).st_dev
+    except OSError:
+        mounted = True
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if mounted and _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point
+            return f"cannot unmount {path}: {os.strerror(code)}"
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"cannot remove {path}: {exc}"
+    return None
 
 
 def _write(path: Path, text: str) -> None:

@@ -38,14 +38,22 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _REF.sub(sub, text)
 
 
-def container_env(pod_name: str, env: Sequence[tuple[str, str | None]]) -> dict[str, str]:
-    """The container's environment: a plain base (PATH, HOME, HOSTNAME = the pod's name,
-    as in a Kubernetes container) plus the spec's `env`, in order, each value expanded
-    against the variables before it."""
-    out: dict[str, str] = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": pod_name}
+def container_env(hostname: str, env: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+    """The container's environment: a plain base (PATH, HOME, HOSTNAME = the pod's
+    hostname, as in a Kubernetes container) plus the spec's `env`, in order, each value
+    expanded against the variables before it."""
+    out: dict[str, str] = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname}
     for name, value in env:
         out[name] = expand(value or "", out)
     return out
+
+
+def pod_argv(netns: str, uts: str | os.PathLike[str] | None, argv: Sequence[str]) -> list[str]:
+    """`argv` run inside the pod: its UTS namespace (hostname) when `uts` is given
+    (`nsenter --uts=<file>`, which then execs), its netns and a private mount namespace with
+    its /etc files (`ip netns exec`, which execs too: the PID is the command's own)."""
+    inner = ["ip", "netns", "exec", netns, *argv]
+    return ["nsenter", f"--uts={os.fspath(uts)}", *inner] if uts is not None else inner
 
 
 def container_argv(

@@ -151,3 +151,58 @@ def test_up_names_missing_tools(tmp_path: Path) -> None:
         assert tool in r.stderr
     assert "apt-get install" in r.stderr
     assert not (tmp_path / "ketch.db").exists()  # refused before touching anything
+
+
+def test_logs_of_a_deployment_picks_its_best_pod(layout: ClusterLayout) -> None:
+    store = SqliteStore(layout.store_path)
+    try:
+        for name, status in (("web", {"phase": "Running"}), ("two", {"phase": "Pending"})):
+            m = store.get("Pod", "demo", name)
+            m["metadata"]["labels"] = {"app": "web"}
+            m["status"] = status
+            store.apply([m])
+        store.apply(
+            [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "webd", "namespace": "demo"},
+                    "spec": {
+                        "selector": {"matchLabels": {"app": "web"}},
+                        "template": {
+                            "metadata": {"labels": {"app": "web"}},
+                            "spec": {"containers": [{"name": "app", "command": ["x"]}]},
+                        },
+                    },
+                },
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "empty", "namespace": "demo"},
+                    "spec": {
+                        "selector": {"matchLabels": {"app": "none"}},
+                        "template": {
+                            "metadata": {"labels": {"app": "none"}},
+                            "spec": {"containers": [{"name": "app", "command": ["x"]}]},
+                        },
+                    },
+                },
+            ]
+        )
+    finally:
+        store.close()
+    for ref in ("deploy/webd", "deployment/webd", "deployments.apps/webd"):
+        r = _ketch("logs", *_opts(layout), ref)
+        assert (r.returncode, r.stdout) == (0, "second run\n"), r.stderr
+        assert "Found 2 pods, using pod/web" in r.stderr  # Running before Pending
+    r = _ketch("logs", *_opts(layout), "pod/web", "--previous")
+    assert (r.returncode, r.stdout) == (0, "first run\n")
+    for ref, msg in (
+        ("deploy/nope", "deployment/nope not found in namespace demo"),
+        ("deploy/empty", "deployment/empty has no pods yet"),
+        ("svc/webd", "cannot pick a pod of a 'svc'"),
+    ):
+        r = _ketch("logs", *_opts(layout), ref)
+        assert r.returncode == 1, ref
+        assert msg in r.stderr
+        assert "Traceback" not in r.stderr

@@ -10,6 +10,7 @@ from ketch.cluster.fabric import (
     ClusterFabricError,
     FabricNode,
     check_nodes,
+    destroy,
     node_config,
     owned_netns,
 )
@@ -79,3 +80,19 @@ def test_check_nodes(nodes: list[FabricNode], msg: str) -> None:
 def test_fabric_node_validation(name: str, index: int) -> None:
     with pytest.raises(ClusterFabricError):
         FabricNode(name, index)
+
+
+def test_destroy_removes_only_this_clusters_pod_uts_files(tmp_path: Path) -> None:
+    # nothing of cluster `t` exists in /run/netns: destroy has only files to remove
+    layout = ClusterLayout(tmp_path, "tuts")
+    uts, etc = tmp_path / "uts", tmp_path / "etc"
+    uts.mkdir()
+    etc.mkdir()
+    mine = ["tuts-p-0123456789ab", "tuts-p-ba9876543210"]
+    others = ["tutsx-p-0123456789ab", "tuts-p-short", "other"]
+    for name in mine + others:
+        (uts / name).touch()
+    report = destroy(layout, etc_root=etc, uts_root=uts, kill_grace=0)
+    assert sorted(report.uts) == mine
+    assert report.errors == []
+    assert sorted(p.name for p in uts.iterdir()) == sorted(others)

@@ -15,6 +15,7 @@ from ketch.cluster.process import (
     container_env,
     exit_code,
     expand,
+    pod_argv,
     same_process,
     start_problem,
     start_ticks,
@@ -118,3 +119,24 @@ def test_start_ticks_tell_processes_apart() -> None:
         child.kill()
         child.wait()
     assert start_ticks(child.pid) is None
+
+
+def test_pod_argv_enters_the_pods_uts_then_its_netns() -> None:
+    assert pod_argv("t-p-1", "/run/ketch/uts/t-p-1", ["hostname"]) == [
+        "nsenter",
+        "--uts=/run/ketch/uts/t-p-1",
+        "ip",
+        "netns",
+        "exec",
+        "t-p-1",
+        "hostname",
+    ]
+    assert pod_argv("t-p-1", None, ["sh", "-c", "x"]) == [
+        "ip",
+        "netns",
+        "exec",
+        "t-p-1",
+        "sh",
+        "-c",
+        "x",
+    ]
