@@ -204,8 +204,9 @@ def test_get_pods_wide_shows_the_demo_running_on_both_nodes(cluster: Cluster) ->
     out = cluster.kubectl("get", "pods", "-n", NS, "-o", "wide").stdout
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     header = out.splitlines()[0].split()
-    assert header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    assert header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "MESH"]
     assert len(rows) == 5, out
+    assert {r[7] for r in rows} == {"none"}, out  # namespace demo is not labelled ambient
     assert all(r[1] == "1/1" and r[2] == "Running" for r in rows), out
     assert {r[6] for r in rows} == {"node1", "node2"}, out
     assert sum(1 for r in rows if r[0].startswith("web-")) == 3
