@@ -35,7 +35,7 @@ from ketch.cluster.layout import DNS_IP, UNDERLAY_CIDR, UTS_RUN_DIR, ClusterLayo
 from ketch.cluster.podnet import remove_uts
 from ketch.netns.enter import NETNS_RUN_DIR
 from ketch.netns.errors import FabricError
-from ketch.netns.fabric import ip_batch, netns_add, netns_del, sysctl
+from ketch.netns.fabric import ip_batch, link_exists, netns_add, netns_del, sysctl
 
 BRIDGE = "br0"
 #: The node netns's uplink (peer of `n<i>` in the underlay).
@@ -156,17 +156,6 @@ def _exists(netns: str) -> bool:
     return os.path.exists(f"{NETNS_RUN_DIR}/{netns}")
 
 
-def _link_exists(netns: str, link: str) -> bool:
-    proc = subprocess.run(
-        ["ip", "-n", netns, "link", "show", "dev", link],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return proc.returncode == 0
-
-
 def _new_netns(netns: str, report: EnsureReport) -> None:
     netns_add(netns)
     report.created_netns.append(netns)
@@ -190,7 +179,7 @@ def ensure(layout: ClusterLayout, nodes: Sequence[FabricNode]) -> EnsureReport:
         if not _exists(underlay):
             _new_netns(underlay, report)
         _base_sysctls(underlay)
-        if not _link_exists(underlay, BRIDGE):
+        if not link_exists(underlay, BRIDGE):
             ip_batch(underlay, [f"link add {BRIDGE} type bridge stp_state 0 forward_delay 0"])
             report.created_links.append(f"{underlay}/{BRIDGE}")
         ip_batch(underlay, ["link set lo up", f"link set {BRIDGE} up"])
@@ -200,10 +189,10 @@ def ensure(layout: ClusterLayout, nodes: Sequence[FabricNode]) -> EnsureReport:
                 _new_netns(netns, report)
             _base_sysctls(netns)
             uplink = uplink_name(node.index)
-            if not _link_exists(underlay, uplink):
+            if not link_exists(underlay, uplink):
                 # The node's eth0 is the peer of n<i>; one left over from an earlier index
                 # (its peer renamed or gone) is in the way: drop it.
-                if _link_exists(netns, NODE_UPLINK):
+                if link_exists(netns, NODE_UPLINK):
                     ip_batch(netns, [f"link del {NODE_UPLINK}"])
                 ip_batch(
                     underlay,

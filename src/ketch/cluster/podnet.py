@@ -38,7 +38,7 @@ from pathlib import Path
 from ketch.cluster.layout import CLUSTER_DOMAIN, DNS_IP, ClusterLayout
 from ketch.netns.enter import NETNS_RUN_DIR
 from ketch.netns.errors import NetnsError
-from ketch.netns.fabric import ip_batch, netns_add, netns_del
+from ketch.netns.fabric import ip_batch, link_exists, netns_add, netns_del
 
 
 class SandboxError(Exception):
@@ -103,17 +103,6 @@ def hosts_file(hostname: str, ip: ipaddress.IPv4Address) -> str:
     )
 
 
-def _link_exists(netns: str, link: str) -> bool:
-    proc = subprocess.run(
-        ["ip", "-n", netns, "link", "show", "dev", link],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return proc.returncode == 0
-
-
 def netns_pids(netns: str) -> list[int]:
     """PIDs of every process inside the named netns (`ip netns pids`)."""
     if not os.path.exists(f"{NETNS_RUN_DIR}/{netns}"):
@@ -153,11 +142,11 @@ def teardown(sb: Sandbox) -> list[str]:
 def _teardown(sb: Sandbox) -> list[str]:
     errors: list[str] = []
     kill_netns_processes(sb.netns)
-    if os.path.exists(f"{NETNS_RUN_DIR}/{sb.node_netns}") and _link_exists(sb.node_netns, sb.veth):
+    if os.path.exists(f"{NETNS_RUN_DIR}/{sb.node_netns}") and link_exists(sb.node_netns, sb.veth):
         try:
             ip_batch(sb.node_netns, [f"link del {sb.veth}"])
         except NetnsError as exc:
-            if _link_exists(sb.node_netns, sb.veth):
+            if link_exists(sb.node_netns, sb.veth):
                 errors.append(str(exc))
     err = netns_del(sb.netns)
     if err:

@@ -88,6 +88,18 @@ def ip_batch(netns: str, lines: Sequence[str]) -> None:
         )
 
 
+def link_exists(netns: str, link: str) -> bool:
+    """Whether `link` exists in the named netns."""
+    proc = subprocess.run(
+        ["ip", "-n", netns, "link", "show", "dev", link],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
 def netns_add(name: str) -> None:
     proc = subprocess.run(
         ["ip", "netns", "add", name], capture_output=True, text=True, timeout=30, check=False
