@@ -298,28 +298,58 @@ def up(
     cluster_opts = _cluster_opts(layout)
     what = "with the ambient mesh" if mesh else "without the mesh (--no-mesh)"
     out.print(f"\ncluster [bold]{layout.name}[/] is up: {len(cnodes)} nodes, {what}. Try:")
+    state_opt = (
+        f" --state-dir {layout.state_dir}"
+        if layout.state_dir != default_state_dir().absolute()
+        else ""
+    )
+    hints: list[tuple[str, str]] = []
     if sample:
-        lines = [
-            f"ketch {store_hint}get pods -n shop -o wide        # the sample app, on both nodes",
-            f"ketch logs{cluster_opts} -n shop deploy/loadgen -f  # its load generator's counters",
-            f"ketch exec{cluster_opts} -n shop deploy/loadgen -- curl -s http://frontend:8080/",
+        hints += [
+            (f"ketch {store_hint}get pods -n shop -o wide", "the sample app, on both nodes"),
+            (
+                f"ketch logs{cluster_opts} -n shop deploy/loadgen -f",
+                "the load generator's counters",
+            ),
+            (
+                f"ketch exec{cluster_opts} -n shop deploy/loadgen -- curl -s http://frontend:8080/",
+                "",
+            ),
         ]
     else:
-        lines = [
-            f"ketch {store_hint}apply -f examples/cluster-demo.yaml",
-            f"ketch {store_hint}get pods -A -o wide",
-            f"ketch exec{cluster_opts} -n demo deploy/client -- curl -s http://web.demo.svc.cluster.local/",
+        hints += [
+            (f"ketch {store_hint}apply -f examples/cluster-demo.yaml", "a plain demo app"),
+            (f"ketch {store_hint}get pods -A -o wide", ""),
+            (
+                f"ketch exec{cluster_opts} -n demo deploy/client -- "
+                "curl -s http://web.demo.svc.cluster.local/",
+                "",
+            ),
         ]
     if mesh:
-        lines += [
-            f"ketch ztunnel-config workloads --node {names[0]}{cluster_opts}"
-            "   # pods the node proxy serves (HBONE)",
-            "ketch proxy-status                            # node proxies and their xDS sync",
-            f"ketch exec{cluster_opts} -n shop deploy/loadgen -- curl -s http://172.18.0.1:15020/metrics",
-            f"ketch {store_hint}apply -f POLICY.yaml       # an AuthorizationPolicy, e.g. "
-            "docs/ztunnel-policy.md",
+        node = names[0]
+        hints += [
+            (
+                f"ketch ztunnel-config workloads --node {node}{cluster_opts}",
+                "pods the node proxy serves (HBONE)",
+            ),
+            (f"ketch proxy-status{state_opt}", "node proxies and their xDS sync"),
+            (
+                f"ip netns exec {layout.node_netns(node)} curl -s localhost:15020/metrics",
+                f"{node}'s node proxy metrics (Istio's names)",
+            ),
         ]
-    lines += [f"ketch status{cluster_opts}", f"ketch down{cluster_opts}"]
+        where = sample_dir()
+        if sample and where is not None:
+            hints.append(
+                (
+                    f"ketch {store_hint}apply -f {where / 'policy.yaml'}",
+                    "only reviews may call ratings",
+                )
+            )
+    hints += [(f"ketch status{cluster_opts}", ""), (f"ketch down{cluster_opts}", "")]
+    width = max(len(cmd) for cmd, _ in hints)
+    lines = [f"{cmd.ljust(width)}   # {why}" if why else cmd for cmd, why in hints]
     for line in lines:
         out.print(f"  {line}", markup=False)
 
