@@ -9,7 +9,9 @@ not pull images). One file, one role per process:
     app.py reviews    GET /reviews  (VERSION=v1: plain; VERSION=v2: also calls ratings)
     app.py ratings    GET /ratings
     app.py loadgen    calls the frontend forever, one new connection per request, and serves
-                      its counters on GET /stats (JSON) so you can see failures at a glance
+                      its counters on GET /stats (JSON) so you can see failures at a glance;
+                      failures before the first success (the app still starting) are counted
+                      apart, as `warmup_failed`
 
 Every server also answers GET /healthz (readiness) and listens on $PORT (default 8080).
 Services are found by DNS name (`catalog`, `reviews`, ... through the pod's search path).
@@ -83,14 +85,24 @@ class LoadStats:
         self.lock = threading.Lock()
         self.ok = 0
         self.failed = 0
+        self.warmup_failed = 0
         self.last_error = ""
         self.versions: dict[str, int] = {}
+
+    def fail(self, error: str) -> None:
+        """Count a failure (the caller holds the lock)."""
+        if self.ok == 0:
+            self.warmup_failed += 1
+        else:
+            self.failed += 1
+        self.last_error = error
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
                 "ok": self.ok,
                 "failed": self.failed,
+                "warmup_failed": self.warmup_failed,
                 "last_error": self.last_error,
                 "reviews_versions": dict(self.versions),
             }
@@ -110,12 +122,10 @@ def loadgen(target: str, interval: float) -> None:
                     STATS.ok += 1
                     STATS.versions[version] = STATS.versions.get(version, 0) + 1
                 else:
-                    STATS.failed += 1
-                    STATS.last_error = f"HTTP {status}"
+                    STATS.fail(f"HTTP {status}")
         except (OSError, http.client.HTTPException) as exc:
             with STATS.lock:
-                STATS.failed += 1
-                STATS.last_error = f"{type(exc).__name__}: {exc}"
+                STATS.fail(f"{type(exc).__name__}: {exc}")
         now = time.monotonic()
         if now - last_print >= 5:
             print(json.dumps(STATS.snapshot()), flush=True)
