@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
+import http.client
 import logging
 import os
 import shutil
@@ -138,8 +141,6 @@ def _heartbeat_since(store: Store, node: str, since: float) -> bool:
 
 def _proxy_ready(layout: ClusterLayout, node: str) -> bool:
     """The node proxy's readiness (15021, inside the node netns): synced and captured."""
-    import http.client
-
     from ketch.netns.enter import in_netns
 
     def probe() -> bool:
@@ -357,9 +358,6 @@ def up(
 def _with_join_token(layout: ClusterLayout, spec: sv.ProcessSpec) -> sv.ProcessSpec:
     """A node proxy without a node certificate yet joins with a fresh one-time token,
     passed in its environment (never on the command line)."""
-    import dataclasses
-    import datetime as dt
-
     from ketch.control import plane
     from ketch.identity.errors import IdentityError
 
